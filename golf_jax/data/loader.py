@@ -1,0 +1,165 @@
+"""The reference's sequential training stream (reference §1.2).
+
+`TokenStream` walks the sorted shards in order and wraps around; `SequentialLoader`
+cuts each global step's contiguous chunk into one span per data rank, exactly like the
+reference `DistributedTokenLoader` with grad_accum_steps = 1. Data order therefore does
+not depend on the seed, and a multi-host run gets the same global batch as one host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from golf_jax.data.shards import ShardError, read_shard, shard_files
+
+
+class TokenStream:
+    """Sequential, wrapping token stream over sorted shards; shards validated on open."""
+
+    def __init__(self, pattern: str, vocab_size: int | None = None) -> None:
+        self.pattern = pattern
+        self.vocab_size = vocab_size
+        self.files: list[Path] = shard_files(pattern)
+        self.tokens_taken = 0
+        self._open(0)
+        self.pos = 0
+
+    def _open(self, file_idx: int) -> None:
+        self.file_idx = file_idx
+        self.tokens = read_shard(self.files[file_idx], self.vocab_size)
+        self.pos = 0
+
+    def _advance(self, n: int, out: list[np.ndarray] | None) -> None:
+        """Move n tokens forward; append the pieces to `out` unless it is None."""
+        if n < 0:
+            raise ValueError(f"cannot take a negative number of tokens ({n})")
+        remaining, empty_opens = n, 0
+        while remaining > 0:
+            avail = self.tokens.shape[0] - self.pos
+            if avail <= 0:
+                empty_opens += 1
+                if empty_opens > len(self.files):
+                    raise ShardError(
+                        f"all shards matching {self.pattern!r} are empty; rebuild them"
+                    )
+                self._open((self.file_idx + 1) % len(self.files))
+                continue
+            empty_opens = 0
+            k = min(remaining, avail)
+            if out is not None:
+                out.append(self.tokens[self.pos : self.pos + k])
+            self.pos += k
+            remaining -= k
+        self.tokens_taken += n
+
+    def take(self, n: int) -> np.ndarray:
+        """The next n tokens (uint16 copy), crossing shard boundaries and wrapping."""
+        parts: list[np.ndarray] = []
+        self._advance(n, parts)
+        if not parts:
+            return np.zeros(0, dtype=np.uint16)
+        return np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])
+
+    def skip(self, n: int) -> None:
+        """Advance n tokens without copying them (other processes' ranks)."""
+        self._advance(n, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "file_idx": self.file_idx,
+            "pos": self.pos,
+            "tokens_taken": self.tokens_taken,
+            "files": [str(f) for f in self.files],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        files = [str(f) for f in self.files]
+        if state.get("files", files) != files:
+            raise ValueError(
+                f"data state was recorded for shards {state['files']} but {self.pattern!r} "
+                f"matches {files}; resume with the same shard set"
+            )
+        self._open(int(state["file_idx"]))
+        self.pos = int(state["pos"])
+        self.tokens_taken = int(state["tokens_taken"])
+
+
+def _check_ranks(ranks: Iterable[int], world_size: int) -> tuple[int, ...]:
+    out = tuple(int(r) for r in ranks)
+    if not out:
+        raise ValueError("ranks is empty; each process must own at least one data rank")
+    if len(set(out)) != len(out) or any(r < 0 or r >= world_size for r in out):
+        raise ValueError(f"ranks {out} must be distinct and in [0, world_size={world_size})")
+    return out
+
+
+class SequentialLoader:
+    """Reference DistributedTokenLoader for the data ranks this process owns.
+
+    Each call consumes span*world_size tokens (span = local_tokens + 1); rank r gets
+    chunk[r*span:(r+1)*span]. Rows of (x, y) follow the order of `ranks`, local_seqs
+    rows per rank. Other ranks' spans are skipped without being copied.
+    """
+
+    def __init__(
+        self,
+        pattern: str,
+        seq_len: int,
+        global_batch_tokens: int,
+        world_size: int,
+        ranks: Iterable[int],
+        vocab_size: int | None = None,
+    ) -> None:
+        if seq_len <= 0 or world_size <= 0:
+            raise ValueError(f"seq_len ({seq_len}) and world_size ({world_size}) must be > 0")
+        if global_batch_tokens <= 0 or global_batch_tokens % (world_size * seq_len):
+            raise ValueError(
+                f"train.batch_tokens={global_batch_tokens} must be a positive multiple of "
+                f"world_size * seq_len = {world_size} * {seq_len} = {world_size * seq_len}; "
+                "change train.batch_tokens or the sequence length"
+            )
+        self.seq_len = seq_len
+        self.world_size = world_size
+        self.ranks = _check_ranks(ranks, world_size)
+        self.local_tokens = global_batch_tokens // world_size
+        self.local_seqs = self.local_tokens // seq_len
+        self.span = self.local_tokens + 1
+        self.stream = TokenStream(pattern, vocab_size)
+        self.batches_built = 0
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) int32 arrays of shape [len(ranks) * local_seqs, seq_len]."""
+        owned = set(self.ranks)
+        spans: dict[int, np.ndarray] = {}
+        last = max(owned)
+        for r in range(self.world_size):
+            if r in owned:
+                spans[r] = self.stream.take(self.span)
+            elif r < last:
+                self.stream.skip(self.span)
+            else:
+                self.stream.skip(self.span * (self.world_size - r))
+                break
+        xs, ys = [], []
+        for r in self.ranks:
+            local = spans[r].astype(np.int32)
+            xs.append(local[:-1].reshape(self.local_seqs, self.seq_len))
+            ys.append(local[1:].reshape(self.local_seqs, self.seq_len))
+        self.batches_built += 1
+        return np.concatenate(xs), np.concatenate(ys)
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(shard index, token offset) of the next unread token."""
+        return self.stream.file_idx, self.stream.pos
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_built": self.batches_built, "stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.load_state_dict(state["stream"])
+        self.batches_built = int(state["batches_built"])

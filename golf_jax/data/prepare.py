@@ -1,0 +1,261 @@
+"""Build Parameter Golf shards from text: `python -m golf_jax.data.prepare`.
+
+Follows the upstream export convention (reference §1.1): each document becomes
+[BOS=1] + sp.encode(text), no EOS; documents are taken in file order (never shuffled),
+concatenated and cut into shards of --shard-tokens tokens, so a document may straddle
+two shards. Output names are fineweb_{val,train}_%06d.bin, plus manifest.json with the
+input / tokenizer / shard sha256s, written last (a build without it is incomplete).
+
+Inputs: `.jsonl` (one JSON object per line, field "text"; blank lines skipped) and
+`.txt` (the whole file is ONE document, e.g. a book), either optionally `.xz`.
+--max-docs caps the documents of each split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import lzma
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from golf_jax.data.shards import MAGIC, VERSION, write_shard
+from golf_jax.data.tokenizer import load_tokenizer
+
+BOS_ID = 1
+ENCODE_BATCH = 256  # documents per sp.encode call
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _open_text(path: Path) -> TextIO:
+    if path.suffix == ".xz":
+        return lzma.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def iter_documents(path: str | os.PathLike) -> Iterator[str]:
+    """Documents of one input file, in file order (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input {path} does not exist; check the --train/--val paths")
+    kind = path.name[: -len(".xz")] if path.name.endswith(".xz") else path.name
+    if kind.endswith(".jsonl"):
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)["text"]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ValueError(
+                        f"{path}:{lineno}: expected a JSON object with a string field "
+                        f"'text' ({e}); fix the line or drop it from the input"
+                    ) from e
+                if not isinstance(text, str):
+                    raise ValueError(f"{path}:{lineno}: field 'text' is not a string")
+                yield text
+    elif kind.endswith(".txt"):
+        with _open_text(path) as f:
+            yield f.read()
+    else:
+        raise ValueError(
+            f"input {path}: unsupported type; use .jsonl or .txt (optionally .xz-compressed)"
+        )
+
+
+def encode_documents(sp: Any, texts: Sequence[str]) -> list[np.ndarray]:
+    """[BOS] + encode(text) per document, as int32 arrays (batched for speed)."""
+    out = []
+    for ids in sp.encode(list(texts), out_type=int):
+        doc = np.empty(len(ids) + 1, dtype=np.int32)
+        doc[0] = BOS_ID
+        doc[1:] = ids
+        out.append(doc)
+    return out
+
+
+class ShardWriter:
+    """Accumulates a split's token stream and writes fixed-size shards as they fill."""
+
+    def __init__(self, out_dir: Path, split: str, shard_tokens: int) -> None:
+        if shard_tokens <= 0:
+            raise ValueError(f"--shard-tokens must be positive, got {shard_tokens}")
+        self.out_dir, self.split, self.shard_tokens = Path(out_dir), split, shard_tokens
+        self.buf = np.empty(shard_tokens, dtype=np.uint16)
+        self.fill = 0
+        self.docs = 0
+        self.tokens = 0
+        self.shards: list[dict[str, Any]] = []
+
+    def add(self, doc: np.ndarray) -> None:
+        if doc.size and (int(doc.min()) < 0 or int(doc.max()) >= 2**16):
+            raise ValueError(f"{self.split}: token ids do not fit uint16 shards")
+        self.docs += 1
+        self.tokens += int(doc.size)
+        pos = 0
+        while pos < doc.size:
+            k = min(self.shard_tokens - self.fill, doc.size - pos)
+            self.buf[self.fill : self.fill + k] = doc[pos : pos + k]
+            self.fill += k
+            pos += k
+            if self.fill == self.shard_tokens:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self.fill == 0:
+            return
+        name = f"fineweb_{self.split}_{len(self.shards):06d}.bin"
+        write_shard(self.out_dir / name, self.buf[: self.fill])
+        self.shards.append(
+            {"name": name, "tokens": self.fill, "sha256": sha256_file(self.out_dir / name)}
+        )
+        self.fill = 0
+
+    def close(self) -> dict[str, Any]:
+        self._flush()
+        return {"docs": self.docs, "tokens": self.tokens, "shards": self.shards}
+
+
+def write_split(
+    sp: Any,
+    texts: Iterable[str],
+    out_dir: Path,
+    split: str,
+    shard_tokens: int,
+    max_docs: int | None = None,
+    log_every_s: float = 5.0,
+) -> dict[str, Any]:
+    """Encode documents in order and shard them; prints docs/s progress lines."""
+    writer = ShardWriter(out_dir, split, shard_tokens)
+    t0 = last = time.time()
+    batch: list[str] = []
+    chars = 0
+
+    def drain() -> None:
+        nonlocal chars
+        for doc in encode_documents(sp, batch):
+            writer.add(doc)
+        batch.clear()
+        chars = 0
+
+    for text in texts:
+        if max_docs is not None and writer.docs + len(batch) >= max_docs:
+            break
+        batch.append(text)
+        chars += len(text)
+        if len(batch) >= ENCODE_BATCH or chars > (8 << 20):
+            drain()
+            if time.time() - last > log_every_s:
+                last = time.time()
+                rate = writer.docs / max(last - t0, 1e-9)
+                print(f"[prepare] {split}: {writer.docs} docs, {writer.tokens:,} tokens, "
+                      f"{rate:.0f} docs/s", flush=True)
+    drain()
+    stats = writer.close()
+    print(f"[prepare] {split}: done, {stats['docs']} docs, {stats['tokens']:,} tokens, "
+          f"{len(stats['shards'])} shards in {time.time() - t0:.1f}s", flush=True)
+    return stats
+
+
+def _chain_docs(paths: Sequence[Path]) -> Iterator[str]:
+    for p in paths:
+        yield from iter_documents(p)
+
+
+def build(
+    tokenizer: Path,
+    val: Sequence[Path],
+    train: Sequence[Path],
+    out: Path,
+    shard_tokens: int,
+    vocab_size: int | None = None,
+    max_docs: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Build val and train shards plus manifest.json in `out`; returns the manifest."""
+    import sentencepiece as spm
+
+    tokenizer = Path(tokenizer)
+    if vocab_size is None:
+        if not tokenizer.is_file():
+            raise ValueError(f"tokenizer model {tokenizer} does not exist")
+        vocab_size = int(spm.SentencePieceProcessor(model_file=str(tokenizer)).vocab_size())
+    sp = load_tokenizer(tokenizer, vocab_size)
+    if vocab_size > 2**16:
+        raise ValueError(f"vocab size {vocab_size} does not fit uint16 shards")
+    for p in [*val, *train]:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"input {p} does not exist; check the --train/--val paths")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stale = sorted(out.glob("fineweb_*.bin")) + sorted(out.glob("manifest.json"))
+    if stale and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds shards or a manifest ({stale[0].name}, ...); pass "
+            "--overwrite to replace them or choose another --out"
+        )
+    for f in stale:
+        f.unlink()
+    manifest: dict[str, Any] = {
+        "format": {"magic": MAGIC, "version": VERSION, "dtype": "uint16", "header_bytes": 1024},
+        "convention": {"bos_id": BOS_ID, "append_eos": False, "shuffled": False},
+        "tokenizer": {"path": str(tokenizer), "sha256": sha256_file(tokenizer),
+                      "vocab_size": vocab_size},
+        "shard_tokens": shard_tokens,
+        "max_docs_per_split": max_docs,
+        "splits": {},
+    }
+    for split, paths in (("val", val), ("train", train)):
+        if not paths:
+            continue
+        inputs = [{"path": str(p), "sha256": sha256_file(p)} for p in paths]
+        stats = write_split(sp, _chain_docs([Path(p) for p in paths]), out, split,
+                            shard_tokens, max_docs)
+        manifest["splits"][split] = {"inputs": inputs, **stats}
+    tmp = out / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / "manifest.json")
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m golf_jax.data.prepare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokenizer", type=Path, required=True, help="SentencePiece .model")
+    ap.add_argument("--val", type=Path, nargs="*", default=[], help="validation inputs")
+    ap.add_argument("--train", type=Path, nargs="*", default=[], help="training inputs")
+    ap.add_argument("--out", type=Path, required=True, help="output directory")
+    ap.add_argument("--shard-tokens", type=int, default=100_000_000,
+                    help="tokens per shard (upstream: 100,000,000)")
+    ap.add_argument("--vocab-size", type=int, default=None,
+                    help="expected tokenizer vocab size (checked; default: the model's)")
+    ap.add_argument("--max-docs", type=int, default=None, help="cap on documents per split")
+    ap.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
+    args = ap.parse_args(argv)
+    if not args.val and not args.train:
+        ap.error("give at least one --val or --train input")
+    try:
+        build(args.tokenizer, args.val, args.train, args.out, args.shard_tokens,
+              args.vocab_size, args.max_docs, args.overwrite)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

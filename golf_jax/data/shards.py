@@ -1,0 +1,180 @@
+"""The Parameter Golf token shard format: read, write, validate.
+
+A shard is 256 little-endian int32 header words (magic, version, num_tokens, zeros)
+followed by num_tokens little-endian uint16 token ids. This is the format the
+reference `train_gpt.py` reads, so shards built here also run the PyTorch reference.
+Every error names the file and says how to fix it, because a bad shard usually means
+a half-written build or a tokenizer / vocab-size mismatch.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+MAGIC = 20240520
+VERSION = 1
+HEADER_WORDS = 256
+HEADER_BYTES = HEADER_WORDS * 4
+TOKEN_BYTES = 2
+
+_REBUILD = "rebuild it with `python -m golf_jax.data.prepare`"
+
+
+class ShardError(ValueError):
+    """A shard file is missing, malformed, or inconsistent with the configured vocab."""
+
+
+def write_shard(path: str | os.PathLike, tokens: Sequence[int] | np.ndarray) -> None:
+    """Write one shard atomically (temp file + rename), so readers never see half a file."""
+    path = Path(path)
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        raise ShardError(f"{path}: tokens must be a 1-D array, got shape {arr.shape}")
+    if arr.size and arr.dtype != np.uint16:
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ShardError(f"{path}: tokens must be integers, got dtype {arr.dtype}")
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= 2**16:
+            raise ShardError(
+                f"{path}: token ids must fit in uint16 (0..65535), got range [{lo}, {hi}]; "
+                "use a tokenizer with at most 65536 pieces"
+            )
+    if arr.size >= 2**31:
+        raise ShardError(
+            f"{path}: {arr.size} tokens do not fit the int32 header; use smaller shards"
+        )
+    header = np.zeros(HEADER_WORDS, dtype="<i4")
+    header[0], header[1], header[2] = MAGIC, VERSION, arr.size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header.tobytes())
+            f.write(arr.astype("<u2", copy=False).tobytes())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_header(path: str | os.PathLike) -> int:
+    """Validate header and file size without reading the body; return num_tokens."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_BYTES)
+    except OSError as e:
+        raise ShardError(f"{path}: cannot read shard ({e}); check the path / data pattern") from e
+    if len(raw) < HEADER_BYTES:
+        raise ShardError(
+            f"{path}: truncated header ({len(raw)} of {HEADER_BYTES} bytes); "
+            f"the file is incomplete or not a shard, {_REBUILD}"
+        )
+    header = np.frombuffer(raw, dtype="<i4")
+    if int(header[0]) != MAGIC:
+        raise ShardError(
+            f"{path}: bad magic {int(header[0])} (expected {MAGIC}); "
+            f"this is not a Parameter Golf token shard, {_REBUILD}"
+        )
+    if int(header[1]) != VERSION:
+        raise ShardError(
+            f"{path}: bad version {int(header[1])} (expected {VERSION}); {_REBUILD}"
+        )
+    num_tokens = int(header[2])
+    if num_tokens < 0:
+        raise ShardError(f"{path}: negative token count {num_tokens} in header; {_REBUILD}")
+    expected = HEADER_BYTES + TOKEN_BYTES * num_tokens
+    if size < expected:
+        raise ShardError(
+            f"{path}: file is truncated: {size} bytes but the header says {num_tokens} tokens "
+            f"({expected} bytes); the copy/build was interrupted, {_REBUILD} or copy it again"
+        )
+    if size > expected:
+        raise ShardError(
+            f"{path}: file has {size - expected} trailing bytes after {num_tokens} tokens "
+            f"(expected {expected} bytes); the file is corrupt or was appended to, {_REBUILD}"
+        )
+    return num_tokens
+
+
+def check_vocab(path: str | os.PathLike, tokens: np.ndarray, vocab_size: int | None) -> None:
+    """Raise if any token id is >= vocab_size (shards built with another tokenizer)."""
+    if vocab_size is None or tokens.size == 0:
+        return
+    hi = int(tokens.max())
+    if hi >= vocab_size:
+        where = int(np.argmax(np.asarray(tokens) >= vocab_size))
+        raise ShardError(
+            f"{path}: token id {hi} (first bad id at position {where}) is >= vocab_size "
+            f"{vocab_size}; the shards were built with a larger tokenizer: set "
+            f"--config.model.vocab_size to at least {hi + 1} and use the tokenizer the "
+            "shards were built with (see manifest.json next to the shards)"
+        )
+
+
+def read_shard(
+    path: str | os.PathLike, vocab_size: int | None = None, mmap: bool = True
+) -> np.ndarray:
+    """Return the shard's tokens as uint16 (a read-only memmap when mmap=True)."""
+    path = Path(path)
+    num_tokens = read_header(path)
+    if num_tokens == 0:
+        tokens = np.zeros(0, dtype=np.uint16)
+    elif mmap:
+        tokens = np.memmap(path, mode="r", dtype="<u2", offset=HEADER_BYTES, shape=(num_tokens,))
+    else:
+        tokens = np.fromfile(path, dtype="<u2", count=num_tokens, offset=HEADER_BYTES)
+        if tokens.size != num_tokens:
+            raise ShardError(
+                f"{path}: short read ({tokens.size} of {num_tokens} tokens); {_REBUILD}"
+            )
+    check_vocab(path, tokens, vocab_size)
+    return tokens
+
+
+def shard_files(pattern: str) -> list[Path]:
+    """Sorted glob (the reference orders shards by name); an empty match is an error."""
+    files = [Path(p) for p in sorted(glob.glob(str(pattern)))]
+    if not files:
+        raise ShardError(
+            f"no shard files match {str(pattern)!r}; check the data directory / pattern, "
+            "or build shards with `python -m golf_jax.data.prepare` (real text) or "
+            "golf_jax.data.synthetic.ensure_default_corpus() (generated corpus)"
+        )
+    return files
+
+
+def load_tokens(pattern: str, vocab_size: int | None = None) -> np.ndarray:
+    """All shards matching `pattern`, in sorted order, concatenated in memory."""
+    parts = [read_shard(f, vocab_size) for f in shard_files(pattern)]
+    return np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])
+
+
+def load_validation_tokens(
+    pattern: str,
+    seq_len: int,
+    vocab_size: int | None = None,
+    max_tokens: int | None = None,
+) -> np.ndarray:
+    """Validation stream cut like the reference: the first ((N-1)//L)*L + 1 tokens.
+
+    `max_tokens` (a quick-eval cap) is applied before the cut, so the result is
+    still a whole number of sequences plus the final target.
+    """
+    tokens = load_tokens(pattern, vocab_size)
+    if max_tokens is not None:
+        tokens = tokens[: int(max_tokens)]
+    usable = ((tokens.size - 1) // seq_len) * seq_len
+    if usable <= 0:
+        raise ShardError(
+            f"validation shards {pattern!r} hold {tokens.size} tokens (after max_tokens), "
+            f"fewer than seq_len + 1 = {seq_len + 1}; use more validation data, a larger "
+            "max_tokens, or a shorter sequence length"
+        )
+    return tokens[: usable + 1]

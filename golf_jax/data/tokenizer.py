@@ -1,0 +1,102 @@
+"""SentencePiece loading and the byte look-up tables behind val_bpb.
+
+bpb divides the NLL by a byte count derived from the token ids alone (reference
+§2.2-2.3), not from the raw text: the tokenizer normalises whitespace, so the text
+does not round-trip. These tables reproduce the reference byte accounting exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sentencepiece as spm
+
+_SPACE = "\u2581"  # SentencePiece's "▁" word-boundary marker
+
+
+def load_tokenizer(path: str | os.PathLike, vocab_size: int) -> spm.SentencePieceProcessor:
+    """Load a SentencePiece model and check it matches model.vocab_size."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(
+            f"tokenizer model {path} does not exist; pass the .model file the shards were "
+            "built with (e.g. ../shared/data/tokenizers/fineweb_1024_bpe.model)"
+        )
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.Load(str(path))
+    except (OSError, RuntimeError) as e:
+        raise ValueError(
+            f"tokenizer model {path} could not be loaded ({e}); it must be a SentencePiece "
+            ".model file"
+        ) from e
+    if int(sp.vocab_size()) != int(vocab_size):
+        raise ValueError(
+            f"tokenizer {path} has {sp.vocab_size()} pieces but model.vocab_size is "
+            f"{vocab_size}; set --config.model.vocab_size={sp.vocab_size()} or use the "
+            f"tokenizer with {vocab_size} pieces"
+        )
+    return sp
+
+
+@dataclass(frozen=True)
+class ByteLUT:
+    """Per-token byte tables (size T = max(sp vocab, model vocab)).
+
+    The arrays may be numpy or jax arrays (see `to`), so the same tables serve the
+    host-side accounting and a jitted eval step.
+    """
+
+    base_bytes: Any  # int16 [T]: UTF-8 bytes of the piece without its leading "▁"
+    has_leading_space: Any  # bool [T]: the piece starts with "▁"
+    is_boundary: Any  # bool [T]: control / unknown / unused ids (BOS etc.)
+
+    @property
+    def size(self) -> int:
+        return int(self.base_bytes.shape[0])
+
+    def to(self, xp: Any) -> ByteLUT:
+        """The same tables as `xp` arrays (e.g. xp=jax.numpy for device-side use)."""
+        return ByteLUT(
+            xp.asarray(self.base_bytes),
+            xp.asarray(self.has_leading_space),
+            xp.asarray(self.is_boundary),
+        )
+
+
+def build_byte_luts(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteLUT:
+    """Reference §2.2: boundaries keep 0 bytes, byte pieces 1, "▁" adds a space flag."""
+    sp_vocab = int(sp.vocab_size())
+    table = max(sp_vocab, int(vocab_size))
+    base = np.zeros(table, dtype=np.int16)
+    lead = np.zeros(table, dtype=np.bool_)
+    boundary = np.ones(table, dtype=np.bool_)
+    for i in range(sp_vocab):
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+            continue
+        boundary[i] = False
+        if sp.is_byte(i):
+            base[i] = 1
+            continue
+        piece = sp.id_to_piece(i)
+        if piece.startswith(_SPACE):
+            lead[i] = True
+            piece = piece[1:]
+        base[i] = len(piece.encode("utf-8"))
+    return ByteLUT(base, lead, boundary)
+
+
+def target_bytes(lut: ByteLUT, prev_ids: Any, target_ids: Any, xp: Any = np) -> Any:
+    """Bytes credited to each target y given the token x before it (reference §2.3).
+
+    bytes = base_bytes[y] + (has_leading_space[y] and not is_boundary[x]); int32.
+    Works with numpy or jax.numpy (pass xp=jnp), inside jit as well.
+    """
+    base = xp.asarray(lut.base_bytes)[target_ids].astype(xp.int32)
+    lead = xp.asarray(lut.has_leading_space)[target_ids]
+    after_text = ~xp.asarray(lut.is_boundary)[prev_ids]
+    return base + (lead & after_text).astype(xp.int32)
