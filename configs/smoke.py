@@ -1,0 +1,25 @@
+"""A CPU smoke run: a tiny baseline on the generated default corpus, a few minutes."""
+
+from golf_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.name = "smoke"
+    c.model.num_layers = 4
+    c.model.model_dim = 128
+    c.model.num_heads = 4
+    c.model.num_kv_heads = 2
+    c.model.compute_dtype = "float32"  # bf16 matmuls are slow on CPU
+    c.train.seq_len = 256
+    c.train.batch_tokens = 8192
+    c.train.iterations = 200
+    c.train.max_wallclock_seconds = 0.0
+    c.train.val_every = 100
+    c.train.log_every = 20
+    c.train.val_batch_tokens = 16_384
+    c.schedule.mode = "iterations"
+    c.schedule.warmdown_iters = 60
+    c.opt.muon_momentum_warmup_steps = 50
+    c.data.val_max_tokens = 65_537
+    return c

@@ -1,0 +1,81 @@
+"""The full config schema with the upstream-baseline defaults.
+
+Every `configs/*.py` starts from `base_config()` and changes fields, so every key a
+run can take exists here, and ml_collections' locking turns a misspelt key into an
+error instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "baseline"
+    c.seed = 1337
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "default"  # "default": the generated corpus; "dir": shards in data.dir
+    c.data.dir = ""
+    c.data.tokenizer = ""
+    c.data.loader = "sequential"  # or "coprime" (variants-and-compliance §2.1)
+    c.data.val_max_tokens = 0  # 0 = the whole val split
+    c.data.prefetch = 2
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "baseline"
+    c.model.vocab_size = 1024
+    c.model.num_layers = 9
+    c.model.model_dim = 512
+    c.model.num_heads = 8
+    c.model.num_kv_heads = 4
+    c.model.mlp_mult = 2.0
+    c.model.rope_base = 10000.0
+    c.model.logit_softcap = 30.0
+    c.model.qk_gain_init = 1.5
+    c.model.tied_embed_init_std = 0.005
+    c.model.compute_dtype = "bfloat16"
+    c.model.attention_impl = "auto"  # "auto": cuDNN on GPU, XLA elsewhere
+
+    c.opt = ml_collections.ConfigDict()
+    c.opt.matrix_lr = 0.04
+    c.opt.scalar_lr = 0.04
+    c.opt.tied_embed_lr = 0.05
+    c.opt.head_lr = 0.008
+    c.opt.beta1 = 0.9
+    c.opt.beta2 = 0.95
+    c.opt.adam_eps = 1e-8
+    c.opt.muon_momentum = 0.95
+    c.opt.muon_momentum_warmup_start = 0.85
+    c.opt.muon_momentum_warmup_steps = 500
+    c.opt.muon_ns_steps = 5
+    c.opt.muon_nesterov = True
+    c.opt.muon_ns_dtype = "bfloat16"  # Newton–Schulz runs in bf16, as the reference does
+    c.opt.muon_momentum_dtype = "float32"  # the record keeps a bf16 buffer (compat)
+    c.opt.muon_weight_decay = 0.0
+    c.opt.adam_weight_decay = 0.0
+    c.opt.embed_weight_decay = 0.0
+    c.opt.grad_clip_norm = 0.0  # 0 = off; applied after the cross-device average
+
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.mode = "wallclock"  # "wallclock" | "iterations" | "wallclock_fraction"
+    c.schedule.warmdown_iters = 1200
+    c.schedule.warmdown_frac = 0.0
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_tokens = 524_288
+    c.train.seq_len = 1024
+    c.train.iterations = 20_000
+    c.train.max_wallclock_seconds = 600.0  # 0 = no cap
+    c.train.val_every = 1000  # 0 = only at the end
+    c.train.log_every = 200
+    c.train.val_batch_tokens = 524_288
+    c.train.run_dir = "runs"
+    c.train.run_name = ""
+    c.train.profile_steps = ""  # "START:STOP" writes a jax.profiler trace of those steps
+
+    c.export = ml_collections.ConfigDict()
+    c.export.format = "int8_zlib"
+    c.export.budget_bytes = 16_000_000
+    return c

@@ -1,0 +1,87 @@
+"""Layers shared by the golf_jax GPTs (Flax Linen, params fp32, compute in `dtype`).
+
+Weights are `(in, out)` kernels used as `x @ W`; the PyTorch reference stores
+`(out, in)`, so conversions happen only at its boundary (fixtures, export).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Initializer = Callable[..., jax.Array]
+
+
+def rms_norm(x: jax.Array, eps: float | None = None) -> jax.Array:
+    """Weightless RMSNorm in fp32 opmath; eps=None is fp32 machine epsilon (torch)."""
+    eps = float(jnp.finfo(jnp.float32).eps) if eps is None else eps
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+    return y.astype(x.dtype)
+
+
+def torch_linear_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """torch.nn.Linear's default init, U(±1/√in), for an (in, out) kernel."""
+    bound = 1.0 / math.sqrt(shape[-2])
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class Linear(nn.Module):
+    """Bias-free linear: an fp32 `(in, out)` kernel cast to the activation dtype at use."""
+
+    features: int
+    dtype: jnp.dtype = jnp.bfloat16
+    kernel_init: Initializer = torch_linear_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+def rotary_cos_sin(seq_len: int, rot_dims: int, base: float, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables [T, rot_dims/2], angles in fp32 and then cast, as the reference does."""
+    inv_freq = 1.0 / (base ** (jnp.arange(0, rot_dims, 2, dtype=jnp.float32) / rot_dims))
+    angles_TxR = jnp.outer(jnp.arange(seq_len, dtype=jnp.float32), inv_freq)
+    return jnp.cos(angles_TxR).astype(dtype), jnp.sin(angles_TxR).astype(dtype)
+
+
+def apply_rotary(x_BxTxNxH: jax.Array, cos_TxR: jax.Array, sin_TxR: jax.Array) -> jax.Array:
+    """Rotate the first 2R dims by −θ: (a·cos + b·sin, −a·sin + b·cos); the rest pass through."""
+    half = cos_TxR.shape[-1]
+    a, b = x_BxTxNxH[..., :half], x_BxTxNxH[..., half : 2 * half]
+    cos, sin = cos_TxR[None, :, None, :], sin_TxR[None, :, None, :]
+    rotated = [a * cos + b * sin, -a * sin + b * cos]
+    if 2 * half < x_BxTxNxH.shape[-1]:
+        rotated.append(x_BxTxNxH[..., 2 * half :])
+    return jnp.concatenate(rotated, axis=-1)
+
+
+def default_attention_impl() -> str | None:
+    """cuDNN flash attention on GPU, XLA elsewhere (cuDNN raises on CPU)."""
+    return "cudnn" if jax.default_backend() == "gpu" else None
+
+
+def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, implementation: str | None = "auto"):
+    """Causal GQA attention through jax.nn.dot_product_attention (scale 1/√H)."""
+    if implementation == "auto":
+        implementation = default_attention_impl()
+    return jax.nn.dot_product_attention(
+        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, implementation=implementation
+    )
+
+
+def softcap(logits: jax.Array, cap: float) -> jax.Array:
+    return cap * jnp.tanh(logits / cap)
+
+
+def cross_entropy_BxT(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+    """Per-token NLL in fp32 (logits are upcast before log-softmax, as the reference does)."""
+    logits = logits_BxTxV.astype(jnp.float32)
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets_BxT[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return logz - picked
