@@ -12,14 +12,14 @@ def get_config():
     c.model.num_kv_heads = 2
     c.model.compute_dtype = "float32"  # bf16 matmuls are slow on CPU
     c.train.seq_len = 256
-    c.train.batch_tokens = 8192
-    c.train.iterations = 200
+    c.train.batch_tokens = 4096
+    c.train.iterations = 150
     c.train.max_wallclock_seconds = 0.0
-    c.train.val_every = 100
-    c.train.log_every = 20
+    c.train.val_every = 0  # validate once, at the end
+    c.train.log_every = 25
     c.train.val_batch_tokens = 16_384
     c.schedule.mode = "iterations"
-    c.schedule.warmdown_iters = 60
+    c.schedule.warmdown_iters = 50
     c.opt.muon_momentum_warmup_steps = 50
     c.data.val_max_tokens = 65_537
     return c

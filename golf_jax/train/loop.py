@@ -1,0 +1,280 @@
+"""The training run: data → model → Muon/AdamW on the mesh → export → round-trip val_bpb.
+
+The hot loop keeps the host out of the device's way: the step is compiled before
+the clock starts, the state is donated, batches are prefetched by a thread, and
+metrics are read one step late.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import serialization
+from jax.experimental import multihost_utils
+
+from golf_jax import model as model_lib
+from golf_jax.data import shards
+from golf_jax.data.coprime import CoprimeLoader
+from golf_jax.data.loader import SequentialLoader
+from golf_jax.data.synthetic import ensure_default_corpus
+from golf_jax.data.tokenizer import build_byte_luts, load_tokenizer
+from golf_jax.eval import plain
+from golf_jax.optim import schedule
+from golf_jax.optim.build import build_optimizer, count_by_label
+from golf_jax.quant import export
+from golf_jax.train import mesh as mesh_lib
+from golf_jax.train import step as step_lib
+from golf_jax.train.rundir import RunDir
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (NaN loss, bad config); the run dir keeps what ran."""
+
+
+def check_config(cfg, num_devices: int) -> None:
+    t = cfg.train
+    if t.batch_tokens % (num_devices * t.seq_len):
+        raise ValueError(
+            f"train.batch_tokens={t.batch_tokens} must be a multiple of devices×seq_len = "
+            f"{num_devices}×{t.seq_len}; change train.batch_tokens or train.seq_len"
+        )
+    if cfg.model.model_dim % cfg.model.num_heads or cfg.model.num_heads % cfg.model.num_kv_heads:
+        raise ValueError("model.model_dim must divide by model.num_heads, and num_heads by num_kv_heads")
+    if cfg.data.loader not in ("sequential", "coprime"):
+        raise ValueError(f"data.loader={cfg.data.loader!r}: use 'sequential' or 'coprime'")
+
+
+def resolve_data(cfg) -> tuple[Path, Path]:
+    """The shard directory and tokenizer of the run (building the default corpus if asked)."""
+    if cfg.data.source == "default":
+        corpus = ensure_default_corpus()
+        if corpus.vocab_size != cfg.model.vocab_size:
+            raise ValueError(
+                f"the default corpus has vocab {corpus.vocab_size} but model.vocab_size="
+                f"{cfg.model.vocab_size}; pass --config.model.vocab_size={corpus.vocab_size}"
+            )
+        return corpus.data_dir, corpus.tokenizer_path
+    if cfg.data.source == "dir":
+        if not cfg.data.dir or not cfg.data.tokenizer:
+            raise ValueError("data.source='dir' needs data.dir (shard folder) and data.tokenizer (.model file)")
+        return Path(cfg.data.dir), Path(cfg.data.tokenizer)
+    raise ValueError(f"data.source={cfg.data.source!r}: use 'default' or 'dir'")
+
+
+def make_loader(cfg, data_dir: Path, mesh):
+    pattern = str(data_dir / "fineweb_train_*.bin")
+    world, ranks = mesh.devices.size, mesh_lib.local_data_ranks(mesh)
+    t = cfg.train
+    if cfg.data.loader == "coprime":
+        return CoprimeLoader(pattern, t.seq_len, t.batch_tokens // t.seq_len, world, ranks, cfg.model.vocab_size)
+    return SequentialLoader(pattern, t.seq_len, t.batch_tokens, world, ranks, cfg.model.vocab_size)
+
+
+class Prefetcher:
+    """Reads and uploads the next batches on a thread while the device computes."""
+
+    def __init__(self, loader, mesh, depth: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+        self._loader, self._mesh = loader, mesh
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                x, y = self._loader.next_batch()
+                item = {"x": mesh_lib.put_local_batch(self._mesh, x), "y": mesh_lib.put_local_batch(self._mesh, y)}
+            except Exception as e:  # surfaced in the main thread by next()
+                item = e
+            self._queue.put(item)
+            if isinstance(item, Exception):
+                return
+
+    def next(self) -> dict:
+        item = self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return dict(item)
+
+
+def train(cfg) -> dict:
+    """Run a whole job from a config; returns the summary written to summary.json."""
+    mesh_lib.maybe_initialize_distributed()
+    mesh = mesh_lib.make_mesh()
+    check_config(cfg, mesh.devices.size)
+    run = RunDir(cfg.train.run_dir, cfg.train.run_name or cfg.name, cfg)
+    summary: dict = {"status": "running", "run_dir": str(run.path)}
+    try:
+        summary.update(_train(cfg, mesh, run))
+        summary["status"] = "ok"
+        return summary
+    except BaseException as e:
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+        run.log(f"run failed: {summary['error']} (outputs kept in {run.path})")
+        raise
+    finally:
+        run.write_json("summary.json", summary)
+        run.close()
+
+
+def _train(cfg, mesh, run: RunDir) -> dict:
+    t = cfg.train
+    data_dir, tokenizer_path = resolve_data(cfg)
+    sp = load_tokenizer(tokenizer_path, cfg.model.vocab_size)
+    lut = build_byte_luts(sp, cfg.model.vocab_size)
+    val_tokens = shards.load_validation_tokens(
+        str(data_dir / "fineweb_val_*.bin"), t.seq_len, cfg.model.vocab_size, cfg.data.val_max_tokens or None
+    )
+    loader = make_loader(cfg, data_dir, mesh)
+    run.log(f"run_dir: {run.path}")
+    run.log(f"data: {data_dir} tokenizer: {tokenizer_path} val_tokens: {len(val_tokens):,} loader: {cfg.data.loader}")
+    run.log(f"devices: {mesh.devices.size} ({jax.default_backend()}) processes: {jax.process_count()}")
+
+    model = model_lib.build_model(cfg.model)
+    rng = jax.random.PRNGKey(cfg.seed)
+    abstract = jax.eval_shape(lambda r: model.init(r, np.zeros((1, t.seq_len), np.int32))["params"], rng)
+    labels = model_lib.param_labels(cfg.model, abstract)
+    tx = build_optimizer(cfg.opt, labels)
+    state = step_lib.init_state(model, tx, rng, t.seq_len, mesh)
+    counts = count_by_label(state.params, labels)
+    run.log(f"model: {cfg.model.name} params: {sum(counts.values()):,} by group: {counts}")
+
+    prefetch = Prefetcher(loader, mesh, cfg.data.prefetch)
+    first = prefetch.next()
+    schedule_args = {"lr_scale": np.float32(1.0), "muon_momentum": np.float32(cfg.opt.muon_momentum)}
+    t_compile = time.perf_counter()
+    train_step = step_lib.jit_train_step(step_lib.make_train_step(model, tx), mesh).lower(state, {**first, **schedule_args}).compile()
+    eval_step = plain.jit_eval_step(step_lib.make_eval_step(model, lut_arrays(lut)), mesh)
+    val_batch_seqs = max(t.val_batch_tokens // t.seq_len, 1)
+    run.log(f"compiled train step in {time.perf_counter() - t_compile:.1f}s")
+
+    def validate(params, step: int) -> float:
+        t_val = time.perf_counter()
+        acc = plain.evaluate(eval_step, params, mesh, val_tokens, t.seq_len, val_batch_seqs)
+        run.log(f"step {step} val_loss {acc.val_loss:.4f} val_bpb {acc.val_bpb:.4f} ({time.perf_counter() - t_val:.1f}s)")
+        run.metrics({"step": step, "val_loss": acc.val_loss, "val_bpb": acc.val_bpb})
+        return acc.val_bpb
+
+    tokens_per_step = t.batch_tokens
+    cap_s = t.max_wallclock_seconds if t.max_wallclock_seconds > 0 else None
+    profile = _parse_profile(t.profile_steps)
+    train_time, step, stop_after, pending, val_bpb = 0.0, 0, None, None, float("nan")
+    window_t, window_step = 0.0, 0
+    t0 = time.perf_counter()
+    batch = first
+    while True:
+        last = step == t.iterations or (stop_after is not None and step >= stop_after)
+        if last or (t.val_every > 0 and step % t.val_every == 0):
+            _report(run, pending, t, tokens_per_step, force=True)
+            pending = None
+            jax.block_until_ready(state)
+            train_time += time.perf_counter() - t0
+            val_bpb = validate(state.params, step)
+            t0 = time.perf_counter()
+        if last:
+            break
+        if profile and step == profile[0]:
+            jax.profiler.start_trace(str(run.path / "profile"))
+        elapsed = train_time + time.perf_counter() - t0
+        batch["lr_scale"] = np.float32(
+            schedule.lr_scale(
+                step, elapsed, iterations=t.iterations, warmdown_iters=cfg.schedule.warmdown_iters,
+                max_wallclock_seconds=t.max_wallclock_seconds, mode=cfg.schedule.mode,
+                warmdown_frac=cfg.schedule.warmdown_frac,
+            )
+        )
+        batch["muon_momentum"] = np.float32(
+            schedule.muon_momentum(step, cfg.opt.muon_momentum_warmup_start, cfg.opt.muon_momentum, cfg.opt.muon_momentum_warmup_steps)
+        )
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+            state, metrics = train_step(state, batch)
+        step += 1
+        if profile and step == profile[1]:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            run.log(f"profile of steps {profile[0]}..{profile[1]} written to {run.path / 'profile'}")
+        _report(run, pending, t, tokens_per_step)  # the previous step's metrics: one step late
+        elapsed = train_time + time.perf_counter() - t0
+        pending = (step, metrics, elapsed, batch["lr_scale"])
+        if cap_s is not None and stop_after is None and _agree(elapsed >= cap_s):
+            stop_after = step
+            run.log(f"wallclock cap {cap_s:.0f}s reached at step {step}")
+        if step < t.iterations and not (stop_after is not None and step >= stop_after):
+            batch = prefetch.next()
+
+    run.log(f"training: {step} steps in {train_time:.1f}s ({1000 * train_time / max(step, 1):.1f} ms/step)")
+    params = jax.device_get(state.params)
+    if run.is_writer:
+        (run.path / "params.msgpack").write_bytes(serialization.to_bytes(params))
+    info = export.export_artifact(params, cfg, run.path)
+    run.log(
+        f"artifact: {info.path.name} weights {info.weight_bytes:,} B + code {info.code_bytes:,} B = "
+        f"{info.total_bytes:,} B (budget {cfg.export.budget_bytes:,})"
+    )
+    multihost_utils.sync_global_devices("artifact written")
+    restored = export.load_artifact(info.path, params)
+    rt_params = jax.device_put(restored, mesh_lib.replicated(mesh))
+    t_rt = time.perf_counter()
+    acc = plain.evaluate(eval_step, rt_params, mesh, val_tokens, t.seq_len, val_batch_seqs)
+    run.log(f"final {cfg.export.format} round trip: val_loss {acc.val_loss:.4f} val_bpb {acc.val_bpb:.4f} ({time.perf_counter() - t_rt:.1f}s)")
+    run.log(f"final val_bpb {acc.val_bpb:.4f} artifact_bytes {info.total_bytes:,}")
+    return {
+        "steps": step,
+        "train_time_s": train_time,
+        "pre_quant_val_bpb": val_bpb,
+        "roundtrip_val_loss": acc.val_loss,
+        "roundtrip_val_bpb": acc.val_bpb,
+        "artifact_path": str(info.path),
+        "weight_bytes": info.weight_bytes,
+        "code_bytes": info.code_bytes,
+        "artifact_bytes": info.total_bytes,
+    }
+
+
+def lut_arrays(lut) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.asarray(lut.base_bytes, np.int32), np.asarray(lut.has_leading_space), np.asarray(lut.is_boundary))
+
+
+def _report(run: RunDir, pending, t, tokens_per_step: int, force: bool = False) -> None:
+    """Log a finished step's metrics (reading them syncs only with that older step)."""
+    if pending is None:
+        return
+    step, metrics, elapsed, lr = pending
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"train loss is {loss} at step {step}; lower the learning rates (opt.*_lr), "
+            "enable opt.grad_clip_norm, or check the data"
+        )
+    if force or step <= 5 or step % max(t.log_every, 1) == 0:
+        ms = 1000 * elapsed / step
+        run.log(
+            f"step {step}/{t.iterations} loss {loss:.4f} lr_scale {float(lr):.3f} "
+            f"{ms:.1f} ms/step {tokens_per_step / (ms / 1000):,.0f} tok/s"
+        )
+    run.metrics({"step": step, "loss": loss, "grad_norm": float(metrics["grad_norm"]), "train_time_s": elapsed})
+
+
+def _agree(flag: bool) -> bool:
+    """All hosts stop on the same step (a host sync, only in multi-host runs)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def _parse_profile(spec: str) -> tuple[int, int] | None:
+    if not spec:
+        return None
+    try:
+        start, stop = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise ValueError(f"train.profile_steps={spec!r}: use 'START:STOP', e.g. '5:10'") from None
+    if not 0 <= start < stop:
+        raise ValueError(f"train.profile_steps={spec!r}: need 0 <= START < STOP")
+    return start, stop
