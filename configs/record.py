@@ -1,8 +1,9 @@
-"""PR #1318 record stack.
+"""PR #1318 record stack (spec reference-pr1318.md §3.1, §4, §5): model, training recipe
+and the GPTQ int6 export.
 
-NOTE: until the record-model issue lands this points at the *baseline* model with
-the record's training shape (seq 2048, 786,432 tokens per step); it is not yet the
-record architecture.
+Eval-side features (sliding window, TTT, SLOT) live in their own sections once
+those stages land. Reference quirks are off by default; see the
+`compat` section and docs/differences.md.
 """
 
 from golf_jax.config import base_config
@@ -11,6 +12,66 @@ from golf_jax.config import base_config
 def get_config():
     c = base_config()
     c.name = "record"
-    c.train.seq_len = 2048
-    c.train.batch_tokens = 786_432
+
+    m = c.model
+    m.name = "record"
+    m.vocab_size = 1024
+    m.num_layers = 11
+    m.model_dim = 512
+    m.num_heads = 8
+    m.num_kv_heads = 4
+    m.mlp_mult = 3.0
+    m.rope_base = 10000.0
+    m.rope_dims = 16
+    m.rope_train_seq_len = 1024  # the reference's hard-coded value: base' ≈ 22,081.79 at T=2048
+    m.logit_softcap = 30.0
+    m.qk_gain_init = 4.0
+    m.tied_embed_init_std = 0.005
+    m.bigram_vocab_size = 3072
+    m.bigram_dim = 112
+    m.xsa_last_n = 11
+    m.ln_scale = True
+    m.ve_dim = 128
+    m.ve_layers = "9,10"
+    m.mtp_num_heads = 2
+    m.mtp_loss_weight = 0.1
+
+    o = c.opt
+    o.matrix_lr = 0.025
+    o.scalar_lr = 0.025
+    o.tied_embed_lr = 0.035
+    o.head_lr = 0.008  # MTP heads (trained here; the reference never trains them)
+    o.beta1, o.beta2, o.adam_eps = 0.9, 0.95, 1e-8
+    o.muon_momentum = 0.99
+    o.muon_momentum_warmup_start = 0.92
+    o.muon_momentum_warmup_steps = 1500
+    o.muon_ns_steps = 5
+    o.muon_weight_decay = 0.04
+    o.adam_weight_decay = 0.04
+    o.embed_weight_decay = 0.04
+    o.grad_clip_norm = 0.3
+
+    c.schedule.mode = "wallclock"
+    c.schedule.warmdown_iters = 4000  # warmdown = the last 4000 steps' worth of wallclock
+
+    t = c.train
+    t.seq_len = 2048
+    t.batch_tokens = 786_432
+    t.iterations = 20_000
+    t.max_wallclock_seconds = 600.0
+    t.val_every = 4000
+    t.log_every = 500
+    t.ema_decay = 0.997
+    t.swa_enabled = False  # the reference accumulates SWA but never applies it (§8.9)
+    t.swa_every = 50
+    t.swa_lr_threshold = 0.2
+    t.late_qat_threshold = 0.15
+    t.val_batch_tokens = 524_288
+
+    e = c.export
+    e.format = "gptq_int6"  # int6 GPTQ for the block matrices, int8 rows for the embeddings
+    e.compressor = "lzma"  # preset 9, as the reference
+    e.gptq_damp = 0.005
+    e.calib_source = "train"  # the reference calibrates on val tokens: --config.export.calib_source=val (non-compliant)
+    e.calib_seqs = 256
     return c

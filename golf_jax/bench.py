@@ -61,17 +61,18 @@ def main(argv) -> None:
     model = model_lib.build_model(cfg.model)
     rng = jax.random.PRNGKey(cfg.seed)
     abstract = jax.eval_shape(lambda r: model.init(r, np.zeros((1, seq_len), np.int32))["params"], rng)
-    tx = build_optimizer(cfg.opt, model_lib.param_labels(cfg.model, abstract))
-    state = step_lib.init_state(model, tx, rng, seq_len, mesh)
+    labels = model_lib.param_labels(cfg.model, abstract, cfg.compat)
+    tx = build_optimizer(cfg.opt, labels)
+    recipe = step_lib.build_recipe(cfg, abstract, labels)
+    state = step_lib.init_state(model, tx, rng, seq_len, mesh, recipe)
     tokens = np.random.default_rng(0).integers(0, cfg.model.vocab_size, (global_seqs, seq_len + 1), dtype=np.int32)
     batch = {
         "x": mesh_lib.put_global_batch(mesh, tokens[:, :-1]),
         "y": mesh_lib.put_global_batch(mesh, tokens[:, 1:]),
-        "lr_scale": np.float32(1.0),
-        "muon_momentum": np.float32(cfg.opt.muon_momentum),
+        **step_lib.schedule_inputs(1.0, cfg.opt.muon_momentum),
     }
     t = time.perf_counter()
-    step = step_lib.jit_train_step(step_lib.make_train_step(model, tx), mesh).lower(state, batch).compile()
+    step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, recipe), mesh).lower(state, batch).compile()
     compile_s = time.perf_counter() - t
     for _ in range(_WARMUP.value):
         state, metrics = step(state, batch)

@@ -37,6 +37,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.tied_embed_init_std = 0.005
     c.model.compute_dtype = "bfloat16"
     c.model.attention_impl = "auto"  # "auto": cuDNN on GPU, XLA elsewhere
+    # Record-model keys (model.name="record"; the baseline ignores them).
+    c.model.rope_dims = 0  # rotated dims per head; 0 = the whole head
+    c.model.rope_train_seq_len = 1024  # NTK base rescale for T > this (reference hard-codes 1024)
+    c.model.bigram_vocab_size = 0  # 0 = no BigramHash
+    c.model.bigram_dim = 128
+    c.model.ve_dim = 128
+    c.model.ve_layers = ""  # comma-separated layer indices with ValueEmbedding; "" = off
+    c.model.xsa_last_n = 0  # XSA on the last n layers
+    c.model.ln_scale = False  # scale the block-input norms by 1/sqrt(i+1)
+    c.model.mtp_num_heads = 0
+    c.model.mtp_loss_weight = 0.0
 
     c.opt = ml_collections.ConfigDict()
     c.opt.matrix_lr = 0.04
@@ -74,8 +85,30 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.run_dir = "runs"
     c.train.run_name = ""
     c.train.profile_steps = ""  # "START:STOP" writes a jax.profiler trace of those steps
+    c.train.ema_decay = 0.0  # 0 = off; else ema = d*ema + (1-d)*params after every step
+    c.train.swa_enabled = False  # average snapshots taken late in the warmdown
+    c.train.swa_every = 50
+    c.train.swa_lr_threshold = 0.2  # snapshot when lr_scale < this and step % swa_every == 0
+    c.train.late_qat_threshold = 0.0  # 0 = off; soft-round QAT once lr_scale < this
+
+    # Flags that reproduce reference quirks (docs/differences.md); False = intended.
+    c.compat = ml_collections.ConfigDict()
+    c.compat.mtp_untrained = False  # MTP heads in no optimizer (PR #1318, spec §8.1)
+    c.compat.qat_reference_scope = False  # QAT on bigram/VE proj + MTP heads, not blocks (§8.8)
+    c.compat.gptq_double_damp = False  # the reference damps H twice (~0.010025·mean diag, §5.4)
 
     c.export = ml_collections.ConfigDict()
-    c.export.format = "int8_zlib"
-    c.export.budget_bytes = 16_000_000
+    c.export.format = "int8_zlib"  # "int8_zlib" | "gptq_int6" (the record) | "rtn_int6"
+    c.export.budget_bytes = 16_000_000  # decimal bytes: compressed weights + code bytes
+    c.export.compressor = ""  # "" = the format's default (lzma for *_int6); "lzma" | "brotli" | "zstd"
+    c.export.int6_storage = "auto"  # "int8" | "packed6" | "auto" (the smaller after compression)
+    c.export.embed_bits = 8  # large non-Muon tables (tok_emb, bigram/VE embed): 8 or 7
+    c.export.gptq_damp = 0.005
+    c.export.gptq_clip = "percentile"  # "percentile" (reference) | "sdclip"
+    c.export.sdclip_k = 12.85
+    c.export.gptq_block = 128
+    c.export.calib_source = "train"  # "train" | "val" (PR #1318; non-compliant) | "selfgen"
+    c.export.calib_seqs = 256
+    c.export.calib_seq_len = 0  # 0 = train.seq_len
+    c.export.reserve_seconds = 0.0  # stop training this much before the wallclock cap
     return c

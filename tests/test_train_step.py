@@ -46,8 +46,7 @@ def _run(cfg, devices, tokens, steps=3):
         batch = {
             "x": mesh_lib.put_global_batch(mesh, tokens[i, :, :-1]),
             "y": mesh_lib.put_global_batch(mesh, tokens[i, :, 1:]),
-            "lr_scale": np.float32(1.0 - 0.1 * i),
-            "muon_momentum": np.float32(0.85 + 0.01 * i),
+            **step_lib.schedule_inputs(1.0 - 0.1 * i, 0.85 + 0.01 * i),
         }
         state, metrics = train_step(state, batch)
         losses.append(float(metrics["loss"]))
@@ -103,8 +102,7 @@ def test_state_is_donated():
     batch = {
         "x": mesh_lib.put_global_batch(mesh, tokens[0, :, :-1]),
         "y": mesh_lib.put_global_batch(mesh, tokens[0, :, 1:]),
-        "lr_scale": np.float32(1.0),
-        "muon_momentum": np.float32(0.9),
+        **step_lib.schedule_inputs(1.0, 0.9),
     }
     old_leaf = jax.tree.leaves(state.params)[0]
     train_step(state, batch)

@@ -6,10 +6,11 @@ from typing import Any, Callable
 
 from flax import linen as nn
 
-from golf_jax.model import baseline
+from golf_jax.model import baseline, record
 
 _REGISTRY: dict[str, tuple[type[nn.Module], Callable[[dict], dict]]] = {
     "baseline": (baseline.BaselineGPT, baseline.param_labels),
+    "record": (record.RecordGPT, record.param_labels),
 }
 
 
@@ -27,5 +28,9 @@ def build_model(model_cfg: Any) -> nn.Module:
     return _entry(model_cfg.name)[0](model_cfg)
 
 
-def param_labels(model_cfg: Any, params: dict) -> dict:
+def param_labels(model_cfg: Any, params: dict, compat: Any = None) -> dict:
+    """`compat` (the config's compat section) selects quirk-reproducing labels where a
+    model has them (record: `compat.mtp_untrained` freezes the MTP heads)."""
+    if model_cfg.name == "record" and compat is not None and compat.get("mtp_untrained", False):
+        return record.make_param_labels(mtp_untrained=True)(params)
     return _entry(model_cfg.name)[1](params)

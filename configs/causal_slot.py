@@ -1,0 +1,48 @@
+"""PR #1306 ("Causal SLOT + pre-quant TTT", 1.0846) and PR #1350 ("L-BFGS causal SLOT", 1.0046).
+
+Source: openai/parameter-golf PR #1306 head d43a0f36 and PR #1350 head 4ede046a
+(variants-and-compliance.md §1.1, §2.2, §2.5, §2.7). Relative to configs/record.py:
+
+* QK-gain init 1.5 (#1306) / 5.0 (#1350);
+* WARMDOWN_ITERS 3500 (#1306) / 4000 (#1350);
+* BigramHash 2048×128 (record: 3072×112);
+* no MTP heads (MTP_NUM_HEADS=0);
+* loader: the plain sequential TokenStream (the READMEs' "coprime loader" is not in the code);
+* GPTQ damp 0.01 (#1306) / 0.005 (#1350), Hessians from 256 training batches; pre-quant
+  AdamW TTT (6 epochs, lr 5e-4, freeze 2); SLOT (#1306: AdamW hidden-space δ;
+  #1350: L-BFGS logit-space δ, focal 128, warm start, clip 5). These eval-side
+  numbers are recorded in `variant_notes` until the eval stages take them.
+
+`get_config("1306")` or `get_config("1350")` (default "1350").
+"""
+
+from configs.record import get_config as record_config
+
+
+def get_config(variant: str = "1350"):
+    if variant not in ("1306", "1350"):
+        raise ValueError(f"configs/causal_slot.py: variant must be '1306' or '1350', got {variant!r}")
+    c = record_config()
+    c.name = f"causal_slot_{variant}"
+    c.model.qk_gain_init = 1.5 if variant == "1306" else 5.0
+    c.model.bigram_vocab_size = 2048
+    c.model.bigram_dim = 128
+    c.model.mtp_num_heads = 0
+    c.model.mtp_loss_weight = 0.0
+    c.schedule.warmdown_iters = 3500 if variant == "1306" else 4000
+    c.data.loader = "sequential"
+    c.unlock()
+    c.variant_notes = {
+        "source_pr": variant,
+        "gptq_damp": 0.01 if variant == "1306" else 0.005,
+        "gptq_calib": "train_256_batches",
+        "prequant_ttt": {"epochs": 6, "lr": 5e-4, "freeze_blocks": 2, "batch_seqs": 32, "grad_clip": 1.0},
+        "slot": (
+            {"kind": "adamw_hidden", "steps": 8, "lr": 0.005, "batch_windows": 32}
+            if variant == "1306"
+            else {"kind": "lbfgs_logit", "max_iter": 25, "history": 20, "focal": 128, "clip": 5.0,
+                  "warm_start": True, "batch_windows": 32}
+        ),
+    }
+    c.lock()
+    return c
