@@ -3,20 +3,37 @@
 Names are the '/'-joined pytree paths. Matmul kernels are stored transposed to
 `(out, in)` so that per-row scales are per output channel, as in the reference.
 
-Artifact bytes = compressed weights + code bytes, where code bytes are the UTF-8
-bytes of every golf_jax/**/*.py source file (the code a submission needs to
-train and evaluate; configs and tests are not counted).
+Formats (export.format):
+
+* "int8_zlib": the upstream baseline (int8 per-row for large tensors, zlib).
+* "gptq_int6": the record (spec 5.3). In order: non-matrices and tensors with
+  <= 65,536 elements -> fp16; every kernel labelled "muon" (the block matrices)
+  -> int6 GPTQ with the Hessian from golf_jax.quant.hessian (W = kernel^T, [out, in]);
+  every other large tensor (tok_emb, bigram/VE embed, an untied head) -> int8
+  per-row (int7 with export.embed_bits=7). MTP heads are not exported (5.1).
+  Then selective +-1 pruning toward the budget; lzma by default.
+* "rtn_int6": as gptq_int6 but round-to-nearest with the same per-row percentile
+  search (no Hessian), for comparisons.
+
+Artifact bytes = compressed weights + code bytes, in DECIMAL bytes against
+export.budget_bytes (16,000,000). Code bytes = the byte length of the single
+self-extracting submission script `python -m golf_jax.pack` writes (the lzma +
+base85 archive of golf_jax/**/*.py plus its bootstrap): that one file is the
+code a submission needs to train and evaluate. It is built in memory and cached
+per process.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from flax import traverse_util
 
-from golf_jax.quant import container, rowquant
+from golf_jax.quant import container, gptq, prune, rowquant
 from golf_jax.quant.prune import ArtifactBudgetError
 
 PASSTHROUGH_MAX_NUMEL = 65_536
@@ -28,16 +45,19 @@ class ArtifactInfo:
     path: Path
     weight_bytes: int
     code_bytes: int
+    report: dict = field(default_factory=dict)  # format, compressor, calibration, GPTQ time, pruning
 
     @property
     def total_bytes(self) -> int:
         return self.weight_bytes + self.code_bytes
 
 
+@functools.lru_cache(maxsize=1)
 def code_bytes() -> int:
-    from golf_jax.train.rundir import package_sources
+    """len(the submission script golf_jax.pack would write), built in memory once per process."""
+    from golf_jax import pack
 
-    return sum(len(p.read_bytes()) for p in package_sources())
+    return len(pack.build_script())
 
 
 def named_arrays(params) -> dict[str, np.ndarray]:
@@ -65,21 +85,109 @@ def quantize_int8(arrays: dict[str, np.ndarray]) -> dict[str, container.QuantTen
     return tensors
 
 
-def export_artifact(params, cfg, out_dir: Path) -> ArtifactInfo:
-    """Write `model.golfjax` into out_dir; raise ArtifactBudgetError over the budget."""
-    fmt = cfg.export.format
+INT6_FORMATS = ("gptq_int6", "rtn_int6")
+NOT_EXPORTED_PREFIXES = ("mtp_heads_",)  # training-only heads (spec 5.1)
+
+
+def _flat_labels(params, cfg) -> dict[str, str]:
+    from golf_jax import model as model_lib
+
+    labels = model_lib.param_labels(cfg.model, params, cfg.get("compat"))
+    return {"/".join(k): v for k, v in traverse_util.flatten_dict(labels).items()}
+
+
+def classify(name: str, arr: np.ndarray, label: str) -> str:
+    """'fp16' | 'int6' | 'embed' per spec 5.3 (small first, then Muon matrices)."""
+    if arr.ndim < 2 or arr.size <= PASSTHROUGH_MAX_NUMEL or not np.issubdtype(arr.dtype, np.floating):
+        return "fp16"
+    if label == "muon":
+        if arr.ndim != 2:
+            raise ValueError(f"export: Muon matrix {name} has shape {arr.shape}; int6 GPTQ needs 2-D kernels")
+        return "int6"
+    return "embed"
+
+
+def quantize_int6(arrays: dict[str, np.ndarray], labels: dict[str, str], ex, hessians: dict | None,
+                  double_damp: bool = False) -> tuple[dict[str, container.QuantTensor], dict]:
+    """gptq_int6 (hessians given) or rtn_int6 (hessians None) tensors, plus stats."""
+    tensors, stats = {}, {"int6": 0, "embed": 0, "fp16": 0, "gptq_fallbacks": 0, "gptq_seconds": 0.0}
+    embed_clip = {8: rowquant.INT8_CLIP, 7: rowquant.INT7_CLIP}.get(int(ex.embed_bits))
+    if embed_clip is None:
+        raise ValueError(f"export.embed_bits={ex.embed_bits}: use 8 or 7")
+    missing = [n for n, a in arrays.items() if classify(n, a, labels.get(n, "")) == "int6"
+               and hessians is not None and n not in hessians]
+    if missing:
+        raise ValueError(
+            f"export.format=gptq_int6: no Hessian for {len(missing)} Muon matrices, e.g. {missing[:3]}. "
+            "Hessians come from intercepting golf_jax.model.layers.Linear; a model that stores these "
+            "matrices another way (e.g. stacked banks) must route them through layers.Linear, or use "
+            "export.format=rtn_int6")
+    for name, arr in arrays.items():
+        kind = classify(name, arr, labels.get(name, ""))
+        stats[kind] += 1
+        if kind == "fp16":
+            tensors[name] = container.passthrough(arr, "fp16")
+        elif kind == "embed":
+            q, s = rowquant.quantize_rows_int8(arr.astype(np.float32), clip_range=embed_clip)
+            tensors[name] = container.QuantTensor("int8" if embed_clip == rowquant.INT8_CLIP else "int7",
+                                                  q, s, arr.dtype.name)
+        else:
+            W = arr.astype(np.float32)
+            t0 = time.perf_counter()
+            if hessians is None:
+                S16, labs = gptq._candidate_scales(W, rowquant.INT6_CLIP, ex.gptq_clip, gptq.PERCENTILES,
+                                                   ex.sdclip_k, ex.gptq_clip == "percentile")
+                res = gptq._fallback(W, S16, labs, rowquant.INT6_CLIP, 0.0)
+            else:
+                res = gptq.gptq_quantize(W, hessians[name], block_size=int(ex.gptq_block), damp=float(ex.gptq_damp),
+                                         double_damp=double_damp, clip=ex.gptq_clip, sdclip_k=float(ex.sdclip_k))
+                stats["gptq_fallbacks"] += int(res.used_fallback)
+            stats["gptq_seconds"] += time.perf_counter() - t0
+            tensors[name] = container.QuantTensor("int6", res.q, res.scale, arr.dtype.name)
+    return tensors, stats
+
+
+def export_artifact(params, cfg, out_dir: Path, calib=None) -> ArtifactInfo:
+    """Write `model.golfjax` into out_dir; raise ArtifactBudgetError over the budget.
+
+    `calib` (a hessian.Calibration) is required for gptq_int6.
+    """
+    ex, fmt = cfg.export, cfg.export.format
+    path = Path(out_dir) / "model.golfjax"
+    report: dict = {"export_format": fmt}
     if fmt == "int8_zlib":
         tensors, compressor = quantize_int8(named_arrays(params)), "zlib"
+        blob = container.serialize(tensors, compressor=compressor)
+    elif fmt in INT6_FORMATS:
+        if fmt == "gptq_int6" and calib is None:
+            raise ValueError("export.format=gptq_int6 needs calibration Hessians (golf_jax.quant.hessian.calibrate)")
+        compressor = ex.compressor or "lzma"
+        labels = _flat_labels(params, cfg)
+        arrays = {n: a for n, a in named_arrays(params).items() if not n.startswith(NOT_EXPORTED_PREFIXES)}
+        tensors, stats = quantize_int6(arrays, labels, ex, calib.hessians if fmt == "gptq_int6" else None,
+                                       bool(cfg.compat.get("gptq_double_damp", False)))
+        report.update(stats)
+        if calib is not None:
+            report.update(calib_source=calib.source, calibration_on_val=calib.on_val, calib_seqs=calib.num_seqs,
+                          calib_seq_len=calib.seq_len, calib_seconds=calib.seconds)
+        ser = functools.partial(container.serialize, int6_storage=ex.int6_storage, compressor=compressor)
+        try:
+            tensors, pr = prune.prune_to_budget(tensors, ex.budget_bytes, code_bytes(), ser)
+        except ArtifactBudgetError:
+            path.write_bytes(ser(tensors))  # never lose a run's output
+            raise
+        blob = pr.blob
+        report.update(pruned=pr.n_pruned, prune_candidates=pr.n_candidates, unpruned_weight_bytes=pr.unpruned_bytes)
     else:
-        raise ValueError(f"export.format={fmt!r}: known formats are 'int8_zlib'")
-    blob = container.serialize(tensors, compressor=compressor)
-    info = ArtifactInfo(Path(out_dir) / "model.golfjax", len(blob), code_bytes())
-    Path(info.path).write_bytes(blob)  # written before the check: never lose a run's output
-    if info.total_bytes > cfg.export.budget_bytes:
+        raise ValueError(f"export.format={fmt!r}: known formats are 'int8_zlib', 'gptq_int6', 'rtn_int6'")
+    report["compressor"] = compressor
+    info = ArtifactInfo(path, len(blob), code_bytes(), report)
+    path.write_bytes(blob)  # written before the check: never lose a run's output
+    if info.total_bytes > ex.budget_bytes:
         raise ArtifactBudgetError(
             f"artifact {info.path} is {info.total_bytes:,} bytes (weights {info.weight_bytes:,} + code "
-            f"{info.code_bytes:,}), over export.budget_bytes={cfg.export.budget_bytes:,} by "
-            f"{info.total_bytes - cfg.export.budget_bytes:,}; use a smaller model or a stronger export"
+            f"{info.code_bytes:,}), over export.budget_bytes={ex.budget_bytes:,} by "
+            f"{info.total_bytes - ex.budget_bytes:,}; use a smaller model or a stronger export"
         )
     return info
 
@@ -91,6 +199,9 @@ def load_artifact(path: Path, like_params) -> dict:
     flat = {}
     for key, like in flat_like.items():
         name = "/".join(key)
+        if name not in arrays and name.startswith(NOT_EXPORTED_PREFIXES):
+            flat[key] = np.zeros(np.shape(like), _dtype(like))  # training-only, not exported
+            continue
         if name not in arrays:
             raise ValueError(f"artifact {path} has no tensor {name!r}: it was written for another model config")
         arr = arrays[name]
@@ -98,5 +209,10 @@ def load_artifact(path: Path, like_params) -> dict:
             arr = np.swapaxes(arr, -1, -2)
         if arr.shape != np.shape(like):
             raise ValueError(f"artifact {path}: {name} has shape {arr.shape}, the model expects {np.shape(like)}")
-        flat[key] = arr.astype(np.asarray(like).dtype)
+        flat[key] = arr.astype(_dtype(like))
     return traverse_util.unflatten_dict(flat)
+
+
+def _dtype(like) -> np.dtype:
+    """dtype of an array or a jax.ShapeDtypeStruct (abstract params from eval_shape)."""
+    return np.dtype(like.dtype) if hasattr(like, "dtype") else np.asarray(like).dtype

@@ -27,8 +27,9 @@ from golf_jax.data.tokenizer import build_byte_luts, load_tokenizer
 from golf_jax.eval import plain
 from golf_jax.optim import schedule
 from golf_jax.optim.build import build_optimizer, count_by_label
-from golf_jax.quant import export
+from golf_jax.quant import export, hessian
 from golf_jax.train import mesh as mesh_lib
+from golf_jax.train import recipe as recipe_lib
 from golf_jax.train import step as step_lib
 from golf_jax.train.rundir import RunDir
 
@@ -139,17 +140,18 @@ def _train(cfg, mesh, run: RunDir) -> dict:
     model = model_lib.build_model(cfg.model)
     rng = jax.random.PRNGKey(cfg.seed)
     abstract = jax.eval_shape(lambda r: model.init(r, np.zeros((1, t.seq_len), np.int32))["params"], rng)
-    labels = model_lib.param_labels(cfg.model, abstract)
+    labels = model_lib.param_labels(cfg.model, abstract, cfg.compat)
     tx = build_optimizer(cfg.opt, labels)
-    state = step_lib.init_state(model, tx, rng, t.seq_len, mesh)
+    recipe = step_lib.build_recipe(cfg, abstract, labels)
+    state = step_lib.init_state(model, tx, rng, t.seq_len, mesh, recipe)
     counts = count_by_label(state.params, labels)
     run.log(f"model: {cfg.model.name} params: {sum(counts.values()):,} by group: {counts}")
 
     prefetch = Prefetcher(loader, mesh, cfg.data.prefetch)
     first = prefetch.next()
-    schedule_args = {"lr_scale": np.float32(1.0), "muon_momentum": np.float32(cfg.opt.muon_momentum)}
+    schedule_args = step_lib.schedule_inputs(1.0, cfg.opt.muon_momentum)
     t_compile = time.perf_counter()
-    train_step = step_lib.jit_train_step(step_lib.make_train_step(model, tx), mesh).lower(state, {**first, **schedule_args}).compile()
+    train_step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, recipe), mesh).lower(state, {**first, **schedule_args}).compile()
     eval_step = plain.jit_eval_step(step_lib.make_eval_step(model, lut_arrays(lut)), mesh)
     val_batch_seqs = max(t.val_batch_tokens // t.seq_len, 1)
     run.log(f"compiled train step in {time.perf_counter() - t_compile:.1f}s")
@@ -162,10 +164,11 @@ def _train(cfg, mesh, run: RunDir) -> dict:
         return acc.val_bpb
 
     tokens_per_step = t.batch_tokens
-    cap_s = t.max_wallclock_seconds if t.max_wallclock_seconds > 0 else None
+    # export.reserve_seconds: stop early so calibration fits inside the training budget.
+    cap_s = max(t.max_wallclock_seconds - cfg.export.reserve_seconds, 0.0) if t.max_wallclock_seconds > 0 else None
     profile = _parse_profile(t.profile_steps)
     train_time, step, stop_after, pending, val_bpb = 0.0, 0, None, None, float("nan")
-    window_t, window_step = 0.0, 0
+    qat_on_step = None
     t0 = time.perf_counter()
     batch = first
     while True:
@@ -182,16 +185,18 @@ def _train(cfg, mesh, run: RunDir) -> dict:
         if profile and step == profile[0]:
             jax.profiler.start_trace(str(run.path / "profile"))
         elapsed = train_time + time.perf_counter() - t0
-        batch["lr_scale"] = np.float32(
-            schedule.lr_scale(
-                step, elapsed, iterations=t.iterations, warmdown_iters=cfg.schedule.warmdown_iters,
-                max_wallclock_seconds=t.max_wallclock_seconds, mode=cfg.schedule.mode,
-                warmdown_frac=cfg.schedule.warmdown_frac,
-            )
+        lr = schedule.lr_scale(
+            step, elapsed, iterations=t.iterations, warmdown_iters=cfg.schedule.warmdown_iters,
+            max_wallclock_seconds=cap_s or 0.0, mode=cfg.schedule.mode, warmdown_frac=cfg.schedule.warmdown_frac,
         )
-        batch["muon_momentum"] = np.float32(
-            schedule.muon_momentum(step, cfg.opt.muon_momentum_warmup_start, cfg.opt.muon_momentum, cfg.opt.muon_momentum_warmup_steps)
-        )
+        if recipe.qat_mask is not None and qat_on_step is None and lr < t.late_qat_threshold:
+            qat_on_step = step
+            run.log(f"late QAT on at step {step} (lr_scale {lr:.3f} < {t.late_qat_threshold})")
+        batch.update(step_lib.schedule_inputs(
+            lr,
+            schedule.muon_momentum(step, cfg.opt.muon_momentum_warmup_start, cfg.opt.muon_momentum, cfg.opt.muon_momentum_warmup_steps),
+            recipe_lib.qat_alpha(lr, t.late_qat_threshold, qat_on_step is not None),
+        ))
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             state, metrics = train_step(state, batch)
         step += 1
@@ -209,10 +214,20 @@ def _train(cfg, mesh, run: RunDir) -> dict:
             batch = prefetch.next()
 
     run.log(f"training: {step} steps in {train_time:.1f}s ({1000 * train_time / max(step, 1):.1f} ms/step)")
-    params = jax.device_get(state.params)
+    live_val_bpb = val_bpb
+    final, averaging = recipe_lib.final_params(state, recipe)
+    if averaging != "live":
+        val_bpb = validate(final, step)
+        run.log(f"weights after training: {averaging} (val_bpb {live_val_bpb:.4f} live → {val_bpb:.4f})")
+    params = jax.device_get(final)
     if run.is_writer:
         (run.path / "params.msgpack").write_bytes(serialization.to_bytes(params))
-    info = export.export_artifact(params, cfg, run.path)
+    calib = None
+    if cfg.export.format == "gptq_int6":
+        calib = hessian.calibrate(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)), mesh,
+                                  data_dir=data_dir, val_tokens=val_tokens, bos_id=max(int(sp.bos_id()), 0), log=run.log)
+    info = export.export_artifact(params, cfg, run.path, calib=calib)
+    run.log(f"export: {info.report}")
     run.log(
         f"artifact: {info.path.name} weights {info.weight_bytes:,} B + code {info.code_bytes:,} B = "
         f"{info.total_bytes:,} B (budget {cfg.export.budget_bytes:,})"
@@ -227,6 +242,9 @@ def _train(cfg, mesh, run: RunDir) -> dict:
     return {
         "steps": step,
         "train_time_s": train_time,
+        "live_val_bpb": live_val_bpb,
+        "averaging": averaging,
+        "late_qat_step": qat_on_step,
         "pre_quant_val_bpb": val_bpb,
         "roundtrip_val_loss": acc.val_loss,
         "roundtrip_val_bpb": acc.val_bpb,
@@ -234,6 +252,7 @@ def _train(cfg, mesh, run: RunDir) -> dict:
         "weight_bytes": info.weight_bytes,
         "code_bytes": info.code_bytes,
         "artifact_bytes": info.total_bytes,
+        **info.report,  # export_format, compressor, calib_source, calibration_on_val, gptq_seconds, pruned, ...
     }
 
 

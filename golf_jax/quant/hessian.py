@@ -1,0 +1,186 @@
+"""GPTQ Hessians H = XᵀX of every layers.Linear input, collected on the devices (spec 5.2).
+
+Why interception: every matmul weight of our models is a `layers.Linear` (param
+"kernel"), so `nn.intercept_methods` sees each layer's input x inside one jitted
+forward without a second, hand-written model (the reference builds `_HessianGPT`).
+Per layer we form x_cast ᵀ x_cast in fp32, where x_cast is x cast to the layer's
+compute dtype (exactly what multiplies the kernel), reshaped to [tokens, in]. The
+batch is sharded over the data mesh, so XLA reduces the [in, in] products across
+devices; the running sums stay on device and only the final matrices reach the
+host. Nothing per token is gathered.
+
+Keys are the kernel's params path, e.g. "blocks_0/attn/c_q/kernel". A Linear called
+twice in one forward accumulates both calls. Normalisation: H / number of
+calibration sequences (the reference divides by sequences, not tokens; GPTQ is
+invariant to a positive scale of H up to the relative damping, which is relative
+to mean(diag H) anyway).
+
+A model that stores matrices as stacked banks (not through layers.Linear) yields no
+Hessian for them; export.py then raises naming the matrix.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from golf_jax.model import layers
+from golf_jax.train import mesh as mesh_lib
+
+CALIB_SOURCES = ("train", "val", "selfgen")
+
+
+@dataclass
+class Calibration:
+    """What export needs from calibration, and what the summary reports about it."""
+
+    hessians: dict[str, np.ndarray]
+    source: str
+    num_seqs: int
+    seq_len: int
+    seconds: float
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def on_val(self) -> bool:
+        return self.source == "val"
+
+
+def _xtx_interceptor(store: dict, row_weight: jax.Array | None = None):
+    """Adds Σ xᵀx of each Linear call to store; row_weight [B] ∈ {0,1} masks padded rows."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        mod = context.module
+        if isinstance(mod, layers.Linear) and context.method_name == "__call__" and args:
+            x = jnp.asarray(args[0]).astype(mod.dtype).astype(jnp.float32)
+            if row_weight is not None:
+                x = x * row_weight.reshape((-1,) + (1,) * (x.ndim - 1))
+            x2 = x.reshape(-1, x.shape[-1])
+            h = jnp.einsum("ti,tj->ij", x2, x2, preferred_element_type=jnp.float32,
+                           precision=jax.lax.Precision.HIGHEST)
+            key = "/".join(mod.path) + "/kernel"
+            store[key] = store[key] + h if key in store else h
+        return next_fun(*args, **kwargs)
+
+    return interceptor
+
+
+def xtx_forward(model: nn.Module, params, tokens_BxT: jax.Array,
+                row_weight: jax.Array | None = None) -> dict[str, jax.Array]:
+    """{kernel path: Σ_tokens xᵀx} of one forward (traceable; use inside jit)."""
+    store: dict[str, jax.Array] = {}
+    with nn.intercept_methods(_xtx_interceptor(store, row_weight)):
+        model.apply({"params": params}, tokens_BxT)
+    return store
+
+
+def collect_hessians(model: nn.Module, params, seqs_NxT: np.ndarray, mesh: Mesh,
+                     batch_seqs: int = 8) -> dict[str, np.ndarray]:
+    """H = Σ XᵀX / N over N calibration sequences, as fp32 numpy [in, in] per kernel.
+
+    Batches of `batch_seqs` rows (rounded up to a multiple of the device count) are
+    sharded over the data axis; the last batch is zero-padded and its padded rows get
+    weight 0. The sums stay on device between batches (donated accumulator).
+    """
+    seqs = np.asarray(seqs_NxT, np.int32)
+    n, T = seqs.shape
+    ndev = mesh.devices.size
+    bs = max(ndev, -(-batch_seqs // ndev) * ndev)
+    rep, dat = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
+
+    def step(acc, p, x, w):
+        store = xtx_forward(model, p, x, w)
+        if acc is None:
+            return store
+        return {k: acc[k] + store[k] for k in store}
+
+    first = jax.jit(lambda p, x, w: step(None, p, x, w), in_shardings=(rep, dat, dat), out_shardings=rep)
+    more = jax.jit(step, in_shardings=(rep, rep, dat, dat), out_shardings=rep, donate_argnums=(0,))
+    acc = None
+    for start in range(0, n, bs):
+        chunk = seqs[start : start + bs]
+        w = np.zeros(bs, np.float32)
+        w[: len(chunk)] = 1.0
+        x = np.zeros((bs, T), np.int32)
+        x[: len(chunk)] = chunk
+        xd, wd = mesh_lib.put_global_batch(mesh, x), mesh_lib.put_global_batch(mesh, w)
+        acc = first(params, xd, wd) if acc is None else more(acc, params, xd, wd)
+    if acc is None:
+        raise ValueError("collect_hessians: no calibration sequences (export.calib_seqs must be > 0)")
+    host = jax.device_get(acc)
+    return {k: np.asarray(v, np.float32) / np.float32(n) for k, v in host.items()}
+
+
+def generate(model: nn.Module, params, num_seqs: int, seq_len: int, mesh: Mesh, seed: int,
+             temperature: float = 0.8, bos_id: int = 1) -> np.ndarray:
+    """Self-generated calibration text: sample autoregressively from BOS (seeded).
+
+    No KV cache: each of the T-1 steps runs a full forward of the fixed [N, T]
+    buffer (causal, so later positions do not affect position t); O(T²) work, fine
+    for calibration-sized N.
+    """
+    ndev = mesh.devices.size
+    n_pad = -(-num_seqs // ndev) * ndev
+    rep, dat = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
+
+    def run(p, buf, key):
+        def body(t, carry):
+            buf, key = carry
+            key, sub = jax.random.split(key)
+            logits = model.apply({"params": p}, buf)[:, t, :].astype(jnp.float32)
+            nxt = jax.random.categorical(sub, logits / temperature, axis=-1).astype(jnp.int32)
+            return buf.at[:, t + 1].set(nxt), key
+
+        return jax.lax.fori_loop(0, seq_len - 1, body, (buf, key))[0]
+
+    buf = np.zeros((n_pad, seq_len), np.int32)
+    buf[:, 0] = bos_id
+    out = jax.jit(run, in_shardings=(rep, dat, rep), out_shardings=dat)(
+        params, mesh_lib.put_global_batch(mesh, buf), jax.random.PRNGKey(seed))
+    return np.asarray(jax.device_get(out))[:num_seqs]
+
+
+def calibration_sequences(cfg, source: str, num_seqs: int, seq_len: int, *, data_dir: Path | None = None,
+                          val_tokens: np.ndarray | None = None, model=None, params=None, mesh=None,
+                          bos_id: int = 1) -> np.ndarray:
+    """[N, T] int32 calibration inputs from export.calib_source."""
+    need = num_seqs * seq_len
+    if source == "train":
+        from golf_jax.data.loader import TokenStream
+
+        stream = TokenStream(str(Path(data_dir) / "fineweb_train_*.bin"), cfg.model.vocab_size)
+        toks = stream.take(need)  # the first N sequences of the training stream
+    elif source == "val":
+        toks = np.asarray(val_tokens)[:need]
+        if toks.size < need:
+            raise ValueError(f"export.calib_source='val': {toks.size} val tokens < {num_seqs}×{seq_len}; "
+                             "lower export.calib_seqs or export.calib_seq_len")
+    elif source == "selfgen":
+        return generate(model, params, num_seqs, seq_len, mesh, cfg.seed, bos_id=bos_id)
+    else:
+        raise ValueError(f"export.calib_source={source!r}: use one of {CALIB_SOURCES}")
+    return np.asarray(toks, np.int32).reshape(num_seqs, seq_len)
+
+
+def calibrate(cfg, model, params, mesh: Mesh, *, data_dir=None, val_tokens=None, bos_id: int = 1,
+              log=print) -> Calibration:
+    """Collect the Hessians the export format needs, per the export.calib_* config."""
+    e = cfg.export
+    T = int(e.calib_seq_len) or int(cfg.train.seq_len)
+    t0 = time.perf_counter()
+    if e.calib_source == "val":
+        log("WARNING: export.calib_source='val' calibrates GPTQ on validation tokens (as PR #1318 "
+            "does); this is NOT compliant with the rules, and the summary flags calibration_on_val")
+    seqs = calibration_sequences(cfg, e.calib_source, int(e.calib_seqs), T, data_dir=data_dir,
+                                 val_tokens=val_tokens, model=model, params=params, mesh=mesh, bos_id=bos_id)
+    hs = collect_hessians(model, params, seqs, mesh)
+    dt = time.perf_counter() - t0
+    log(f"calibration: {len(hs)} Hessians from {len(seqs)} {e.calib_source} sequences × {T} in {dt:.1f}s")
+    return Calibration(hs, e.calib_source, len(seqs), T, dt)
