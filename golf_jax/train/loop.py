@@ -7,6 +7,7 @@ metrics are read one step late.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import queue
 import threading
@@ -133,6 +134,7 @@ def _train(cfg, mesh, run: RunDir) -> dict:
         str(data_dir / "fineweb_val_*.bin"), t.seq_len, cfg.model.vocab_size, cfg.data.val_max_tokens or None
     )
     loader = make_loader(cfg, data_dir, mesh)
+    run.write_json("data.json", describe_data(cfg, data_dir, tokenizer_path, len(val_tokens)))
     run.log(f"run_dir: {run.path}")
     run.log(f"data: {data_dir} tokenizer: {tokenizer_path} val_tokens: {len(val_tokens):,} loader: {cfg.data.loader}")
     run.log(f"devices: {mesh.devices.size} ({jax.default_backend()}) processes: {jax.process_count()}")
@@ -170,11 +172,12 @@ def _train(cfg, mesh, run: RunDir) -> dict:
     train_time, step, stop_after, pending, val_bpb = 0.0, 0, None, None, float("nan")
     qat_on_step = None
     t0 = time.perf_counter()
+    clock = lambda: train_time + time.perf_counter() - t0  # noqa: E731 (training seconds so far)
     batch = first
     while True:
         last = step == t.iterations or (stop_after is not None and step >= stop_after)
         if last or (t.val_every > 0 and step % t.val_every == 0):
-            _report(run, pending, t, tokens_per_step, force=True)
+            _report(run, pending, t, tokens_per_step, clock, force=True)
             pending = None
             jax.block_until_ready(state)
             train_time += time.perf_counter() - t0
@@ -184,7 +187,7 @@ def _train(cfg, mesh, run: RunDir) -> dict:
             break
         if profile and step == profile[0]:
             jax.profiler.start_trace(str(run.path / "profile"))
-        elapsed = train_time + time.perf_counter() - t0
+        elapsed = clock()
         lr = schedule.lr_scale(
             step, elapsed, iterations=t.iterations, warmdown_iters=cfg.schedule.warmdown_iters,
             max_wallclock_seconds=cap_s or 0.0, mode=cfg.schedule.mode, warmdown_frac=cfg.schedule.warmdown_frac,
@@ -204,9 +207,9 @@ def _train(cfg, mesh, run: RunDir) -> dict:
             jax.block_until_ready(state)
             jax.profiler.stop_trace()
             run.log(f"profile of steps {profile[0]}..{profile[1]} written to {run.path / 'profile'}")
-        _report(run, pending, t, tokens_per_step)  # the previous step's metrics: one step late
-        elapsed = train_time + time.perf_counter() - t0
-        pending = (step, metrics, elapsed, batch["lr_scale"])
+        _report(run, pending, t, tokens_per_step, clock)  # the previous step's metrics: one step late
+        elapsed = clock()
+        pending = (step, metrics, batch["lr_scale"])
         if cap_s is not None and stop_after is None and _agree(elapsed >= cap_s):
             stop_after = step
             run.log(f"wallclock cap {cap_s:.0f}s reached at step {step}")
@@ -256,16 +259,36 @@ def _train(cfg, mesh, run: RunDir) -> dict:
     }
 
 
+def describe_data(cfg, data_dir: Path, tokenizer_path: Path, val_tokens: int) -> dict:
+    """What fixes the data order: the shards (names, sizes, hashes), tokenizer and loader."""
+    train = shards.shard_files(str(data_dir / "fineweb_train_*.bin"))
+    return {
+        "data_dir": str(data_dir),
+        "tokenizer": str(tokenizer_path),
+        "tokenizer_sha256": hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest(),
+        "loader": cfg.data.loader,
+        "train_shards": [{"name": f.name, "bytes": f.stat().st_size} for f in train],
+        "manifest_sha256": _sha256_or_none(data_dir / "manifest.json"),
+        "val_tokens_used": val_tokens,
+        "seed": cfg.seed,
+    }
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
 def lut_arrays(lut) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (np.asarray(lut.base_bytes, np.int32), np.asarray(lut.has_leading_space), np.asarray(lut.is_boundary))
 
 
-def _report(run: RunDir, pending, t, tokens_per_step: int, force: bool = False) -> None:
+def _report(run: RunDir, pending, t, tokens_per_step: int, clock, force: bool = False) -> None:
     """Log a finished step's metrics (reading them syncs only with that older step)."""
     if pending is None:
         return
-    step, metrics, elapsed, lr = pending
-    loss = float(metrics["loss"])
+    step, metrics, lr = pending
+    loss = float(metrics["loss"])  # waits for that step only; later steps stay queued
+    elapsed = clock()
     if not math.isfinite(loss):
         raise TrainingError(
             f"train loss is {loss} at step {step}; lower the learning rates (opt.*_lr), "
