@@ -15,8 +15,6 @@ are exact rewrites of the textbook algorithm (up to float summation order).
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import sys
 import time
 from contextlib import contextmanager
@@ -24,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
+import threadpoolctl
 
 from golf_jax.quant.rowquant import (
     INT6_CLIP,
@@ -50,48 +49,19 @@ class GPTQResult:
     candidate_mse: tuple[float, ...] = field(default_factory=tuple)
 
 
-@functools.lru_cache(maxsize=1)
-def _openblas_thread_fns():
-    """(get, set) of the OpenBLAS numpy loaded, found as threadpoolctl does; None if absent."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for pre in ("openblas", "scipy_openblas"):
-            for suf in ("", "64_", "_64_"):
-                g = getattr(lib, f"{pre}_get_num_threads{suf}", None)
-                s = getattr(lib, f"{pre}_set_num_threads{suf}", None)
-                if g is not None and s is not None:
-                    g.restype, s.argtypes = ctypes.c_int, [ctypes.c_int]
-                    return g, s
-    return None
-
-
 @contextmanager
-def blas_threads(n: int | None) -> Iterator[bool]:
-    """Temporarily cap OpenBLAS threads (best effort; yields whether it could).
+def blas_threads(n: int | None) -> Iterator[None]:
+    """Temporarily cap the BLAS threads (threadpoolctl); n=None leaves them alone.
 
     GPTQ issues thousands of small BLAS calls; on a shared or small CPU, thread
     hand-offs cost more than they gain (3-5x slower with 2 threads on a loaded
     2-core box), so gptq_quantize defaults to n=1.
     """
-    fns = _openblas_thread_fns() if n is not None else None
-    if fns is None:
-        yield False
+    if n is None:
+        yield
         return
-    get, set_ = fns
-    old = get()
-    set_(int(n))
-    try:
-        yield True
-    finally:
-        set_(old)
+    with threadpoolctl.threadpool_limits(limits=int(n), user_api="blas"):
+        yield
 
 
 def _mean_diag(H: np.ndarray, clamp: bool) -> float:
