@@ -76,7 +76,7 @@ def main(argv) -> None:
     compile_s = time.perf_counter() - t
     for _ in range(_WARMUP.value):
         state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
+    jax.block_until_ready(state)
     t = time.perf_counter()
     for _ in range(_STEPS.value):
         state, metrics = step(state, batch)
