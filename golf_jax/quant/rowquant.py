@@ -155,10 +155,3 @@ def quantize_rows_int8(
 
 def quantize_rows_int7(W: np.ndarray, *, exact_scale: bool = True) -> tuple[np.ndarray, np.ndarray]:
     return quantize_rows_int8(W, clip_range=INT7_CLIP, exact_scale=exact_scale)
-
-
-def dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """W = q * scale[row] in fp32 (what the reference does before the dtype cast)."""
-    q = np.asarray(q)
-    s = np.asarray(scale).astype(np.float32)
-    return q.astype(np.float32) * s.reshape((q.shape[0],) + (1,) * (q.ndim - 1))

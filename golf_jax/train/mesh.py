@@ -53,8 +53,3 @@ def put_global_batch(mesh: Mesh, global_rows: np.ndarray) -> jax.Array:
     """Shard an array every process holds in full; each process uploads only its shards."""
     sharding = data_sharded(mesh)
     return jax.make_array_from_callback(global_rows.shape, sharding, lambda idx: global_rows[idx])
-
-
-def put_replicated(mesh: Mesh, value) -> jax.Array:
-    value = np.asarray(value)
-    return jax.make_array_from_callback(value.shape, replicated(mesh), lambda idx: value[idx])
