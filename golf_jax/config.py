@@ -90,6 +90,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.swa_every = 50
     c.train.swa_lr_threshold = 0.2  # snapshot when lr_scale < this and step % swa_every == 0
     c.train.late_qat_threshold = 0.0  # 0 = off; soft-round QAT once lr_scale < this
+    c.train.checkpoint_every = 0  # 0 = off; else an async orbax checkpoint every N steps (and at the end)
+    c.train.resume_from = ""  # "" = off; a run directory whose latest checkpoint this run continues
 
     # Flags that reproduce reference quirks (docs/differences.md); False = intended.
     c.compat = ml_collections.ConfigDict()

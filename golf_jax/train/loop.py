@@ -3,10 +3,15 @@
 The hot loop keeps the host out of the device's way: the step is compiled before
 the clock starts, the state is donated, batches are prefetched by a thread, and
 metrics are read one step late.
+
+With train.checkpoint_every > 0 the state is saved asynchronously (see
+golf_jax/train/checkpoint.py, which also explains how the loader state survives the
+Prefetcher's read-ahead); train.resume_from continues the latest checkpoint of a run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import queue
@@ -79,7 +84,11 @@ def make_loader(cfg, data_dir: Path, mesh):
 
 
 class Prefetcher:
-    """Reads and uploads the next batches on a thread while the device computes."""
+    """Reads and uploads the next batches on a thread while the device computes.
+
+    Each batch comes with the loader's state_dict() taken right after it was built: the
+    state that builds the batch after it (checkpoints save it; the loader runs ahead).
+    """
 
     def __init__(self, loader, mesh, depth: int) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
@@ -91,18 +100,20 @@ class Prefetcher:
         while True:
             try:
                 x, y = self._loader.next_batch()
-                item = {"x": mesh_lib.put_local_batch(self._mesh, x), "y": mesh_lib.put_local_batch(self._mesh, y)}
+                after = self._loader.state_dict()
+                item = ({"x": mesh_lib.put_local_batch(self._mesh, x), "y": mesh_lib.put_local_batch(self._mesh, y)}, after)
             except Exception as e:  # surfaced in the main thread by next()
                 item = e
             self._queue.put(item)
             if isinstance(item, Exception):
                 return
 
-    def next(self) -> dict:
+    def next(self) -> tuple[dict, dict]:
+        """(batch, loader state after it)."""
         item = self._queue.get()
         if isinstance(item, Exception):
             raise item
-        return dict(item)
+        return dict(item[0]), item[1]
 
 
 def train(cfg) -> dict:
@@ -112,8 +123,9 @@ def train(cfg) -> dict:
     check_config(cfg, mesh.devices.size)
     run = RunDir(cfg.train.run_dir, cfg.train.run_name or cfg.name, cfg)
     summary: dict = {"status": "running", "run_dir": str(run.path)}
+    cleanup = contextlib.ExitStack()  # closes a checkpoint manager on any exit
     try:
-        summary.update(_train(cfg, mesh, run))
+        summary.update(_train(cfg, mesh, run, cleanup))
         summary["status"] = "ok"
         return summary
     except BaseException as e:
@@ -121,11 +133,12 @@ def train(cfg) -> dict:
         run.log(f"run failed: {summary['error']} (outputs kept in {run.path})")
         raise
     finally:
+        cleanup.close()
         run.write_json("summary.json", summary)
         run.close()
 
 
-def _train(cfg, mesh, run: RunDir) -> dict:
+def _train(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack) -> dict:
     t = cfg.train
     data_dir, tokenizer_path = resolve_data(cfg)
     sp = load_tokenizer(tokenizer_path, cfg.model.vocab_size)
@@ -149,8 +162,22 @@ def _train(cfg, mesh, run: RunDir) -> dict:
     counts = count_by_label(state.params, labels)
     run.log(f"model: {cfg.model.name} params: {sum(counts.values()):,} by group: {counts}")
 
+    extra: dict = {}
+    meta = {"step": 0, "train_time_s": 0.0, "late_qat_step": None}
+    if t.resume_from or t.checkpoint_every > 0:
+        from golf_jax.train import checkpoint as ckpt_lib  # orbax only when asked for (eval stays light)
+    if t.resume_from:
+        state, meta, saved_step = ckpt_lib.restore(t.resume_from, state, cfg)
+        loader.load_state_dict(meta["loader"])  # before the Prefetcher starts reading
+        extra = {"resumed_from": str(t.resume_from), "resumed_step": saved_step}
+        run.log(f"resumed from {t.resume_from} at step {saved_step} (train_time {meta['train_time_s']:.1f}s)")
+    checkpointer = None
+    if t.checkpoint_every > 0:
+        checkpointer = ckpt_lib.Checkpointer(run.path, t.checkpoint_every)
+        cleanup.callback(checkpointer.close)
+
     prefetch = Prefetcher(loader, mesh, cfg.data.prefetch)
-    first = prefetch.next()
+    first, batch_loader_state = prefetch.next()
     schedule_args = step_lib.schedule_inputs(1.0, cfg.opt.muon_momentum)
     t_compile = time.perf_counter()
     train_step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, recipe), mesh).lower(state, {**first, **schedule_args}).compile()
@@ -169,8 +196,9 @@ def _train(cfg, mesh, run: RunDir) -> dict:
     # export.reserve_seconds: stop early so calibration fits inside the training budget.
     cap_s = max(t.max_wallclock_seconds - cfg.export.reserve_seconds, 0.0) if t.max_wallclock_seconds > 0 else None
     profile = _parse_profile(t.profile_steps)
-    train_time, step, stop_after, pending, val_bpb = 0.0, 0, None, None, float("nan")
-    qat_on_step = None
+    train_time, step, stop_after, pending, val_bpb = float(meta["train_time_s"]), int(meta["step"]), None, None, float("nan")
+    qat_on_step = meta["late_qat_step"]
+    save_meta = lambda seconds: {"step": step, "train_time_s": seconds, "late_qat_step": qat_on_step, "loader": batch_loader_state}  # noqa: E731
     t0 = time.perf_counter()
     clock = lambda: train_time + time.perf_counter() - t0  # noqa: E731 (training seconds so far)
     batch = first
@@ -213,10 +241,17 @@ def _train(cfg, mesh, run: RunDir) -> dict:
         if cap_s is not None and stop_after is None and _agree(elapsed >= cap_s):
             stop_after = step
             run.log(f"wallclock cap {cap_s:.0f}s reached at step {step}")
+        if checkpointer is not None and checkpointer.due(step):
+            checkpointer.save(step, state, save_meta(clock()))  # after dispatch; orbax waits for the arrays
         if step < t.iterations and not (stop_after is not None and step >= stop_after):
-            batch = prefetch.next()
+            batch, batch_loader_state = prefetch.next()
 
     run.log(f"training: {step} steps in {train_time:.1f}s ({1000 * train_time / max(step, 1):.1f} ms/step)")
+    if checkpointer is not None:
+        checkpointer.save(step, state, save_meta(train_time))  # the final state (no-op if saved at this step)
+        checkpointer.close()
+        run.log(f"checkpoint of step {step} in {ckpt_lib.checkpoint_dir(run.path)}")
+        extra["last_checkpoint_step"] = step
     live_val_bpb = val_bpb
     final, averaging = recipe_lib.final_params(state, recipe)
     if averaging != "live":
@@ -255,6 +290,7 @@ def _train(cfg, mesh, run: RunDir) -> dict:
         "weight_bytes": info.weight_bytes,
         "code_bytes": info.code_bytes,
         "artifact_bytes": info.total_bytes,
+        **extra,  # resumed_from, resumed_step, last_checkpoint_step (when on)
         **info.report,  # export_format, compressor, calib_source, calibration_on_val, gptq_seconds, pruned, ...
     }
 
