@@ -30,12 +30,8 @@ class Attention(nn.Module):
         v = layers.Linear(cfg.num_kv_heads * head_dim, dtype, name="c_v")(h_BxTxD)
         k = k.reshape(B, T, cfg.num_kv_heads, head_dim)
         v = v.reshape(B, T, cfg.num_kv_heads, head_dim)
-        q, k = layers.rms_norm(q), layers.rms_norm(k)
-        cos, sin = layers.rotary_cos_sin(T, head_dim, cfg.rope_base, q.dtype)
-        q, k = layers.apply_rotary(q, cos, sin), layers.apply_rotary(k, cos, sin)
         q_gain = self.param("q_gain", nn.initializers.constant(cfg.qk_gain_init), (cfg.num_heads,))
-        q = q * q_gain.astype(q.dtype)[None, None, :, None]
-        y = layers.causal_attention(q, k, v, cfg.attention_impl)
+        y = layers.normed_rotary_attention(q, k, v, q_gain, head_dim, cfg.rope_base, cfg.attention_impl)
         return layers.Linear(D, dtype, nn.initializers.zeros, name="proj")(y.reshape(B, T, D))
 
 

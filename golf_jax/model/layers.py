@@ -75,6 +75,18 @@ def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, implementation: str | None
     )
 
 
+def normed_rotary_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, q_gain_N, rot_dims: int, rope_base: float, implementation):
+    """The attention core both GPTs share: QK RMS-norm, RoPE, per-head q gain, causal GQA.
+
+    With unit-norm q and k the attention logit is q_gain·cos(q, k)·√H, bounded by the gain.
+    """
+    q, k = rms_norm(q_BxTxNxH), rms_norm(k_BxTxKxH)
+    cos, sin = rotary_cos_sin(q.shape[1], rot_dims, rope_base, q.dtype)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    q = q * q_gain_N.astype(q.dtype)[None, None, :, None]
+    return causal_attention(q, k, v_BxTxKxH, implementation)
+
+
 def softcap(logits: jax.Array, cap: float) -> jax.Array:
     return cap * jnp.tanh(logits / cap)
 

@@ -138,14 +138,10 @@ class RecordAttention(nn.Module):
         if ve_BxTxKH is not None:
             v = v + ve_BxTxKH.astype(v.dtype)
         v = v.reshape(B, T, K, H)
-        q, k = layers.rms_norm(q), layers.rms_norm(k)
         rope_dims = cfg.rope_dims if cfg.rope_dims > 0 else H
         base = rope_base_for(T, cfg.rope_base, rope_dims, cfg.rope_train_seq_len)
-        cos, sin = layers.rotary_cos_sin(T, rope_dims, base, q.dtype)
-        q, k = layers.apply_rotary(q, cos, sin), layers.apply_rotary(k, cos, sin)
         q_gain = self.param("q_gain", nn.initializers.constant(cfg.qk_gain_init), (N,), jnp.float32)
-        q = q * q_gain.astype(q.dtype)[None, None, :, None]
-        y = layers.causal_attention(q, k, v, cfg.attention_impl)
+        y = layers.normed_rotary_attention(q, k, v, q_gain, rope_dims, base, cfg.attention_impl)
         if self.use_xsa:
             y = xsa(y, v)
         return layers.Linear(D, dtype, nn.initializers.zeros, name="proj")(y.reshape(B, T, D))
