@@ -170,14 +170,16 @@ def export_artifact(params, cfg, out_dir: Path, calib=None) -> ArtifactInfo:
         if calib is not None:
             report.update(calib_source=calib.source, calibration_on_val=calib.on_val, calib_seqs=calib.num_seqs,
                           calib_seq_len=calib.seq_len, calib_seconds=calib.seconds)
-        ser = functools.partial(container.serialize, int6_storage=ex.int6_storage, compressor=compressor)
+        unpruned = container.serialize(tensors, ex.int6_storage, compressor)
+        storage = container.int6_storage_of(unpruned)  # "auto" decides once, not at every pruning probe
+        ser = functools.partial(container.serialize, int6_storage=storage, compressor=compressor)
         try:
-            tensors, pr = prune.prune_to_budget(tensors, ex.budget_bytes, code_bytes(), ser)
+            tensors, pr = prune.prune_to_budget(tensors, ex.budget_bytes, code_bytes(), ser, log=print, unpruned_blob=unpruned)
         except ArtifactBudgetError:
-            path.write_bytes(ser(tensors))  # never lose a run's output
+            path.write_bytes(unpruned)  # never lose a run's output
             raise
         blob = pr.blob
-        report.update(pruned=pr.n_pruned, prune_candidates=pr.n_candidates, unpruned_weight_bytes=pr.unpruned_bytes)
+        report.update(int6_storage=storage, pruned=pr.n_pruned, prune_candidates=pr.n_candidates, unpruned_weight_bytes=pr.unpruned_bytes)
     else:
         raise ValueError(f"export.format={fmt!r}: known formats are 'int8_zlib', 'gptq_int6', 'rtn_int6'")
     report["compressor"] = compressor

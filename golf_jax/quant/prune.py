@@ -86,10 +86,14 @@ def prune_to_budget(
     code_bytes: int = 0,
     serialize_fn: Callable[[dict[str, QuantTensor]], bytes] | None = None,
     max_prune_fraction: float = 1.0,
+    log: Callable[[str], None] | None = None,
+    unpruned_blob: bytes | None = None,
 ) -> tuple[dict[str, QuantTensor], PruneReport]:
     """Zero the fewest +-1 int6 entries so that len(serialize_fn(t)) + code_bytes
     <= budget_bytes. ``max_prune_fraction`` caps the pruned share of the
-    candidates; raises ArtifactBudgetError when even that cap does not fit."""
+    candidates; raises ArtifactBudgetError when even that cap does not fit.
+    ``log`` gets a line per measured count (each is a full compression: slow at
+    record scale). ``unpruned_blob``: serialize_fn(tensors) if the caller has it."""
     if not 0.0 <= max_prune_fraction <= 1.0:
         raise ValueError(f"max_prune_fraction must be in [0, 1], got {max_prune_fraction}")
     fn = serialize_fn or functools.partial(serialize, int6_storage="auto", compressor="lzma")
@@ -98,11 +102,17 @@ def prune_to_budget(
     limit = budget_bytes - code_bytes
     sizes: dict[int, int] = {}
     fit: list = [None, b""]  # the last measured count that fits, and its blob
+    if unpruned_blob is not None:
+        sizes[0] = len(unpruned_blob)
+        if sizes[0] <= limit:
+            fit[:] = [0, unpruned_blob]
 
     def size(n: int) -> int:
         if n not in sizes:
             b = fn(apply_pruning(tensors, names, tid, flat, n))
             sizes[n] = len(b)
+            if log is not None:
+                log(f"prune: {n:,} of {tid.size:,} ±1 entries zeroed -> {len(b):,} B (limit {limit:,} B)")
             if len(b) <= limit:
                 fit[:] = [n, b]
         return sizes[n]
