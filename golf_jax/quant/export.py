@@ -92,7 +92,7 @@ NOT_EXPORTED_PREFIXES = ("mtp_heads_",)  # training-only heads (spec 5.1)
 def _flat_labels(params, cfg) -> dict[str, str]:
     from golf_jax import model as model_lib
 
-    labels = model_lib.param_labels(cfg.model, params, cfg.get("compat"))
+    labels = model_lib.param_labels(cfg.model, params, cfg.compat)
     return {"/".join(k): v for k, v in traverse_util.flatten_dict(labels).items()}
 
 
@@ -135,9 +135,8 @@ def quantize_int6(arrays: dict[str, np.ndarray], labels: dict[str, str], ex, hes
             W = arr.astype(np.float32)
             t0 = time.perf_counter()
             if hessians is None:
-                S16, labs = gptq._candidate_scales(W, rowquant.INT6_CLIP, ex.gptq_clip, gptq.PERCENTILES,
-                                                   ex.sdclip_k, ex.gptq_clip == "percentile")
-                res = gptq._fallback(W, S16, labs, rowquant.INT6_CLIP, 0.0)
+                res = gptq.rtn_quantize(W, clip=ex.gptq_clip, sdclip_k=float(ex.sdclip_k),
+                                        scale_floor=ex.gptq_clip == "percentile")
             else:
                 res = gptq.gptq_quantize(W, hessians[name], block_size=int(ex.gptq_block), damp=float(ex.gptq_damp),
                                          double_damp=double_damp, clip=ex.gptq_clip, sdclip_k=float(ex.sdclip_k))
@@ -165,7 +164,7 @@ def export_artifact(params, cfg, out_dir: Path, calib=None) -> ArtifactInfo:
         labels = _flat_labels(params, cfg)
         arrays = {n: a for n, a in named_arrays(params).items() if not n.startswith(NOT_EXPORTED_PREFIXES)}
         tensors, stats = quantize_int6(arrays, labels, ex, calib.hessians if fmt == "gptq_int6" else None,
-                                       bool(cfg.compat.get("gptq_double_damp", False)))
+                                       bool(cfg.compat.gptq_double_damp))
         report.update(stats)
         if calib is not None:
             report.update(calib_source=calib.source, calibration_on_val=calib.on_val, calib_seqs=calib.num_seqs,

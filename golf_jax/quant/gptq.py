@@ -298,6 +298,14 @@ def _fallback(W: np.ndarray, S16: np.ndarray, labels, clip_range: int, damping: 
                       damping=damping, candidate_mse=tuple(errs))
 
 
+def rtn_quantize(W: np.ndarray, *, clip_range: int = INT6_CLIP, percentiles=PERCENTILES, clip: str = "percentile",
+                 sdclip_k: float = 12.85, scale_floor: bool = True) -> GPTQResult:
+    """Round-to-nearest with the same clip search as gptq_quantize, no Hessian (for comparisons)."""
+    W = np.asarray(W, np.float32)
+    S16, labels = _candidate_scales(W, clip_range, clip, percentiles, sdclip_k, scale_floor)
+    return _fallback(W, S16, labels, clip_range, 0.0)
+
+
 RECORD_SHAPES = {"q": (512, 512), "k": (256, 512), "v": (256, 512), "o": (512, 512),
                  "up": (1536, 512), "down": (512, 1536)}
 

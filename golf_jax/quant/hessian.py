@@ -97,23 +97,20 @@ def collect_hessians(model: nn.Module, params, seqs_NxT: np.ndarray, mesh: Mesh,
 
     def step(acc, p, x, w):
         store = xtx_forward(model, p, x, w)
-        if acc is None:
-            return store
         return {k: acc[k] + store[k] for k in store}
 
-    first = jax.jit(lambda p, x, w: step(None, p, x, w), in_shardings=(rep, dat, dat), out_shardings=rep)
-    more = jax.jit(step, in_shardings=(rep, rep, dat, dat), out_shardings=rep, donate_argnums=(0,))
-    acc = None
+    if n == 0:
+        raise ValueError("collect_hessians: no calibration sequences (export.calib_seqs must be > 0)")
+    shapes = jax.eval_shape(lambda p, x: xtx_forward(model, p, x), params, jax.ShapeDtypeStruct((bs, T), jnp.int32))
+    acc = jax.device_put({k: np.zeros(v.shape, v.dtype) for k, v in shapes.items()}, rep)
+    accumulate = jax.jit(step, in_shardings=(rep, rep, dat, dat), out_shardings=rep, donate_argnums=(0,))
     for start in range(0, n, bs):
         chunk = seqs[start : start + bs]
         w = np.zeros(bs, np.float32)
         w[: len(chunk)] = 1.0
         x = np.zeros((bs, T), np.int32)
         x[: len(chunk)] = chunk
-        xd, wd = mesh_lib.put_global_batch(mesh, x), mesh_lib.put_global_batch(mesh, w)
-        acc = first(params, xd, wd) if acc is None else more(acc, params, xd, wd)
-    if acc is None:
-        raise ValueError("collect_hessians: no calibration sequences (export.calib_seqs must be > 0)")
+        acc = accumulate(acc, params, mesh_lib.put_global_batch(mesh, x), mesh_lib.put_global_batch(mesh, w))
     host = jax.device_get(acc)
     return {k: np.asarray(v, np.float32) / np.float32(n) for k, v in host.items()}
 
