@@ -46,8 +46,10 @@ if __name__ == "__main__":
 
 def package_files() -> dict[str, str]:
     """{path relative to the repo root: source} of every golf_jax/**/*.py, sorted."""
-    root = Path(__file__).resolve().parent
-    return {str(p.relative_to(root.parent)): p.read_text(encoding="utf-8") for p in sorted(root.rglob("*.py"))}
+    from golf_jax.train.rundir import package_sources
+
+    root = Path(__file__).resolve().parent.parent
+    return {str(p.relative_to(root)): p.read_text(encoding="utf-8") for p in package_sources()}
 
 
 def build_script() -> bytes:
@@ -74,8 +76,6 @@ def evaluate_artifact(cfg, artifact: str | Path, mesh=None) -> tuple[float, floa
     from golf_jax.eval import plain
     from golf_jax.quant import export
     from golf_jax.train import mesh as mesh_lib
-    from golf_jax.train import step as step_lib
-    from golf_jax.train.loop import lut_arrays
 
     mesh = mesh or mesh_lib.make_mesh()
     t = cfg.train
@@ -86,8 +86,7 @@ def evaluate_artifact(cfg, artifact: str | Path, mesh=None) -> tuple[float, floa
     like = jax.eval_shape(lambda r: model.init(r, jax.numpy.zeros((1, t.seq_len), "int32"))["params"],
                           jax.random.PRNGKey(0))
     params = jax.device_put(export.load_artifact(Path(artifact), like), mesh_lib.replicated(mesh))
-    eval_step = plain.jit_eval_step(step_lib.make_eval_step(model, lut_arrays(lut)), mesh)
-    acc = plain.evaluate(eval_step, params, mesh, val, t.seq_len, max(t.val_batch_tokens // t.seq_len, 1))
+    acc = plain.make_evaluator(model, lut, mesh, val, t.seq_len, t.val_batch_tokens)(params)
     return acc.val_loss, acc.val_bpb
 
 

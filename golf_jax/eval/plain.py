@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 from jax.sharding import Mesh
 
+from golf_jax.data.tokenizer import ByteLUT, target_bytes
 from golf_jax.eval.bpb import BpbAccumulator
+from golf_jax.model import layers
 from golf_jax.train import mesh as mesh_lib
+
+
+def make_eval_step(model: nn.Module, lut: ByteLUT):
+    """Sums of NLL (fp32), scored tokens and LUT bytes over a masked batch."""
+    lut = lut.to(jnp)
+
+    def eval_step(params, batch: dict) -> dict:
+        logits = model.apply({"params": params}, batch["x"])
+        nll_BxT = layers.cross_entropy_BxT(logits, batch["y"])
+        mask = batch["mask"]
+        bytes_BxT = target_bytes(lut, batch["x"], batch["y"], xp=jnp)
+        return {
+            "nll_sum": jnp.sum(jnp.where(mask, nll_BxT, 0.0)),
+            "tokens": jnp.sum(mask.astype(jnp.int32)),
+            "bytes": jnp.sum(jnp.where(mask, bytes_BxT, 0)),
+        }
+
+    return eval_step
 
 
 def eval_batches(val_tokens: np.ndarray, seq_len: int, batch_seqs: int, multiple_of: int):
@@ -42,3 +66,11 @@ def evaluate(eval_step_jit, params, mesh: Mesh, val_tokens: np.ndarray, seq_len:
 def jit_eval_step(eval_step, mesh: Mesh):
     rep, dat = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
     return jax.jit(eval_step, in_shardings=(rep, {"x": dat, "y": dat, "mask": dat}), out_shardings=rep)
+
+
+def make_evaluator(model: nn.Module, lut: ByteLUT, mesh: Mesh, val_tokens: np.ndarray, seq_len: int,
+                   val_batch_tokens: int) -> Callable[..., BpbAccumulator]:
+    """`params -> BpbAccumulator` over the val stream (one compiled eval step, reused)."""
+    eval_step = jit_eval_step(make_eval_step(model, lut), mesh)
+    batch_seqs = max(val_batch_tokens // seq_len, 1)
+    return lambda params: evaluate(eval_step, params, mesh, val_tokens, seq_len, batch_seqs)

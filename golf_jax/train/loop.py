@@ -181,13 +181,12 @@ def _train(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack) -> dict:
     schedule_args = step_lib.schedule_inputs(1.0, cfg.opt.muon_momentum)
     t_compile = time.perf_counter()
     train_step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, recipe), mesh).lower(state, {**first, **schedule_args}).compile()
-    eval_step = plain.jit_eval_step(step_lib.make_eval_step(model, lut_arrays(lut)), mesh)
-    val_batch_seqs = max(t.val_batch_tokens // t.seq_len, 1)
+    evaluate = plain.make_evaluator(model, lut, mesh, val_tokens, t.seq_len, t.val_batch_tokens)
     run.log(f"compiled train step in {time.perf_counter() - t_compile:.1f}s")
 
     def validate(params, step: int) -> float:
         t_val = time.perf_counter()
-        acc = plain.evaluate(eval_step, params, mesh, val_tokens, t.seq_len, val_batch_seqs)
+        acc = evaluate(params)
         run.log(f"step {step} val_loss {acc.val_loss:.4f} val_bpb {acc.val_bpb:.4f} ({time.perf_counter() - t_val:.1f}s)")
         run.metrics({"step": step, "val_loss": acc.val_loss, "val_bpb": acc.val_bpb})
         return acc.val_bpb
@@ -274,7 +273,7 @@ def _train(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack) -> dict:
     restored = export.load_artifact(info.path, params)
     rt_params = jax.device_put(restored, mesh_lib.replicated(mesh))
     t_rt = time.perf_counter()
-    acc = plain.evaluate(eval_step, rt_params, mesh, val_tokens, t.seq_len, val_batch_seqs)
+    acc = evaluate(rt_params)
     run.log(f"final {cfg.export.format} round trip: val_loss {acc.val_loss:.4f} val_bpb {acc.val_bpb:.4f} ({time.perf_counter() - t_rt:.1f}s)")
     run.log(f"final val_bpb {acc.val_bpb:.4f} artifact_bytes {info.total_bytes:,}")
     return {
@@ -312,10 +311,6 @@ def describe_data(cfg, data_dir: Path, tokenizer_path: Path, val_tokens: int) ->
 
 def _sha256_or_none(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
-def lut_arrays(lut) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return (np.asarray(lut.base_bytes, np.int32), np.asarray(lut.has_leading_space), np.asarray(lut.is_boundary))
 
 
 def _report(run: RunDir, pending, t, tokens_per_step: int, clock, force: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""The pure train step `(state, batch) -> (state, metrics)` and the eval step.
+"""The pure train step `(state, batch) -> (state, metrics)`.
 
 `batch` carries the tokens and the two host-side schedule values of the step
 (`lr_scale`, `muon_momentum`): they change every step without a recompile.
@@ -16,8 +16,6 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from golf_jax.data.tokenizer import target_bytes
-from golf_jax.model import layers
 from golf_jax.train import mesh as mesh_lib
 from golf_jax.train import recipe as recipe_lib
 from golf_jax.train.recipe import Recipe
@@ -103,29 +101,3 @@ def jit_train_step(train_step, mesh: Mesh):
         out_shardings=(rep, rep),
         donate_argnums=(0,),
     )
-
-
-def make_eval_step(model: nn.Module, lut_arrays: tuple[jax.Array, jax.Array, jax.Array]):
-    """Sums of NLL (fp32), scored tokens and LUT bytes over a masked batch."""
-
-    def eval_step(params, batch: dict) -> dict:
-        logits = model.apply({"params": params}, batch["x"])
-        nll_BxT = layers.cross_entropy_BxT(logits, batch["y"])
-        mask = batch["mask"]
-        base_bytes, has_space, is_boundary = lut_arrays
-        lut = _Lut(base_bytes, has_space, is_boundary)
-        bytes_BxT = target_bytes(lut, batch["x"], batch["y"], xp=jnp).astype(jnp.int32)
-        return {
-            "nll_sum": jnp.sum(jnp.where(mask, nll_BxT, 0.0)),
-            "tokens": jnp.sum(mask.astype(jnp.int32)),
-            "bytes": jnp.sum(jnp.where(mask, bytes_BxT, 0)),
-        }
-
-    return eval_step
-
-
-@flax.struct.dataclass
-class _Lut:
-    base_bytes: jax.Array
-    has_leading_space: jax.Array
-    is_boundary: jax.Array
