@@ -12,7 +12,6 @@ Prefetcher's read-ahead); train.resume_from continues the latest checkpoint of a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import queue
 import threading
@@ -28,6 +27,7 @@ from golf_jax import model as model_lib
 from golf_jax.data import shards
 from golf_jax.data.coprime import CoprimeLoader
 from golf_jax.data.loader import SequentialLoader
+from golf_jax.data.prepare import sha256_file
 from golf_jax.data.synthetic import ensure_default_corpus
 from golf_jax.data.tokenizer import build_byte_luts, load_tokenizer
 from golf_jax.eval import plain
@@ -300,17 +300,13 @@ def describe_data(cfg, data_dir: Path, tokenizer_path: Path, val_tokens: int) ->
     return {
         "data_dir": str(data_dir),
         "tokenizer": str(tokenizer_path),
-        "tokenizer_sha256": hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest(),
+        "tokenizer_sha256": sha256_file(tokenizer_path),
         "loader": cfg.data.loader,
         "train_shards": [{"name": f.name, "bytes": f.stat().st_size} for f in train],
-        "manifest_sha256": _sha256_or_none(data_dir / "manifest.json"),
+        "manifest_sha256": sha256_file(data_dir / "manifest.json") if (data_dir / "manifest.json").exists() else None,
         "val_tokens_used": val_tokens,
         "seed": cfg.seed,
     }
-
-
-def _sha256_or_none(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
 def _report(run: RunDir, pending, t, tokens_per_step: int, clock, force: bool = False) -> None:
