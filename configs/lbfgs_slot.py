@@ -11,7 +11,8 @@ Source: openai/parameter-golf PR #675 head 5149815c, `2026-04-06_LBFGS_SLOT_0.57
 * int6 per-row with a 5-percentile clip search (no full GPTQ) + lzma;
 * eval: per-window L-BFGS SLOT (hidden δ ∈ R^512 + logit bias ∈ R^1024, lr 0.1,
   5 iterations × 8 steps, history 10), on the scored positions — non-causal. Eval
-  stride 96 by default in the code. Kept in `variant_notes`.
+  stride 96 by default in the code. SLOT comes with evaluation part 2; until then
+  this config evaluates round trip and sliding s96.
 """
 
 from configs.record import get_config as record_config
@@ -26,14 +27,6 @@ def get_config():
     c.model.mtp_loss_weight = 0.0
     c.schedule.warmdown_iters = 3500
     c.data.loader = "sequential"
-    c.unlock()
-    c.variant_notes = {
-        "source_pr": "675",
-        "value_residual": {"enabled": True, "gate_init": -1.5, "implemented": False},
-        "quant": "int6_per_row_percentile_clip",
-        "eval_stride": 96,
-        "slot": {"kind": "lbfgs_hidden_and_logit_bias", "lr": 0.1, "max_iter": 5, "outer_steps": 8,
-                 "history": 10, "batch_windows": 32},
-    }
-    c.lock()
+    c.eval.stages = "roundtrip,sliding"
+    c.eval.sliding.stride = 96
     return c

@@ -1,9 +1,12 @@
-"""PR #1318 record stack (spec reference-pr1318.md §3.1, §4, §5): model, training recipe
-and the GPTQ int6 export.
+"""PR #1318 record stack (spec reference-pr1318.md §3.1, §4, §5, §6): model, training
+recipe, the GPTQ int6 export and its evaluation: round trip, sliding s64, TTT.
 
-Eval-side features (sliding window, TTT, SLOT) live in their own sections once
-those stages land. Reference quirks are off by default; see the
-`compat` section and docs/differences.md.
+The TTT stage is the reference's (AdamW lr 1e-3, 1 epoch, blocks 0–9 frozen in the
+banked reference's scalar-only sense), run score-first. Its quirks are off and each
+is one flag away: `eval.ttt.lookahead` (1-token lookahead), `eval.ttt.carry` (later
+stages score with the TTT-adapted weights), `eval.sliding.window_rule=reference`
+(re-scored tail) and `export.calib_source=val`. SLOT comes with evaluation part 2.
+See docs/differences.md.
 """
 
 from golf_jax.config import base_config
@@ -66,7 +69,6 @@ def get_config():
     t.swa_every = 50
     t.swa_lr_threshold = 0.2
     t.late_qat_threshold = 0.15
-    t.val_batch_tokens = 524_288
 
     e = c.export
     e.format = "gptq_int6"  # int6 GPTQ for the block matrices, int8 rows for the embeddings
@@ -74,4 +76,20 @@ def get_config():
     e.gptq_damp = 0.005
     e.calib_source = "train"  # the reference calibrates on val tokens: --config.export.calib_source=val (non-compliant)
     e.calib_seqs = 256
+
+    v = c.eval
+    v.stages = "roundtrip,sliding,ttt"
+    v.batch_tokens = 524_288
+    v.sliding.stride = 64
+    v.sliding.batch_windows = 32
+    v.ttt.mode = "pr1318"
+    v.ttt.chunk_tokens = 32_768
+    v.ttt.optimizer = "adamw"
+    v.ttt.lr = 1e-3
+    v.ttt.beta1, v.ttt.beta2, v.ttt.eps, v.ttt.weight_decay = 0.9, 0.999, 1e-8, 0.0
+    v.ttt.epochs = 1
+    v.ttt.batch_seqs = 32
+    v.ttt.grad_clip = 1.0
+    v.ttt.freeze_blocks = 10
+    v.ttt.freeze_scope = "scalars"  # the reference's (20,560 frozen); "blocks" freezes what it meant to
     return c

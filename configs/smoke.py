@@ -17,9 +17,10 @@ def get_config():
     c.train.max_wallclock_seconds = 0.0
     c.train.val_every = 0  # validate once, at the end
     c.train.log_every = 25
-    c.train.val_batch_tokens = 16_384
     c.schedule.mode = "iterations"
     c.schedule.warmdown_iters = 50
     c.opt.muon_momentum_warmup_steps = 50
-    c.data.val_max_tokens = 65_537
+    c.eval.batch_tokens = 16_384
+    c.eval.max_tokens = 65_537
+    c.eval.stages = "roundtrip"
     return c

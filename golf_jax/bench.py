@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 from golf_jax import model as model_lib
 from golf_jax.optim.build import build_optimizer
-from golf_jax.train import mesh as mesh_lib
+from golf_jax import mesh as mesh_lib
 from golf_jax.train import step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)

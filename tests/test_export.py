@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from golf_jax import codebytes
 from golf_jax import model as model_lib
 from golf_jax.config import base_config
 from golf_jax.data import shards
 from golf_jax.quant import container, export, hessian
 from golf_jax.quant.prune import ArtifactBudgetError
-from golf_jax.train import mesh as mesh_lib
+from golf_jax import mesh as mesh_lib
 
 V, D, T = 128, 64, 32
 SMALL = 1024  # a tiny model: lower the fp16 passthrough bound so its block kernels are "large"
@@ -57,14 +58,22 @@ def small_passthrough(monkeypatch):
 
 
 def _labels(cfg, params):
-    return export._flat_labels(params, cfg)
+    return export.flat_labels(_tree_labels(cfg, params))
+
+
+def _tree_labels(cfg, params):
+    return model_lib.param_labels(cfg.model, params, cfg.compat)
+
+
+def _export(params, cfg, out, calib=None):
+    return export.export_artifact(params, _tree_labels(cfg, params), cfg, out, codebytes.code_bytes(), calib=calib)
 
 
 def test_classification_and_bit_exact_round_trip(trained, tmp_path):
     cfg, _, params, _, calib = trained
-    info = export.export_artifact(params, cfg, tmp_path, calib=calib)
+    info = _export(params, cfg, tmp_path, calib=calib)
     assert info.report["pruned"] == 0 and info.report["compressor"] == "lzma"
-    assert info.code_bytes == export.code_bytes() and info.total_bytes <= cfg.export.budget_bytes
+    assert info.code_bytes == codebytes.code_bytes() and info.total_bytes <= cfg.export.budget_bytes
     stored = container.deserialize(info.path.read_bytes())
     for name, t in stored.items():
         if name.startswith("blocks_") and name.endswith("/kernel"):
@@ -113,13 +122,13 @@ def test_gptq_beats_rtn_on_hessian_weighted_error(trained):
 
 def test_pruning_and_budget_overflow(trained, tmp_path):
     cfg, _, params, _, calib = trained
-    full = export.export_artifact(params, cfg, tmp_path, calib=calib)
+    full = _export(params, cfg, tmp_path, calib=calib)
     cfg.export.budget_bytes = full.total_bytes - 40
-    pruned = export.export_artifact(params, cfg, tmp_path, calib=calib)
+    pruned = _export(params, cfg, tmp_path, calib=calib)
     assert pruned.report["pruned"] > 0 and pruned.total_bytes <= cfg.export.budget_bytes
     cfg.export.budget_bytes = full.code_bytes + 1000
     with pytest.raises(ArtifactBudgetError, match="does not fit"):
-        export.export_artifact(params, cfg, tmp_path, calib=calib)
+        _export(params, cfg, tmp_path, calib=calib)
     assert (tmp_path / "model.golfjax").exists()  # the unpruned blob is kept
 
 
@@ -127,7 +136,7 @@ def test_missing_hessian_is_a_clear_error(trained, tmp_path):
     cfg, _, params, _, calib = trained
     partial = hessian.Calibration({k: v for k, v in calib.hessians.items() if "c_q" not in k}, "train", 1, T, 0.0)
     with pytest.raises(ValueError, match="no Hessian for 2 Muon matrices"):
-        export.export_artifact(params, cfg, tmp_path, calib=partial)
+        _export(params, cfg, tmp_path, calib=partial)
 
 
 def test_calibration_source_flags_val(trained, tmp_path):
@@ -140,7 +149,7 @@ def test_calibration_source_flags_val(trained, tmp_path):
         calib = hessian.calibrate(c, model, params, mesh, data_dir=tmp_path, val_tokens=val, log=msgs.append)
         out = tmp_path / src
         out.mkdir()
-        rep = export.export_artifact(params, c, out, calib=calib).report
+        rep = _export(params, c, out, calib=calib).report
         assert rep["calibration_on_val"] is flag and rep["calib_source"] == src and rep["compressor"] == "brotli"
     assert any("NOT compliant" in m for m in msgs)
 
@@ -151,7 +160,7 @@ def test_rtn_and_int8_formats(trained, tmp_path):
         c = _cfg(format=fmt)
         out = tmp_path / fmt
         out.mkdir()
-        info = export.export_artifact(params, c, out)
+        info = _export(params, c, out)
         loaded = export.load_artifact(info.path, params)
         assert jax.tree.structure(loaded) == jax.tree.structure(params)
         assert info.report["export_format"] == fmt

@@ -17,8 +17,8 @@ TINY = {
     "model.ve_layers": "1", "model.xsa_last_n": 2, "model.compute_dtype": "float32",
     "train.seq_len": 128, "train.batch_tokens": 2048, "train.iterations": 30,
     "train.max_wallclock_seconds": 0, "train.val_every": 0, "train.log_every": 10,
-    "train.val_batch_tokens": 8192, "schedule.mode": "iterations", "schedule.warmdown_iters": 20,
-    "opt.muon_momentum_warmup_steps": 10, "data.val_max_tokens": 16385, "export.calib_seqs": 8,
+    "eval.batch_tokens": 8192, "schedule.mode": "iterations", "schedule.warmdown_iters": 20,
+    "opt.muon_momentum_warmup_steps": 10, "eval.max_tokens": 16385, "eval.ttt.chunk_tokens": 4096, "export.calib_seqs": 8,
 }
 
 

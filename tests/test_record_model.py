@@ -15,7 +15,7 @@ from golf_jax.model import record
 from golf_jax.model.record_layers import linear_override_init, rope_base_for
 from golf_jax.train import recipe as recipe_lib
 from golf_jax.optim.build import build_optimizer, count_by_label
-from golf_jax.train import mesh as mesh_lib
+from golf_jax import mesh as mesh_lib
 from golf_jax.train import step as step_lib
 
 

@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from golf_jax.data.tokenizer import ByteLUT, target_bytes
 from golf_jax.eval.bpb import BpbAccumulator
 from golf_jax.model import layers
-from golf_jax.train import mesh as mesh_lib
+from golf_jax import mesh as mesh_lib
 
 
 def make_eval_step(model: nn.Module, lut: ByteLUT):

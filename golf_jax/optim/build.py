@@ -158,3 +158,65 @@ def count_by_label(params: Any, labels: Any) -> dict[str, int]:
 
     jax.tree.map(add, params, labels)
     return counts
+
+
+def freeze(trainable: Any) -> optax.GradientTransformation:
+    """Zero the updates of leaves whose `trainable` mask entry is False."""
+
+    def init_fn(params: optax.Params) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, t: u if t else jnp.zeros_like(u), updates, trainable), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_annealed_lr(lr_tree: Any, floor: float = 0.0) -> optax.GradientTransformationExtraArgs:
+    """Multiply by `-(floor + (lr - floor) · lr_scale)`, per leaf (lr_tree) or for all (a float).
+
+    torch's CosineAnnealingLR(eta_min=floor) over param groups: every group anneals
+    toward the same absolute floor; lr_scale = ½(1 + cos(π·e/E)) comes from the host.
+    """
+
+    def init_fn(params: optax.Params) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, *, lr_scale: Any = None, **extra_args: Any):
+        del params, extra_args
+        scale = jnp.asarray(1.0 if lr_scale is None else lr_scale, jnp.float32)
+        lrs = lr_tree if not isinstance(lr_tree, (int, float)) else jax.tree.map(lambda _: float(lr_tree), updates)
+        return jax.tree.map(lambda u, lr: (u * -(floor + (lr - floor) * scale)).astype(u.dtype), updates, lrs), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def build_adaptation_optimizer(kind: str, lr: Any, trainable: Any, *, floor: float = 0.0, momentum: float = 0.9,
+                               b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+                               grad_clip: float = 0.0) -> optax.GradientTransformationExtraArgs:
+    """The test-time-training optimizer, from the same pieces as the training one.
+
+    Frozen leaves get no gradient (so they do not count in the clip norm, as in torch,
+    where they have requires_grad=False) and no update. kind: "sgd" (torch SGD with
+    momentum, dampening 0: buf = m·buf + g) or "adamw" (torch AdamW). `lr` is a float or
+    a per-leaf pytree of LRs (discriminative TTT); lr_scale anneals it toward `floor`.
+    """
+    parts: list[optax.GradientTransformation] = [freeze(trainable)]
+    if grad_clip > 0:
+        parts.append(clip_by_global_norm_torch(grad_clip))
+    if kind == "sgd":
+        if momentum:
+            parts.append(optax.trace(decay=momentum, nesterov=False))
+        if weight_decay:
+            parts.append(optax.add_decayed_weights(weight_decay))
+    elif kind == "adamw":
+        parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
+        if weight_decay:
+            parts.append(optax.add_decayed_weights(weight_decay))
+    else:
+        raise ValueError(f"TTT optimizer {kind!r}: use 'sgd' or 'adamw'")
+    parts += [scale_by_annealed_lr(lr, floor), freeze(trainable)]
+    return optax.chain(*parts)

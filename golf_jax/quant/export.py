@@ -16,11 +16,9 @@ Formats (export.format):
   search (no Hessian), for comparisons.
 
 Artifact bytes = compressed weights + code bytes, in DECIMAL bytes against
-export.budget_bytes (16,000,000). Code bytes = the byte length of the single
-self-extracting submission script `python -m golf_jax.pack` writes (the lzma +
-base85 archive of golf_jax/**/*.py plus its bootstrap): that one file is the
-code a submission needs to train and evaluate. It is built in memory and cached
-per process.
+export.budget_bytes (16,000,000). Code bytes are passed in: the byte length of the
+single self-extracting submission script (golf_jax/codebytes.py), the one file a
+submission needs to train and evaluate.
 """
 
 from __future__ import annotations
@@ -52,14 +50,6 @@ class ArtifactInfo:
         return self.weight_bytes + self.code_bytes
 
 
-@functools.lru_cache(maxsize=1)
-def code_bytes() -> int:
-    """len(the submission script golf_jax.pack would write), built in memory once per process."""
-    from golf_jax import pack
-
-    return len(pack.build_script())
-
-
 def named_arrays(params) -> dict[str, np.ndarray]:
     """Flat {name: array}, kernels as (out, in)."""
     out = {}
@@ -89,10 +79,8 @@ INT6_FORMATS = ("gptq_int6", "rtn_int6")
 NOT_EXPORTED_PREFIXES = ("mtp_heads_",)  # training-only heads (spec 5.1)
 
 
-def _flat_labels(params, cfg) -> dict[str, str]:
-    from golf_jax import model as model_lib
-
-    labels = model_lib.param_labels(cfg.model, params, cfg.compat)
+def flat_labels(labels) -> dict[str, str]:
+    """{'/'-joined path: optimizer label} of a labels pytree (the model's param_labels)."""
     return {"/".join(k): v for k, v in traverse_util.flatten_dict(labels).items()}
 
 
@@ -146,9 +134,11 @@ def quantize_int6(arrays: dict[str, np.ndarray], labels: dict[str, str], ex, hes
     return tensors, stats
 
 
-def export_artifact(params, cfg, out_dir: Path, calib=None) -> ArtifactInfo:
+def export_artifact(params, labels, cfg, out_dir: Path, code_bytes: int, calib=None) -> ArtifactInfo:
     """Write `model.golfjax` into out_dir; raise ArtifactBudgetError over the budget.
 
+    `labels` is the model's optimizer-label pytree (which kernels are Muon matrices,
+    hence int6); `code_bytes` the counted code (golf_jax.codebytes.code_bytes()).
     `calib` (a hessian.Calibration) is required for gptq_int6.
     """
     ex, fmt = cfg.export, cfg.export.format
@@ -161,7 +151,7 @@ def export_artifact(params, cfg, out_dir: Path, calib=None) -> ArtifactInfo:
         if fmt == "gptq_int6" and calib is None:
             raise ValueError("export.format=gptq_int6 needs calibration Hessians (golf_jax.quant.hessian.calibrate)")
         compressor = ex.compressor or "lzma"
-        labels = _flat_labels(params, cfg)
+        labels = flat_labels(labels)
         arrays = {n: a for n, a in named_arrays(params).items() if not n.startswith(NOT_EXPORTED_PREFIXES)}
         tensors, stats = quantize_int6(arrays, labels, ex, calib.hessians if fmt == "gptq_int6" else None,
                                        bool(cfg.compat.gptq_double_damp))
@@ -173,7 +163,7 @@ def export_artifact(params, cfg, out_dir: Path, calib=None) -> ArtifactInfo:
         storage = container.int6_storage_of(unpruned)  # "auto" decides once, not at every pruning probe
         ser = functools.partial(container.serialize, int6_storage=storage, compressor=compressor)
         try:
-            tensors, pr = prune.prune_to_budget(tensors, ex.budget_bytes, code_bytes(), ser, log=print, unpruned_blob=unpruned)
+            tensors, pr = prune.prune_to_budget(tensors, ex.budget_bytes, code_bytes, ser, log=print, unpruned_blob=unpruned)
         except ArtifactBudgetError:
             path.write_bytes(unpruned)  # never lose a run's output
             raise
@@ -182,7 +172,7 @@ def export_artifact(params, cfg, out_dir: Path, calib=None) -> ArtifactInfo:
     else:
         raise ValueError(f"export.format={fmt!r}: known formats are 'int8_zlib', 'gptq_int6', 'rtn_int6'")
     report["compressor"] = compressor
-    info = ArtifactInfo(path, len(blob), code_bytes(), report)
+    info = ArtifactInfo(path, len(blob), code_bytes, report)
     path.write_bytes(blob)  # written before the check: never lose a run's output
     if info.total_bytes > ex.budget_bytes:
         raise ArtifactBudgetError(

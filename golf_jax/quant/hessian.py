@@ -32,7 +32,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from golf_jax.model import layers
-from golf_jax.train import mesh as mesh_lib
+from golf_jax import mesh as mesh_lib
 
 CALIB_SOURCES = ("train", "val", "selfgen")
 

@@ -1,4 +1,5 @@
-"""`python -m golf_jax.train --config=configs/smoke.py [--config.key=value ...]`."""
+"""`python -m golf_jax.train --config=configs/smoke.py [--config.key=value ...]`: the whole job
+(golf_jax/pipeline.py). An entry point, outside the stage import order."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.p
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from golf_jax.train.loop import train
+    from golf_jax.pipeline import run
 
-    train(_CONFIG.value)
+    run(_CONFIG.value)
 
 
 if __name__ == "__main__":

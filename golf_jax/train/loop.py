@@ -1,8 +1,9 @@
-"""The training run: data → model → Muon/AdamW on the mesh → export → round-trip val_bpb.
+"""The fit stage: the timed training loop (Muon/AdamW on the mesh, wallclock cap).
 
+The rest of the job (data, averaging, export, evaluation) is golf_jax/pipeline.py.
 The hot loop keeps the host out of the device's way: the step is compiled before
 the clock starts, the state is donated, batches are prefetched by a thread, and
-metrics are read one step late.
+metrics are read one step late. Periodic validation is a callback the pipeline passes.
 
 With train.checkpoint_every > 0 the state is saved asynchronously (see
 golf_jax/train/checkpoint.py, which also explains how the loader state survives the
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
 import queue
 import threading
 import time
@@ -23,21 +26,13 @@ import numpy as np
 from flax import serialization
 from jax.experimental import multihost_utils
 
-from golf_jax import model as model_lib
-from golf_jax.data import shards
+from golf_jax import mesh as mesh_lib
 from golf_jax.data.coprime import CoprimeLoader
 from golf_jax.data.loader import SequentialLoader
-from golf_jax.data.prepare import sha256_file
-from golf_jax.data.synthetic import ensure_default_corpus
-from golf_jax.data.tokenizer import build_byte_luts, load_tokenizer
-from golf_jax.eval import plain
 from golf_jax.optim import schedule
-from golf_jax.optim.build import build_optimizer, count_by_label
-from golf_jax.quant import export, hessian
-from golf_jax.train import mesh as mesh_lib
+from golf_jax.rundir import RunDir
 from golf_jax.train import recipe as recipe_lib
 from golf_jax.train import step as step_lib
-from golf_jax.train.rundir import RunDir
 
 
 class TrainingError(RuntimeError):
@@ -55,23 +50,6 @@ def check_config(cfg, num_devices: int) -> None:
         raise ValueError("model.model_dim must divide by model.num_heads, and num_heads by num_kv_heads")
     if cfg.data.loader not in ("sequential", "coprime"):
         raise ValueError(f"data.loader={cfg.data.loader!r}: use 'sequential' or 'coprime'")
-
-
-def resolve_data(cfg) -> tuple[Path, Path]:
-    """The shard directory and tokenizer of the run (building the default corpus if asked)."""
-    if cfg.data.source == "default":
-        corpus = ensure_default_corpus()
-        if corpus.vocab_size != cfg.model.vocab_size:
-            raise ValueError(
-                f"the default corpus has vocab {corpus.vocab_size} but model.vocab_size="
-                f"{cfg.model.vocab_size}; pass --config.model.vocab_size={corpus.vocab_size}"
-            )
-        return corpus.data_dir, corpus.tokenizer_path
-    if cfg.data.source == "dir":
-        if not cfg.data.dir or not cfg.data.tokenizer:
-            raise ValueError("data.source='dir' needs data.dir (shard folder) and data.tokenizer (.model file)")
-        return Path(cfg.data.dir), Path(cfg.data.tokenizer)
-    raise ValueError(f"data.source={cfg.data.source!r}: use 'default' or 'dir'")
 
 
 def make_loader(cfg, data_dir: Path, mesh):
@@ -116,52 +94,20 @@ class Prefetcher:
         return dict(item[0]), item[1]
 
 
-def train(cfg) -> dict:
-    """Run a whole job from a config; returns the summary written to summary.json."""
-    mesh_lib.maybe_initialize_distributed()
-    mesh = mesh_lib.make_mesh()
-    check_config(cfg, mesh.devices.size)
-    run = RunDir(cfg.train.run_dir, cfg.train.run_name or cfg.name, cfg)
-    summary: dict = {"status": "running", "run_dir": str(run.path)}
-    cleanup = contextlib.ExitStack()  # closes a checkpoint manager on any exit
-    try:
-        summary.update(_train(cfg, mesh, run, cleanup))
-        summary["status"] = "ok"
-        return summary
-    except BaseException as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
-        run.log(f"run failed: {summary['error']} (outputs kept in {run.path})")
-        raise
-    finally:
-        cleanup.close()
-        run.write_json("summary.json", summary)
-        run.close()
+@dataclass
+class FitResult:
+    state: step_lib.TrainState
+    steps: int
+    train_time_s: float
+    live_val_bpb: float
+    late_qat_step: int | None
+    extra: dict = field(default_factory=dict)  # resumed_from, resumed_step, last_checkpoint_step
 
 
-def _train(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack) -> dict:
+def fit(cfg, model, tx, recipe, state, loader, mesh, run: RunDir, validate: Callable[[Any, int], float],
+        cleanup: contextlib.ExitStack) -> FitResult:
+    """Train until train.iterations or the wallclock cap; `validate(params, step) -> val_bpb`."""
     t = cfg.train
-    data_dir, tokenizer_path = resolve_data(cfg)
-    sp = load_tokenizer(tokenizer_path, cfg.model.vocab_size)
-    lut = build_byte_luts(sp, cfg.model.vocab_size)
-    val_tokens = shards.load_validation_tokens(
-        str(data_dir / "fineweb_val_*.bin"), t.seq_len, cfg.model.vocab_size, cfg.data.val_max_tokens or None
-    )
-    loader = make_loader(cfg, data_dir, mesh)
-    run.write_json("data.json", describe_data(cfg, data_dir, tokenizer_path, len(val_tokens)))
-    run.log(f"run_dir: {run.path}")
-    run.log(f"data: {data_dir} tokenizer: {tokenizer_path} val_tokens: {len(val_tokens):,} loader: {cfg.data.loader}")
-    run.log(f"devices: {mesh.devices.size} ({jax.default_backend()}) processes: {jax.process_count()}")
-
-    model = model_lib.build_model(cfg.model)
-    rng = jax.random.PRNGKey(cfg.seed)
-    abstract = jax.eval_shape(lambda r: model.init(r, np.zeros((1, t.seq_len), np.int32))["params"], rng)
-    labels = model_lib.param_labels(cfg.model, abstract, cfg.compat)
-    tx = build_optimizer(cfg.opt, labels)
-    recipe = step_lib.build_recipe(cfg, abstract, labels)
-    state = step_lib.init_state(model, tx, rng, t.seq_len, mesh, recipe)
-    counts = count_by_label(state.params, labels)
-    run.log(f"model: {cfg.model.name} params: {sum(counts.values()):,} by group: {counts}")
-
     extra: dict = {}
     meta = {"step": 0, "train_time_s": 0.0, "late_qat_step": None}
     if t.resume_from or t.checkpoint_every > 0:
@@ -181,16 +127,7 @@ def _train(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack) -> dict:
     schedule_args = step_lib.schedule_inputs(1.0, cfg.opt.muon_momentum)
     t_compile = time.perf_counter()
     train_step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, recipe), mesh).lower(state, {**first, **schedule_args}).compile()
-    evaluate = plain.make_evaluator(model, lut, mesh, val_tokens, t.seq_len, t.val_batch_tokens)
     run.log(f"compiled train step in {time.perf_counter() - t_compile:.1f}s")
-
-    def validate(params, step: int) -> float:
-        t_val = time.perf_counter()
-        acc = evaluate(params)
-        run.log(f"step {step} val_loss {acc.val_loss:.4f} val_bpb {acc.val_bpb:.4f} ({time.perf_counter() - t_val:.1f}s)")
-        run.metrics({"step": step, "val_loss": acc.val_loss, "val_bpb": acc.val_bpb})
-        return acc.val_bpb
-
     tokens_per_step = t.batch_tokens
     # export.reserve_seconds: stop early so calibration fits inside the training budget.
     cap_s = max(t.max_wallclock_seconds - cfg.export.reserve_seconds, 0.0) if t.max_wallclock_seconds > 0 else None
@@ -251,62 +188,7 @@ def _train(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack) -> dict:
         checkpointer.close()
         run.log(f"checkpoint of step {step} in {ckpt_lib.checkpoint_dir(run.path)}")
         extra["last_checkpoint_step"] = step
-    live_val_bpb = val_bpb
-    final, averaging = recipe_lib.final_params(state, recipe)
-    if averaging != "live":
-        val_bpb = validate(final, step)
-        run.log(f"weights after training: {averaging} (val_bpb {live_val_bpb:.4f} live → {val_bpb:.4f})")
-    params = jax.device_get(final)
-    if run.is_writer:
-        (run.path / "params.msgpack").write_bytes(serialization.to_bytes(params))
-    calib = None
-    if cfg.export.format == "gptq_int6":
-        calib = hessian.calibrate(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)), mesh,
-                                  data_dir=data_dir, val_tokens=val_tokens, bos_id=max(int(sp.bos_id()), 0), log=run.log)
-    info = export.export_artifact(params, cfg, run.path, calib=calib)
-    run.log(f"export: {info.report}")
-    run.log(
-        f"artifact: {info.path.name} weights {info.weight_bytes:,} B + code {info.code_bytes:,} B = "
-        f"{info.total_bytes:,} B (budget {cfg.export.budget_bytes:,})"
-    )
-    multihost_utils.sync_global_devices("artifact written")
-    restored = export.load_artifact(info.path, params)
-    rt_params = jax.device_put(restored, mesh_lib.replicated(mesh))
-    t_rt = time.perf_counter()
-    acc = evaluate(rt_params)
-    run.log(f"final {cfg.export.format} round trip: val_loss {acc.val_loss:.4f} val_bpb {acc.val_bpb:.4f} ({time.perf_counter() - t_rt:.1f}s)")
-    run.log(f"final val_bpb {acc.val_bpb:.4f} artifact_bytes {info.total_bytes:,}")
-    return {
-        "steps": step,
-        "train_time_s": train_time,
-        "live_val_bpb": live_val_bpb,
-        "averaging": averaging,
-        "late_qat_step": qat_on_step,
-        "pre_quant_val_bpb": val_bpb,
-        "roundtrip_val_loss": acc.val_loss,
-        "roundtrip_val_bpb": acc.val_bpb,
-        "artifact_path": str(info.path),
-        "weight_bytes": info.weight_bytes,
-        "code_bytes": info.code_bytes,
-        "artifact_bytes": info.total_bytes,
-        **extra,  # resumed_from, resumed_step, last_checkpoint_step (when on)
-        **info.report,  # export_format, compressor, calib_source, calibration_on_val, gptq_seconds, pruned, ...
-    }
-
-
-def describe_data(cfg, data_dir: Path, tokenizer_path: Path, val_tokens: int) -> dict:
-    """What fixes the data order: the shards (names, sizes, hashes), tokenizer and loader."""
-    train = shards.shard_files(str(data_dir / "fineweb_train_*.bin"))
-    return {
-        "data_dir": str(data_dir),
-        "tokenizer": str(tokenizer_path),
-        "tokenizer_sha256": sha256_file(tokenizer_path),
-        "loader": cfg.data.loader,
-        "train_shards": [{"name": f.name, "bytes": f.stat().st_size} for f in train],
-        "manifest_sha256": sha256_file(data_dir / "manifest.json") if (data_dir / "manifest.json").exists() else None,
-        "val_tokens_used": val_tokens,
-        "seed": cfg.seed,
-    }
+    return FitResult(state, step, train_time, val_bpb, qat_on_step, extra)
 
 
 def _report(run: RunDir, pending, t, tokens_per_step: int, clock, force: bool = False) -> None:

@@ -1,7 +1,8 @@
-"""The pure train step `(state, batch) -> (state, metrics)`.
+"""The pure train step `(state, batch) -> (state, metrics)`: the generic gradient
+update of golf_jax.optim.step plus the training recipe (EMA, SWA, late QAT).
 
-`batch` carries the tokens and the two host-side schedule values of the step
-(`lr_scale`, `muon_momentum`): they change every step without a recompile.
+`batch` carries the tokens and the host-side schedule values of the step
+(`lr_scale`, `muon_momentum`, `qat_alpha`): they change every step without a recompile.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from golf_jax.train import mesh as mesh_lib
+from golf_jax import mesh as mesh_lib
+from golf_jax.optim import step as optim_step
 from golf_jax.train import recipe as recipe_lib
 from golf_jax.train.recipe import Recipe
 
@@ -52,21 +54,15 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Arra
 def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs, recipe: Recipe = Recipe()):
     """`batch` = {x, y, lr_scale, muon_momentum, qat_alpha}: tokens plus host schedule values."""
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        def loss_fn(params):
-            if recipe.qat_mask is not None:
-                params = recipe_lib.apply_qat(params, recipe.qat_mask, batch["qat_alpha"])
-            return model.apply({"params": params}, batch["x"], batch["y"], method=model.loss)
+    def loss_fn(params, batch: dict):
+        if recipe.qat_mask is not None:
+            params = recipe_lib.apply_qat(params, recipe.qat_mask, batch["qat_alpha"])
+        return model.apply({"params": params}, batch["x"], batch["y"], method=model.loss)
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(
-            grads,
-            state.opt_state,
-            state.params,
-            lr_scale=batch["lr_scale"],
-            muon_momentum=batch["muon_momentum"],
-        )
-        params = optax.apply_updates(state.params, updates)
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        hparams = {"lr_scale": batch["lr_scale"], "muon_momentum": batch["muon_momentum"]}
+        params, opt_state, loss, aux, grads = optim_step.gradient_update(
+            loss_fn, tx, state.params, state.opt_state, {**batch, "hparams": hparams})
         step = state.step + 1
         new = TrainState(step=step, params=params, opt_state=opt_state)
         if recipe.ema_decay > 0:

@@ -16,12 +16,7 @@ from pathlib import Path
 
 import jax
 
-from golf_jax.paths import REPO_ROOT
-
-
-def package_sources() -> list[Path]:
-    """The golf_jax source files, sorted: what the code version and code bytes cover."""
-    return sorted((REPO_ROOT / "golf_jax").rglob("*.py"))
+from golf_jax.codebytes import REPO_ROOT, package_sources
 
 
 def code_version() -> dict:

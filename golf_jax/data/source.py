@@ -1,0 +1,49 @@
+"""Where a run's data comes from: the shard folder, the tokenizer, and the val stream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from golf_jax.data import shards
+from golf_jax.data.prepare import sha256_file
+from golf_jax.data.synthetic import ensure_default_corpus
+
+
+def resolve_data(cfg) -> tuple[Path, Path]:
+    """The shard directory and tokenizer of the run (building the default corpus if asked)."""
+    if cfg.data.source == "default":
+        corpus = ensure_default_corpus()
+        if corpus.vocab_size != cfg.model.vocab_size:
+            raise ValueError(
+                f"the default corpus has vocab {corpus.vocab_size} but model.vocab_size="
+                f"{cfg.model.vocab_size}; pass --config.model.vocab_size={corpus.vocab_size}"
+            )
+        return corpus.data_dir, corpus.tokenizer_path
+    if cfg.data.source == "dir":
+        if not cfg.data.dir or not cfg.data.tokenizer:
+            raise ValueError("data.source='dir' needs data.dir (shard folder) and data.tokenizer (.model file)")
+        return Path(cfg.data.dir), Path(cfg.data.tokenizer)
+    raise ValueError(f"data.source={cfg.data.source!r}: use 'default' or 'dir'")
+
+
+def load_val(cfg, data_dir: Path, seq_len: int) -> np.ndarray:
+    """The val stream cut to whole eval sequences (+1), capped at eval.max_tokens."""
+    return shards.load_validation_tokens(str(Path(data_dir) / "fineweb_val_*.bin"), seq_len, cfg.model.vocab_size,
+                                         cfg.eval.max_tokens or None)
+
+
+def describe_data(cfg, data_dir: Path, tokenizer_path: Path, val_tokens: int) -> dict:
+    """What fixes the data order: the shards (names, sizes, hashes), tokenizer and loader."""
+    train = shards.shard_files(str(data_dir / "fineweb_train_*.bin"))
+    return {
+        "data_dir": str(data_dir),
+        "tokenizer": str(tokenizer_path),
+        "tokenizer_sha256": sha256_file(tokenizer_path),
+        "loader": cfg.data.loader,
+        "train_shards": [{"name": f.name, "bytes": f.stat().st_size} for f in train],
+        "manifest_sha256": sha256_file(data_dir / "manifest.json") if (data_dir / "manifest.json").exists() else None,
+        "val_tokens_used": val_tokens,
+        "seed": cfg.seed,
+    }

@@ -1,0 +1,148 @@
+"""The evaluation stages, run in the order `eval.stages` lists them, on any params.
+
+The train pipeline, `python -m golf_jax.evaluate` and the packed submission script's
+`eval` all call `run_stages`, so one config gives one procedure everywhere.
+
+* roundtrip: the plain non-overlapping eval (reference §6.1);
+* sliding: sliding windows, stride eval.sliding.stride (§6.2; merged rule by default);
+* ttt: score-first chunked TTT (§6.3, variants §4.3).
+
+Each stage writes `ledger_<stage>.json` (golf_jax/eval/ledger.py) and reports its
+bpb, time and compliance. Weights adapted on val (pre-quant TTT, or TTT with
+eval.ttt.carry) enter later ledgers as prior reads, which their verify() flags.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from golf_jax.eval import harness, plain, ttt
+from golf_jax.eval.ledger import Ledger
+from golf_jax.eval.windows import WINDOW_RULES, check_geometry, chunk_of, num_chunks, sliding_units
+
+STAGES = ("roundtrip", "sliding", "ttt")
+
+
+def stage_list(e) -> list[str]:
+    names = [s.strip() for s in str(e.stages).split(",") if s.strip()]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown:
+        raise ValueError(f"eval.stages={e.stages!r}: unknown stage(s) {unknown}; known: {list(STAGES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"eval.stages={e.stages!r}: a stage is listed twice")
+    return names
+
+
+def eval_seq_len(cfg) -> int:
+    return int(cfg.eval.seq_len or cfg.train.seq_len)
+
+
+def check_config(cfg) -> None:
+    """Every eval key's range, before any compile."""
+    e = cfg.eval
+    stage_list(e)
+    L = eval_seq_len(cfg)
+    if e.max_tokens < 0 or e.batch_tokens < 1 or e.sliding.batch_windows < 1:
+        raise ValueError("eval.max_tokens must be >= 0, eval.batch_tokens and eval.sliding.batch_windows >= 1")
+    if e.sliding.window_rule not in WINDOW_RULES:
+        raise ValueError(f"eval.sliding.window_rule={e.sliding.window_rule!r}: use one of {WINDOW_RULES}")
+    check_geometry(L, e.sliding.stride)
+    ttt.check_config(e.ttt, L, e.sliding.stride)
+
+
+def noncompliance(cfg) -> list[str]:
+    """Why a config's evaluation is non-compliant (empty when it is legal), from its flags."""
+    e, why = cfg.eval, []
+    names = stage_list(e)
+    if e.prequant_ttt.mode != "off":
+        why.append(f"eval.prequant_ttt.mode={e.prequant_ttt.mode}: trains on val before scoring it")
+    if "sliding" in names and e.sliding.window_rule == "reference":
+        why.append("eval.sliding.window_rule=reference: the tail targets are scored more than once")
+    if "ttt" in names and e.ttt.lookahead:
+        why.append("eval.ttt.lookahead: TTT trains on a target before it is scored")
+    if "ttt" in names and e.ttt.carry and names.index("ttt") < len(names) - 1:
+        why.append("eval.ttt.carry: later stages rescore targets with weights trained on them")
+    if cfg.export.calib_source == "val":
+        why.append("export.calib_source=val: GPTQ calibration reads val")
+    return why
+
+
+@dataclass
+class StageResult:
+    name: str
+    val_loss: float
+    val_bpb: float
+    seconds: float
+    tokens: int
+    bytes: int
+    ledger: Ledger
+    problems: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"val_loss": self.val_loss, "val_bpb": self.val_bpb, "seconds": self.seconds, "tokens": self.tokens,
+                "bytes": self.bytes, "compliant": self.ledger.compliant and not self.problems,
+                "ledger_problems": self.problems, "notes": self.ledger.notes, **self.extra}
+
+
+def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, log=print,
+               prior_reads=(), prior_notes=(), record_nll: bool = False) -> dict[str, StageResult]:
+    """Run cfg.eval's stages in order on `params`; returns {stage: StageResult}.
+
+    `run` (a golf_jax.rundir.RunDir) receives the ledgers; `record_nll` keeps every
+    target's NLL (for the audit's flip tests on small slices).
+    """
+    check_config(cfg)
+    e, L = cfg.eval, eval_seq_len(cfg)
+    T = len(val_tokens) - 1
+    results: dict[str, StageResult] = {}
+    prior_reads, prior_notes = list(prior_reads), list(prior_notes)
+    for name in stage_list(e):
+        ledger = Ledger(name, T, prior_reads=list(prior_reads), notes=list(prior_notes))
+        ledger.compliant = not prior_reads
+        t0 = time.perf_counter()
+        extra: dict = {}
+        if name == "roundtrip":
+            batch_seqs = max(e.batch_tokens // L, 1)
+            evaluate = plain.jit_eval_step(plain.make_eval_step(model, lut), mesh)
+            acc = plain.evaluate(evaluate, params, mesh, val_tokens, L, batch_seqs)
+            ledger.score([(0, (T // L) * L)])
+        elif name == "sliding":
+            units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
+            if e.sliding.window_rule == "reference":
+                ledger.notes.append("eval.sliding.window_rule=reference: PR #1318's re-scored tail (compat)")
+            res = harness.run(harness.FixedModel(model, params, mesh), val_tokens, units, [np.arange(len(units))],
+                              lut, mesh, harness.batch_rows(e.sliding.batch_windows, mesh), ledger,
+                              record_nll=record_nll, log=log)
+            acc = res.acc
+            extra = {"windows": len(units), "nll": res.nll} if record_nll else {"windows": len(units)}
+        else:
+            units = sliding_units(T, L, e.sliding.stride, "merged")
+            K = num_chunks(T, e.ttt.chunk_tokens)
+            chunk = chunk_of(units, e.ttt.chunk_tokens)
+            blocks = [np.flatnonzero(chunk == c) for c in range(K)]
+            adapter = ttt.ScoreFirstTTT(model, params, mesh, e.ttt, L, K, log=log)
+            res = harness.run(adapter, val_tokens, units, blocks, lut, mesh,
+                              harness.batch_rows(e.sliding.batch_windows, mesh), ledger, record_nll=record_nll, log=log)
+            acc = res.acc
+            extra = {"chunks": K, "train_steps": adapter.steps, "mode": e.ttt.mode}
+            if record_nll:
+                extra["nll"] = res.nll
+            if e.ttt.carry:
+                params = adapter.params  # the reference scores later stages with the adapted weights
+                prior_reads = sorted(prior_reads + ledger.reads())
+                prior_notes.append("eval.ttt.carry: these weights were trained by the ttt stage on val")
+        seconds = time.perf_counter() - t0
+        problems = ledger.verify()
+        results[name] = StageResult(name, acc.val_loss, acc.val_bpb, seconds, int(acc.token_count),
+                                    int(acc.byte_count), ledger, problems, extra)
+        if run is not None and run.is_writer:
+            ledger.write(run.path / f"ledger_{name}.json")
+        verdict = "ledger ok" if not problems and ledger.compliant else "NON-COMPLIANT: " + "; ".join(
+            problems or ledger.notes)
+        log(f"eval {name}: val_bpb {acc.val_bpb:.4f} ({seconds:.1f} s) val_loss {acc.val_loss:.4f} "
+            f"tokens {int(acc.token_count):,} [{verdict}]")
+    return results

@@ -1,0 +1,58 @@
+"""`python -m golf_jax.evaluate --config=configs/X.py --artifact=RUN_DIR/model.golfjax [--config.eval.…]`
+
+Runs the config's eval stages on an existing artifact, prints a line
+`eval <stage>: val_bpb <value> (<seconds> s)` per stage, and writes `eval.json` (and
+the stages' ledgers) into a new run dir `<train.run_dir>/<name>-eval-<timestamp>/`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_ARTIFACT = flags.DEFINE_string("artifact", None, "The artifact to evaluate (RUN_DIR/model.golfjax).")
+
+
+def evaluate(cfg, artifact: str) -> dict:
+    """Evaluate `artifact` with cfg's eval stages; returns what eval.json holds."""
+    from pathlib import Path
+
+    from golf_jax import mesh as mesh_lib
+    from golf_jax import pipeline
+    from golf_jax.rundir import RunDir
+
+    if not Path(artifact).is_file():
+        raise FileNotFoundError(f"--artifact={artifact}: no such file (pass RUN_DIR/model.golfjax of a training run)")
+    mesh_lib.maybe_initialize_distributed()
+    mesh = mesh_lib.make_mesh()
+    run = RunDir(cfg.train.run_dir, f"{cfg.train.run_name or cfg.name}-eval", cfg)
+    out: dict = {"status": "running", "artifact": str(artifact), "run_dir": str(run.path)}
+    t0 = time.perf_counter()
+    try:
+        results = pipeline.evaluate_artifact(cfg, artifact, mesh=mesh, run=run, log=run.log)
+        out.update(pipeline.evaluation_summary(cfg, results, time.perf_counter() - t0))
+        out["status"] = "ok"
+        for name, r in results.items():
+            print(f"eval {name}: val_bpb {r.val_bpb:.6f} ({r.seconds:.1f} s)", flush=True)
+        return out
+    except BaseException as e:
+        out.update(status="failed", error=f"{type(e).__name__}: {e}")
+        run.log(f"evaluation failed: {out['error']} (outputs kept in {run.path})")
+        raise
+    finally:
+        run.write_json("eval.json", out)
+        run.close()
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    evaluate(_CONFIG.value, _ARTIFACT.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "artifact"])
+    app.run(main)

@@ -1,0 +1,235 @@
+"""The whole job as named stages: data → fit → average → [pre-quant TTT] → calibrate +
+export → round trip → the eval stages of `eval.stages` → summary.
+
+Each stage is a function with explicit inputs and outputs; `Stages` times and logs
+them. Everything after the fit stage's clock stops counts against the challenge's
+600 s evaluation budget; the summary says whether it fits (and on what hardware).
+`python -m golf_jax.train --config=...` runs `run(cfg)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import serialization
+from jax.experimental import multihost_utils
+
+from golf_jax import codebytes
+from golf_jax import mesh as mesh_lib
+from golf_jax import model as model_lib
+from golf_jax.data import source
+from golf_jax.data.tokenizer import build_byte_luts, load_tokenizer
+from golf_jax.eval import plain, prequant_ttt, stages as eval_stages
+from golf_jax.optim.build import build_optimizer, count_by_label
+from golf_jax.quant import export, hessian
+from golf_jax.rundir import RunDir
+from golf_jax.train import loop, recipe as recipe_lib, step as step_lib
+
+
+class Stages:
+    """Times each named stage and logs `stage <name>: <seconds> s`."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run, self.seconds = run, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            self.run.log(f"stage {name}: {self.seconds[name]:.1f} s")
+
+
+@dataclass
+class Data:
+    data_dir: Path
+    tokenizer_path: Path
+    bos_id: int
+    lut: object
+    val_tokens: np.ndarray
+
+
+def check_config(cfg, num_devices: int) -> None:
+    """The whole config's ranges, before anything is compiled or trained."""
+    loop.check_config(cfg, num_devices)
+    eval_stages.check_config(cfg)
+    prequant_ttt.check_config(cfg.eval.prequant_ttt)
+    if cfg.export.format not in ("int8_zlib", *export.INT6_FORMATS):
+        raise ValueError(f"export.format={cfg.export.format!r}: known formats are 'int8_zlib', "
+                         f"{', '.join(repr(f) for f in export.INT6_FORMATS)}")
+
+
+def load_data(cfg, run: RunDir | None = None) -> Data:
+    data_dir, tokenizer_path = source.resolve_data(cfg)
+    sp = load_tokenizer(tokenizer_path, cfg.model.vocab_size)
+    lut = build_byte_luts(sp, cfg.model.vocab_size)
+    val_tokens = source.load_val(cfg, data_dir, eval_stages.eval_seq_len(cfg))
+    if run is not None:
+        run.write_json("data.json", source.describe_data(cfg, data_dir, tokenizer_path, len(val_tokens)))
+        run.log(f"data: {data_dir} tokenizer: {tokenizer_path} val_tokens: {len(val_tokens):,} loader: {cfg.data.loader}")
+    return Data(data_dir, tokenizer_path, max(int(sp.bos_id()), 0), lut, val_tokens)
+
+
+def abstract_params(model, seq_len: int):
+    return jax.eval_shape(lambda r: model.init(r, np.zeros((1, seq_len), np.int32))["params"], jax.random.PRNGKey(0))
+
+
+def run(cfg) -> dict:
+    """Run a whole job from a config; returns the summary written to summary.json."""
+    mesh_lib.maybe_initialize_distributed()
+    mesh = mesh_lib.make_mesh()
+    check_config(cfg, mesh.devices.size)
+    run_dir = RunDir(cfg.train.run_dir, cfg.train.run_name or cfg.name, cfg)
+    summary: dict = {"status": "running", "run_dir": str(run_dir.path)}
+    cleanup = contextlib.ExitStack()  # closes a checkpoint manager on any exit
+    try:
+        _run(cfg, mesh, run_dir, cleanup, summary)
+        summary["status"] = "ok"
+        return summary
+    except BaseException as e:
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+        run_dir.log(f"run failed: {summary['error']} (outputs kept in {run_dir.path})")
+        raise
+    finally:
+        cleanup.close()
+        run_dir.write_json("summary.json", summary)
+        run_dir.close()
+
+
+def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict) -> None:
+    """The stages; `summary` fills in as they finish, so a failure keeps what ran."""
+    stage = Stages(run)
+    t, L = cfg.train, eval_stages.eval_seq_len(cfg)
+    run.log(f"run_dir: {run.path}")
+    run.log(f"devices: {mesh.devices.size} ({jax.default_backend()}) processes: {jax.process_count()}")
+    with stage("data"):
+        data = load_data(cfg, run)
+        train_loader = loop.make_loader(cfg, data.data_dir, mesh)
+
+    model = model_lib.build_model(cfg.model)
+    abstract = abstract_params(model, t.seq_len)
+    labels = model_lib.param_labels(cfg.model, abstract, cfg.compat)
+    tx = build_optimizer(cfg.opt, labels)
+    recipe = step_lib.build_recipe(cfg, abstract, labels)
+    state = step_lib.init_state(model, tx, jax.random.PRNGKey(cfg.seed), t.seq_len, mesh, recipe)
+    counts = count_by_label(state.params, labels)
+    run.log(f"model: {cfg.model.name} params: {sum(counts.values()):,} by group: {counts}")
+
+    plain_eval = plain.make_evaluator(model, data.lut, mesh, data.val_tokens, L, cfg.eval.batch_tokens)
+
+    def validate(params, step: int) -> float:
+        t_val = time.perf_counter()
+        acc = plain_eval(params)
+        run.log(f"step {step} val_loss {acc.val_loss:.4f} val_bpb {acc.val_bpb:.4f} ({time.perf_counter() - t_val:.1f}s)")
+        run.metrics({"step": step, "val_loss": acc.val_loss, "val_bpb": acc.val_bpb})
+        return acc.val_bpb
+
+    with stage("fit"):
+        fitted = loop.fit(cfg, model, tx, recipe, state, train_loader, mesh, run, validate, cleanup)
+    summary.update(steps=fitted.steps, train_time_s=fitted.train_time_s, live_val_bpb=fitted.live_val_bpb,
+                   late_qat_step=fitted.late_qat_step, **fitted.extra)
+    t_post = time.perf_counter()  # the training clock has stopped: from here on it is evaluation time
+
+    with stage("average"):
+        params, averaging = recipe_lib.final_params(fitted.state, recipe)
+        val_bpb = fitted.live_val_bpb
+        if averaging != "live":
+            val_bpb = validate(params, fitted.steps)
+            run.log(f"weights after training: {averaging} (val_bpb {fitted.live_val_bpb:.4f} live → {val_bpb:.4f})")
+    summary.update(averaging=averaging, pre_quant_val_bpb=val_bpb)
+
+    prior_reads, prior_notes = [], []
+    pq = cfg.eval.prequant_ttt
+    if pq.mode != "off":
+        with stage("prequant_ttt"):
+            params, report = prequant_ttt.run(model, params, data.val_tokens, L, pq, mesh, log=run.log)
+            post_bpb = validate(params, fitted.steps)
+        T = len(data.val_tokens) - 1
+        prior_reads = [(0, T)]
+        prior_notes = [f"eval.prequant_ttt.mode={pq.mode}: the weights were trained on all of val before scoring"]
+        summary["prequant_ttt"] = {**report, "val_bpb": post_bpb}
+        run.log(f"prequant_ttt: val_bpb {val_bpb:.4f} → {post_bpb:.4f} in {report['seconds']:.1f}s (NON-COMPLIANT)")
+
+    params = jax.device_get(params)
+    if run.is_writer:
+        (run.path / "params.msgpack").write_bytes(serialization.to_bytes(params))
+    calib = None
+    if cfg.export.format == "gptq_int6":
+        with stage("calibrate"):
+            calib = hessian.calibrate(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)), mesh,
+                                      data_dir=data.data_dir, val_tokens=data.val_tokens, bos_id=data.bos_id, log=run.log)
+    with stage("export"):
+        info = export.export_artifact(params, labels, cfg, run.path, codebytes.code_bytes(), calib=calib)
+    run.log(f"export: {info.report}")
+    run.log(f"artifact: {info.path.name} weights {info.weight_bytes:,} B + code {info.code_bytes:,} B = "
+            f"{info.total_bytes:,} B (budget {cfg.export.budget_bytes:,})")
+    summary.update(artifact_path=str(info.path), weight_bytes=info.weight_bytes, code_bytes=info.code_bytes,
+                   artifact_bytes=info.total_bytes, **info.report)
+    multihost_utils.sync_global_devices("artifact written")
+
+    with stage("load_artifact"):
+        rt_params = jax.device_put(export.load_artifact(info.path, params), mesh_lib.replicated(mesh))
+    with stage("eval"):
+        results = eval_stages.run_stages(cfg, model, rt_params, data.val_tokens, data.lut, mesh, run=run,
+                                         log=run.log, prior_reads=prior_reads, prior_notes=prior_notes)
+    post_s = time.perf_counter() - t_post
+    summary.update(evaluation_summary(cfg, results, post_s, stage.seconds))
+    if "roundtrip" in results:
+        summary.update(roundtrip_val_loss=results["roundtrip"].val_loss, roundtrip_val_bpb=results["roundtrip"].val_bpb)
+    run.log(f"final val_bpb {summary['val_bpb']:.4f} ({summary['final_stage']}, {summary['compliance']}) "
+            f"artifact_bytes {info.total_bytes:,}")
+    run.log(f"evaluation time {post_s:.1f}s after the training clock (budget {cfg.eval.budget_seconds:.0f}s on "
+            f"{summary['eval_budget']['hardware']}): {'fits' if summary['eval_budget']['fits'] else 'OVER'}")
+
+
+def evaluate_artifact(cfg, artifact: str | Path, mesh=None, run: RunDir | None = None, log=print) -> dict:
+    """{stage: StageResult} of the config's eval stages on the params rebuilt from the artifact alone.
+
+    Pre-quant TTT is not among them: it adapts the float weights before export.
+    """
+    eval_stages.check_config(cfg)
+    mesh = mesh or mesh_lib.make_mesh()
+    data = load_data(cfg, run)
+    model = model_lib.build_model(cfg.model)
+    like = abstract_params(model, cfg.train.seq_len)
+    params = jax.device_put(export.load_artifact(Path(artifact), like), mesh_lib.replicated(mesh))
+    return eval_stages.run_stages(cfg, model, params, data.val_tokens, data.lut, mesh, run=run, log=log)
+
+
+def hardware_name(cfg) -> str:
+    if cfg.eval.hardware:
+        return str(cfg.eval.hardware)
+    devs = jax.devices()
+    return f"{len(devs)}x{devs[0].device_kind}" if devs else "unknown"
+
+
+def evaluation_summary(cfg, results: dict, post_seconds: float, stage_seconds: dict | None = None) -> dict:
+    """Per-stage results, the final score, its compliance label and the eval-budget check."""
+    if not results:
+        raise ValueError("eval.stages is empty: list at least one stage, e.g. 'roundtrip'")
+    final = list(results)[-1]
+    reasons = eval_stages.noncompliance(cfg)
+    for name, r in results.items():
+        reasons += [f"{name}: {p}" for p in r.problems]
+        if not r.ledger.compliant:
+            reasons += [f"{name}: {n}" for n in r.ledger.notes if not any(n in x for x in reasons)]
+    reasons = list(dict.fromkeys(reasons))
+    stages_json = {n: {k: v for k, v in r.to_json().items() if k != "nll"} for n, r in results.items()}
+    return {
+        "eval": stages_json,
+        "final_stage": final,
+        "val_bpb": results[final].val_bpb,
+        "val_loss": results[final].val_loss,
+        "compliance": "non-compliant (reproduction)" if reasons else "compliant",
+        "noncompliance": reasons,
+        "stage_seconds": stage_seconds or {},
+        "eval_budget": {"seconds": post_seconds, "budget_seconds": float(cfg.eval.budget_seconds),
+                        "fits": post_seconds <= cfg.eval.budget_seconds, "hardware": hardware_name(cfg)},
+    }
