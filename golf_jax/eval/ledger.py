@@ -38,7 +38,7 @@ class Ledger:
             self.events.append({"score": ranges})
 
     def update(self, reads, **info) -> None:
-        self.events.append({"update": merge_ranges(sorted(reads)), **info})
+        self.events.append({"update": _union(reads), **info})
 
     def to_json(self) -> dict:
         return {"stage": self.stage, "num_targets": self.num_targets, "compliant": self.compliant,
@@ -86,7 +86,7 @@ class Ledger:
 
     def reads(self) -> list[tuple[int, int]]:
         """Every range this stage's updates read (what carried weights have seen)."""
-        return merge_ranges(sorted(r for e in self.events if "update" in e for r in e["update"]))
+        return _union(r for e in self.events if "update" in e for r in e["update"])
 
 
 def _describe(event: dict) -> str:

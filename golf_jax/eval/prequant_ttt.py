@@ -61,7 +61,7 @@ def run(model, params, val_tokens: np.ndarray, seq_len: int, p, mesh: Mesh, log=
         f"lr {p.lr} → {p.lr_floor}, trainable {n_train:,} frozen {n_frozen:,}")
     t0 = time.perf_counter()
     fn = _parallel if p.mode == "parallel" else _data_parallel
-    params, steps = fn(model, tx, params, val_tokens, seq_len, p, mesh, log)
+    params, steps = fn(model, tx, params, val_tokens, seq_len, p, mesh, log, trainable)
     jax.block_until_ready(params)
     seconds = time.perf_counter() - t0
     return params, {"mode": p.mode, "epochs": int(p.epochs), "steps": steps, "seconds": seconds,
@@ -73,7 +73,7 @@ def rank_ranges(total: int, world: int) -> list[tuple[int, int]]:
     return [(total * r // world, total * (r + 1) // world) for r in range(world)]
 
 
-def _data_parallel(model, tx, params, val_tokens, seq_len, p, mesh, log):
+def _data_parallel(model, tx, params, val_tokens, seq_len, p, mesh, log, trainable):
     """flat / discriminative: each step takes the k-th mini-batch of every device's range."""
     W = mesh.devices.size
     x_all, y_all = adapt.sequences(val_tokens, seq_len)
@@ -113,7 +113,7 @@ def parallel_chunks(val_tokens: np.ndarray, seq_len: int, chunk_tokens: int):
     return out
 
 
-def _parallel(model, tx, params, val_tokens, seq_len, p, mesh, log):
+def _parallel(model, tx, params, val_tokens, seq_len, p, mesh, log, trainable):
     W = mesh.devices.size
     chunks = parallel_chunks(val_tokens, seq_len, p.chunk_tokens)
     rows = max(max(c[0].shape[0] for c in chunks), 1)
@@ -134,7 +134,9 @@ def _parallel(model, tx, params, val_tokens, seq_len, p, mesh, log):
                                          out_specs=(spec, spec)), donate_argnums=(0,))
 
     def average(state_1):
-        return state_1.replace(params=jax.tree.map(lambda v: jax.lax.pmean(v, mesh_lib.DATA_AXIS), state_1.params))
+        """pmean of the trainable weights (as the reference; frozen ones stay bit-exact)."""
+        mean = lambda v, t: jax.lax.pmean(v, mesh_lib.DATA_AXIS) if t else v  # noqa: E731
+        return state_1.replace(params=jax.tree.map(mean, state_1.params, trainable))
 
     sharded_average = jax.jit(jax.shard_map(average, mesh=mesh, in_specs=(spec,), out_specs=spec), donate_argnums=(0,))
     replicate = jax.jit(lambda q: jax.tree.map(lambda v: jnp.broadcast_to(v, (W, *v.shape)),
