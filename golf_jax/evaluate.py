@@ -31,20 +31,12 @@ def evaluate(cfg, artifact: str) -> dict:
     run = RunDir(cfg.train.run_dir, f"{cfg.train.run_name or cfg.name}-eval", cfg)
     out: dict = {"status": "running", "artifact": str(artifact), "run_dir": str(run.path)}
     t0 = time.perf_counter()
-    try:
+    with run.recording(out, "eval.json", what="evaluation"):
         results = pipeline.evaluate_artifact(cfg, artifact, mesh=mesh, run=run, log=run.log)
         out.update(pipeline.evaluation_summary(cfg, results, time.perf_counter() - t0))
-        out["status"] = "ok"
         for name, r in results.items():
             print(f"eval {name}: val_bpb {r.val_bpb:.6f} ({r.seconds:.1f} s)", flush=True)
-        return out
-    except BaseException as e:
-        out.update(status="failed", error=f"{type(e).__name__}: {e}")
-        run.log(f"evaluation failed: {out['error']} (outputs kept in {run.path})")
-        raise
-    finally:
-        run.write_json("eval.json", out)
-        run.close()
+    return out
 
 
 def main(argv) -> None:

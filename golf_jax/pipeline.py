@@ -88,19 +88,10 @@ def run(cfg) -> dict:
     check_config(cfg, mesh.devices.size)
     run_dir = RunDir(cfg.train.run_dir, cfg.train.run_name or cfg.name, cfg)
     summary: dict = {"status": "running", "run_dir": str(run_dir.path)}
-    cleanup = contextlib.ExitStack()  # closes a checkpoint manager on any exit
-    try:
+    # The ExitStack (it closes a checkpoint manager) exits before the summary is written.
+    with run_dir.recording(summary, "summary.json"), contextlib.ExitStack() as cleanup:
         _run(cfg, mesh, run_dir, cleanup, summary)
-        summary["status"] = "ok"
-        return summary
-    except BaseException as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
-        run_dir.log(f"run failed: {summary['error']} (outputs kept in {run_dir.path})")
-        raise
-    finally:
-        cleanup.close()
-        run_dir.write_json("summary.json", summary)
-        run_dir.close()
+    return summary
 
 
 def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict) -> None:

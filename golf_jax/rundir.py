@@ -5,6 +5,7 @@ Only process 0 writes. Files are flushed line by line so a crash keeps what ran.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -70,6 +71,20 @@ class RunDir:
     def write_json(self, name: str, obj: dict) -> None:
         if self.is_writer:
             (self.path / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+    @contextlib.contextmanager
+    def recording(self, summary: dict, name: str, what: str = "run"):
+        """Fill `summary` inside the block; it is written to `name` even when the block fails."""
+        try:
+            yield summary
+            summary["status"] = "ok"
+        except BaseException as e:
+            summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+            self.log(f"{what} failed: {summary['error']} (outputs kept in {self.path})")
+            raise
+        finally:
+            self.write_json(name, summary)
+            self.close()
 
     def close(self) -> None:
         for f in (self._log, self._metrics):

@@ -9,7 +9,6 @@ import pytest
 from golf_jax import mesh as mesh_lib
 from golf_jax.config import eval_config
 from golf_jax.eval import adapt, stages
-from golf_jax.eval.ledger import Ledger
 
 L, CHUNK = 128, 2048  # 8,192 val targets: 4 chunks
 

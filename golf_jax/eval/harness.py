@@ -135,7 +135,7 @@ def batch_rows(batch_windows: int, mesh: Mesh) -> int:
 
 
 def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iterable[np.ndarray], lut: ByteLUT,
-        mesh: Mesh, rows: int, ledger: Ledger, record_nll: bool = False, log=print) -> HarnessResult:
+        mesh: Mesh, rows: int, ledger: Ledger, record_nll: bool = False) -> HarnessResult:
     """Score `units` block by block (each block an index array into units, in order).
 
     Within a block, units are batched `rows` at a time; after the whole block is scored

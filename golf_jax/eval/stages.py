@@ -115,8 +115,7 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
             if e.sliding.window_rule == "reference":
                 ledger.notes.append("eval.sliding.window_rule=reference: PR #1318's re-scored tail (compat)")
             res = harness.run(harness.FixedModel(model, params, mesh), val_tokens, units, [np.arange(len(units))],
-                              lut, mesh, harness.batch_rows(e.sliding.batch_windows, mesh), ledger,
-                              record_nll=record_nll, log=log)
+                              lut, mesh, harness.batch_rows(e.sliding.batch_windows, mesh), ledger, record_nll)
             acc = res.acc
             extra = {"windows": len(units), "nll": res.nll} if record_nll else {"windows": len(units)}
         else:
@@ -124,9 +123,9 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
             K = num_chunks(T, e.ttt.chunk_tokens)
             chunk = chunk_of(units, e.ttt.chunk_tokens)
             blocks = [np.flatnonzero(chunk == c) for c in range(K)]
-            adapter = ttt.ScoreFirstTTT(model, params, mesh, e.ttt, L, K, log=log)
+            adapter = ttt.ScoreFirstTTT(model, params, mesh, e.ttt, L, K)
             res = harness.run(adapter, val_tokens, units, blocks, lut, mesh,
-                              harness.batch_rows(e.sliding.batch_windows, mesh), ledger, record_nll=record_nll, log=log)
+                              harness.batch_rows(e.sliding.batch_windows, mesh), ledger, record_nll=record_nll)
             acc = res.acc
             extra = {"chunks": K, "train_steps": adapter.steps, "mode": e.ttt.mode}
             if record_nll:

@@ -50,12 +50,12 @@ def check_config(t, seq_len: int, stride: int) -> None:
 class ScoreFirstTTT:
     """An evaluator whose update trains on the chunk just scored."""
 
-    def __init__(self, model, params, mesh: Mesh, t, seq_len: int, num_chunks: int, log=print) -> None:
+    def __init__(self, model, params, mesh: Mesh, t, seq_len: int, num_chunks: int) -> None:
         self.name = "ttt"
         self.compliant = not t.lookahead
         self.notes = (["eval.ttt.lookahead: each chunk's last training sequence reads the first target of the "
                        "next, unscored chunk (PR #1318, non-compliant)"] if t.lookahead else [])
-        self._t, self._seq_len, self._num_chunks, self._mesh, self._log = t, seq_len, num_chunks, mesh, log
+        self._t, self._seq_len, self._num_chunks, self._mesh = t, seq_len, num_chunks, mesh
         self._predict = jit_predict(make_predict(model), mesh)
         self.trainable = adapt.trainable_mask(params, t.freeze_blocks, t.freeze_scope)
         tx = build_adaptation_optimizer(t.optimizer, float(t.lr), self.trainable, momentum=float(t.momentum),

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import serialization
 from jax.experimental import multihost_utils
 
 from golf_jax import mesh as mesh_lib
