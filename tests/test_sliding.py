@@ -45,6 +45,14 @@ def test_reference_rule_count_formula(T, seq_len, stride):
     assert problems and "single pass" in problems[0] and str(units.scored_tokens - T) in problems[0]
 
 
+@pytest.mark.parametrize("T,seq_len,stride", [(10_000, 2048, 96), (5000, 256, 64), (300, 256, 64), (100, 256, 64)])
+def test_merged_rule_covers_every_target_once(T, seq_len, stride):
+    units = windows.sliding_units(T, seq_len, stride, "merged")
+    assert windows.unit_ranges(units) == [(0, T)] and units.scored_tokens == T
+    assert np.all(units.count <= stride) and np.all(units.pos + units.count <= seq_len)
+    assert np.all(units.start + units.pos + units.count <= T)
+
+
 def test_stride_equal_seq_len_is_the_plain_eval(tiny_lm):
     cfg, model, params, val, lut = tiny_lm
     mesh = mesh_lib.make_mesh()

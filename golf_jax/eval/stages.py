@@ -43,14 +43,14 @@ def eval_seq_len(cfg) -> int:
 def check_config(cfg) -> None:
     """Every eval key's range, before any compile."""
     e = cfg.eval
-    stage_list(e)
+    names = stage_list(e)
     L = eval_seq_len(cfg)
     if e.max_tokens < 0 or e.batch_tokens < 1 or e.sliding.batch_windows < 1:
         raise ValueError("eval.max_tokens must be >= 0, eval.batch_tokens and eval.sliding.batch_windows >= 1")
     if e.sliding.window_rule not in WINDOW_RULES:
         raise ValueError(f"eval.sliding.window_rule={e.sliding.window_rule!r}: use one of {WINDOW_RULES}")
     check_geometry(L, e.sliding.stride)
-    ttt.check_config(e.ttt, L, e.sliding.stride)
+    ttt.check_config(e.ttt, L, e.sliding.stride, used="ttt" in names)
 
 
 def noncompliance(cfg) -> list[str]:

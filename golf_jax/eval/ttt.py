@@ -32,9 +32,19 @@ from golf_jax.optim.build import build_adaptation_optimizer
 MODES = ("score_first", "pr1318")
 
 
-def check_config(t, seq_len: int, stride: int) -> None:
+def check_config(t, seq_len: int, stride: int, used: bool = True) -> None:
+    """Every key's range; the window geometry only when the ttt stage is listed (`used`)."""
     if t.mode not in MODES:
         raise ValueError(f"eval.ttt.mode={t.mode!r}: use one of {MODES}")
+    if t.optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"eval.ttt.optimizer={t.optimizer!r}: use 'sgd' or 'adamw'")
+    if t.freeze_scope not in adapt.SCOPES:
+        raise ValueError(f"eval.ttt.freeze_scope={t.freeze_scope!r}: use one of {adapt.SCOPES}")
+    if not used:
+        return
+    if seq_len % stride:
+        raise ValueError(f"eval.ttt needs eval.sliding.stride={stride} to divide the eval seq_len={seq_len}, "
+                         "so that every scored span lies inside one chunk")
     if t.chunk_tokens <= 0 or t.chunk_tokens % stride:
         raise ValueError(f"eval.ttt.chunk_tokens={t.chunk_tokens} must be a positive multiple of "
                          f"eval.sliding.stride={stride}, so that no window's scored span straddles two chunks")

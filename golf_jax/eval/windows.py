@@ -54,9 +54,9 @@ class Units:
 
 
 def check_geometry(seq_len: int, stride: int) -> None:
-    if seq_len <= 0 or stride <= 0 or stride > seq_len or seq_len % stride:
+    if seq_len <= 0 or stride <= 0 or stride > seq_len:
         raise ValueError(
-            f"eval.sliding.stride={stride} must be in 1..seq_len and divide the eval seq_len={seq_len}; "
+            f"eval.sliding.stride={stride} must be in 1..seq_len (the eval seq_len is {seq_len}); "
             "e.g. stride 64 with seq_len 2048"
         )
 
