@@ -1,6 +1,6 @@
 """The counted code of a submission: one self-extracting script of golf_jax's sources.
 
-A leaf module (it imports nothing of golf_jax): the export stage takes the code
+A leaf module (it imports only golf_jax.paths): the export stage takes the code
 bytes as a number, the packer writes the same bytes to a file, and the run
 directory's code version hashes the same sources.
 
@@ -18,7 +18,7 @@ import json
 import lzma
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from golf_jax.paths import REPO_ROOT
 
 _BOOTSTRAP = '''#!/usr/bin/env python3
 """golf_jax submission (self-extracting): python submission.py {{eval,train}} --help"""

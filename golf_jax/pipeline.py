@@ -169,7 +169,8 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict) -
         rt_params = jax.device_put(export.load_artifact(info.path, params), mesh_lib.replicated(mesh))
     with stage("eval"):
         results = eval_stages.run_stages(cfg, model, rt_params, data.val_tokens, data.lut, mesh, run=run,
-                                         log=run.log, prior_reads=prior_reads, prior_notes=prior_notes)
+                                         log=run.log, prior_reads=prior_reads, prior_notes=prior_notes,
+                                         plain_eval=plain_eval)
     post_s = time.perf_counter() - t_post
     summary.update(evaluation_summary(cfg, results, post_s, stage.seconds))
     if "roundtrip" in results:
@@ -212,9 +213,8 @@ def evaluation_summary(cfg, results: dict, post_seconds: float, stage_seconds: d
         if not r.ledger.compliant:
             reasons += [f"{name}: {n}" for n in r.ledger.notes if not any(n in x for x in reasons)]
     reasons = list(dict.fromkeys(reasons))
-    stages_json = {n: {k: v for k, v in r.to_json().items() if k != "nll"} for n, r in results.items()}
     return {
-        "eval": stages_json,
+        "eval": {n: r.to_json() for n, r in results.items()},
         "final_stage": final,
         "val_bpb": results[final].val_bpb,
         "val_loss": results[final].val_loss,

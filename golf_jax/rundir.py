@@ -17,7 +17,8 @@ from pathlib import Path
 
 import jax
 
-from golf_jax.codebytes import REPO_ROOT, package_sources
+from golf_jax.codebytes import package_sources
+from golf_jax.paths import REPO_ROOT
 
 
 def code_version() -> dict:

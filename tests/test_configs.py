@@ -13,12 +13,16 @@ from golf_jax.paths import REPO_ROOT
 CONFIGS = sorted(p for p in (REPO_ROOT / "configs").glob("*.py") if p.name != "__init__.py")
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_loads(path: Path):
+def _load(path: Path):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    cfg = mod.get_config()
+    return mod.get_config()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_loads(path: Path):
+    cfg = _load(path)
     cfg.lock()
     for section in ("data", "model", "opt", "schedule", "train", "export"):
         assert section in cfg
@@ -43,10 +47,7 @@ def test_config_eval_section_is_valid_and_labelled(path: Path):
     """Each config's eval stages pass validation; the seeds that train on val say so."""
     from golf_jax.eval import stages
 
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
+    cfg = _load(path)
     stages.check_config(cfg)
     assert stages.stage_list(cfg.eval)[0] == "roundtrip"
     reasons = stages.noncompliance(cfg)

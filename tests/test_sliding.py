@@ -18,7 +18,8 @@ def _sliding(tiny_lm, stride: int, rule: str = "merged", record_nll: bool = Fals
     mesh = mesh_lib.make_mesh()
     T = len(val) - 1
     units = windows.sliding_units(T, L, stride, rule)
-    ev = harness.FixedModel(model, jax.device_put(params, mesh_lib.replicated(mesh)), mesh)
+    predict = harness.jit_predict(harness.make_predict(model), mesh)
+    ev = harness.FixedModel(predict, jax.device_put(params, mesh_lib.replicated(mesh)))
     return harness.run(ev, val, units, [np.arange(len(units))], lut, mesh, 16, Ledger("sliding", T),
                        record_nll=record_nll)
 
@@ -116,7 +117,7 @@ def test_reveal_refuses_to_read_ahead_for_a_compliant_evaluator():
     val = np.arange(101) % 7
     led = Ledger("t", 100)
     led.score([(0, 40)])
-    scored = harness.ledger_scored_check(led)
+    scored = led.scored
     r = harness.Reveal(val, scored, 0, 2, compliant=True)
     np.testing.assert_array_equal(r.read(0, 40), val[:41])
     with pytest.raises(harness.ComplianceError, match=r"\[30, 41\)"):

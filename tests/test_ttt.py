@@ -8,7 +8,8 @@ import pytest
 
 from golf_jax import mesh as mesh_lib
 from golf_jax.config import eval_config
-from golf_jax.eval import adapt, stages
+from golf_jax.eval import adapt, harness, stages
+from golf_jax.eval.harness import Reveal
 
 L, CHUNK = 128, 2048  # 8,192 val targets: 4 chunks
 
@@ -52,7 +53,7 @@ def test_score_first_ledger(score_first):
 
 
 def test_score_first_scores_each_chunk_before_training_on_it(score_first):
-    slide, ttt = score_first["sliding"].extra["nll"], score_first["ttt"].extra["nll"]
+    slide, ttt = score_first["sliding"].nll, score_first["ttt"].nll
     np.testing.assert_array_equal(ttt[:CHUNK], slide[:CHUNK])  # chunk 0: the untouched artifact weights
     assert np.max(np.abs(ttt[CHUNK:] - slide[CHUNK:])) > 1e-3  # later chunks: adapted weights
     assert score_first["ttt"].val_bpb != score_first["sliding"].val_bpb
@@ -60,7 +61,7 @@ def test_score_first_scores_each_chunk_before_training_on_it(score_first):
 
 def test_zero_lr_ttt_is_the_sliding_eval(tiny_lm):
     res = _run(tiny_lm, _cfg(tiny_lm, lr=0.0))
-    np.testing.assert_array_equal(res["ttt"].extra["nll"], res["sliding"].extra["nll"])
+    np.testing.assert_array_equal(res["ttt"].nll, res["sliding"].nll)
 
 
 def test_lookahead_is_caught_by_the_ledger(tiny_lm):
@@ -102,8 +103,8 @@ def test_frozen_blocks_do_not_move(tiny_lm):
     _, model, params, val, _ = tiny_lm
     mesh = mesh_lib.make_mesh()
     t = _cfg(tiny_lm, freeze_blocks=1, freeze_scope="blocks").eval.ttt
-    ev = ttt.ScoreFirstTTT(model, jax.device_put(params, mesh_lib.replicated(mesh)), mesh, t, L, 4)
-    from golf_jax.eval.harness import Reveal
+    predict = harness.jit_predict(harness.make_predict(model), mesh)
+    ev = ttt.ScoreFirstTTT(model, predict, jax.device_put(params, mesh_lib.replicated(mesh)), mesh, t, L, 4)
 
     ev.update(Reveal(val, lambda a, b: True, 0, 4, True))
     new = jax.device_get(ev.params)

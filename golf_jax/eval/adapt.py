@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from golf_jax import mesh as mesh_lib
 from golf_jax.model import layers
+from golf_jax.optim import step as optim_step
 
 SCOPES = ("blocks", "scalars")
 _BLOCK = re.compile(r"blocks_(\d+)$")
@@ -38,6 +40,35 @@ def lm_loss(model):
         return jnp.sum(nll_BxT * w_B[:, None]) / tokens, {}
 
     return loss_fn
+
+
+def init_state(tx, params, mesh):
+    """The replicated StepState (params + optimizer state) an adaptation starts from."""
+    return jax.jit(lambda p: optim_step.StepState(p, tx.init(p)), out_shardings=mesh_lib.replicated(mesh))(params)
+
+
+def jit_lm_step(model, tx, mesh):
+    """The jitted LM gradient step on batches {x, y, w} split over the data mesh (state donated)."""
+    rep, dat = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
+    return jax.jit(optim_step.make_step(lm_loss(model), tx),
+                   in_shardings=(rep, {"x": dat, "y": dat, "w": dat, "hparams": rep}),
+                   out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+class InFlight:
+    """At most two steps in flight: after dispatching a step, wait for the one before it.
+
+    Reading one step late keeps the device busy; on the CPU it also avoids a deadlock of
+    XLA's in-process collectives when many collective executions queue up.
+    """
+
+    def __init__(self) -> None:
+        self._prev = None
+
+    def push(self, out) -> None:
+        prev, self._prev = self._prev, out
+        if prev is not None:
+            jax.block_until_ready(prev)
 
 
 def block_of(path: tuple[str, ...]) -> int | None:
@@ -85,10 +116,9 @@ def depth_lr_tree(params, lr: float, lr_min_frac: float, freeze_blocks: int, sco
 
 def count_trainable(params, mask) -> tuple[int, int]:
     """(trainable, frozen) scalar counts."""
-    sizes = jax.tree.map(lambda p, t: (int(np.prod(np.shape(p))), bool(t)), params, mask,
-                         is_leaf=lambda x: hasattr(x, "shape"))
-    pairs = jax.tree.leaves(sizes, is_leaf=lambda x: isinstance(x, tuple))
-    return sum(n for n, t in pairs if t), sum(n for n, t in pairs if not t)
+    sizes = [int(np.prod(np.shape(p))) for p in jax.tree.leaves(params)]
+    keep = jax.tree.leaves(mask)  # the same structure, so the same leaf order
+    return sum(n for n, t in zip(sizes, keep) if t), sum(n for n, t in zip(sizes, keep) if not t)
 
 
 def cosine(i: int, n: int) -> float:

@@ -19,7 +19,6 @@ names it. The ledger (golf_jax/eval/ledger.py) records ranges, not rows.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
@@ -81,8 +80,6 @@ class Reveal:
 class HarnessResult:
     acc: BpbAccumulator
     ledger: Ledger
-    seconds: float
-    units: int
     nll: np.ndarray | None = None  # per target (NaN where unscored; the last score wins), when asked
 
 
@@ -116,10 +113,11 @@ class FixedModel:
 
     compliant = True
 
-    def __init__(self, model, params, mesh: Mesh, name: str = "sliding") -> None:
+    def __init__(self, predict, params, name: str = "sliding") -> None:
+        """`predict`: jit_predict(make_predict(model), mesh), shared with other stages (one compile)."""
         self.name, self.notes = name, []
         self._params = params
-        self._predict = jit_predict(make_predict(model), mesh)
+        self._predict = predict
 
     def predict(self, inputs: dict) -> jax.Array:
         return self._predict(self._params, inputs["x_BxL"], inputs["pos_BxS"])
@@ -148,8 +146,6 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
     nll_all = np.full(units.num_targets, np.nan) if record_nll else None
     ledger.compliant = ledger.compliant and evaluator.compliant
     ledger.notes.extend(n for n in evaluator.notes if n not in ledger.notes)
-    scored = ledger_scored_check(ledger)
-    t0 = time.perf_counter()
     bar = tqdm(total=len(units), desc=f"eval {evaluator.name}", unit="win", file=sys.stderr,
                disable=None, mininterval=2.0, leave=False)
     pending: list = []
@@ -170,7 +166,7 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
                 if len(pending) > 64:  # these batches finished long ago: no stall
                     _drain(pending[:32], acc, nll_all)
                     del pending[:32]
-            reveal = Reveal(val_tokens, scored, b, len(blocks), evaluator.compliant)
+            reveal = Reveal(val_tokens, ledger.scored, b, len(blocks), evaluator.compliant)
             evaluator.update(reveal)
             if reveal.reads:
                 ledger.update(reveal.reads, block=b)
@@ -178,38 +174,13 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
         pending.clear()
     finally:
         bar.close()
-    seconds = time.perf_counter() - t0
-    return HarnessResult(acc, ledger, seconds, len(units), nll_all)
-
-
-def ledger_scored_check(ledger: Ledger):
-    """`(a, b) -> bool`: are targets [a, b) all scored so far in this ledger?"""
-
-    def scored(a: int, b: int) -> bool:
-        need = [(a, b)]
-        for e in ledger.events:
-            for x, y in e.get("score", ()):
-                nxt = []
-                for p, q in need:
-                    if y <= p or q <= x:
-                        nxt.append((p, q))
-                        continue
-                    if p < x:
-                        nxt.append((p, x))
-                    if y < q:
-                        nxt.append((y, q))
-                need = nxt
-                if not need:
-                    return True
-        return not need
-
-    return scored
+    return HarnessResult(acc, ledger, nll_all)
 
 
 def _drain(pending: list, acc: BpbAccumulator, nll_all) -> None:
     """Read finished batches' sums (device → host) into the float64 accumulator."""
     sums = jax.device_get([p[0] for p in pending])
-    for (s, tokens, nbytes, rec), rows in zip(pending, sums):
+    for (_, tokens, nbytes, rec), rows in zip(pending, sums):
         acc.add(float(np.sum(np.asarray(rows, np.float64))), tokens, nbytes)
         if rec is not None:
             nll_BxS, target, mask = rec

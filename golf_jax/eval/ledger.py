@@ -29,13 +29,19 @@ class Ledger:
     notes: list[str] = field(default_factory=list)
     prior_reads: list[tuple[int, int]] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
+    _scored: list[tuple[int, int]] = field(default_factory=list, repr=False)  # union of scored ranges so far
 
     def score(self, ranges) -> None:
         ranges = merge_ranges(ranges)
+        self._scored = _union(self._scored + ranges)
         if self.events and "score" in self.events[-1]:
             self.events[-1]["score"] = merge_ranges(self.events[-1]["score"] + ranges)
         elif ranges:
             self.events.append({"score": ranges})
+
+    def scored(self, a: int, b: int) -> bool:
+        """Are targets [a, b) all scored so far?"""
+        return _covers(self._scored, a, b)
 
     def update(self, reads, **info) -> None:
         self.events.append({"update": _union(reads), **info})
@@ -53,7 +59,13 @@ class Ledger:
     def read(cls, path: Path) -> Ledger:
         d = json.loads(Path(path).read_text())
         events = [{k: ([tuple(r) for r in v] if k in ("score", "update") else v) for k, v in e.items()} for e in d["events"]]
-        return cls(d["stage"], d["num_targets"], d["compliant"], d["notes"], [tuple(r) for r in d["prior_reads"]], events)
+        ledger = cls(d["stage"], d["num_targets"], d["compliant"], d["notes"], [tuple(r) for r in d["prior_reads"]])
+        for e in events:
+            if "score" in e:
+                ledger.score(e["score"])
+            else:
+                ledger.events.append(e)
+        return ledger
 
     def verify(self) -> list[str]:
         """Violations, one line each; [] when the ledger shows a legal single pass."""
@@ -106,7 +118,7 @@ class _Coverage:
         self._merged = _union(self._merged + [(a, b)])
 
     def covered(self, a: int, b: int) -> bool:
-        return any(x <= a and b <= y for x, y in self._merged)
+        return _covers(self._merged, a, b)
 
     def _counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Breakpoints and the scored count on each elementary interval."""
@@ -129,6 +141,11 @@ class _Coverage:
 
     def scored_in(self, a: int, b: int) -> int:
         return sum(max(0, min(b, y) - max(a, x)) for x, y in self._merged)
+
+
+def _covers(union: list[tuple[int, int]], a: int, b: int) -> bool:
+    """Does one range of the disjoint, sorted `union` contain [a, b)?"""
+    return any(x <= a and b <= y for x, y in union)
 
 
 def _union(ranges) -> list[tuple[int, int]]:

@@ -80,24 +80,18 @@ def _data_parallel(model, tx, params, val_tokens, seq_len, p, mesh, log, trainab
     ranges = rank_ranges(x_all.shape[0], W)
     per = p.batch_seqs
     steps_per_epoch = -(-max(b - a for a, b in ranges) // per)
-    rep, dat = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-    state = jax.jit(lambda q: optim_step.StepState(q, tx.init(q)), out_shardings=rep)(params)
-    step = jax.jit(optim_step.make_step(adapt.lm_loss(model), tx),
-                   in_shardings=(rep, {"x": dat, "y": dat, "w": dat, "hparams": rep}),
-                   out_shardings=(rep, rep), donate_argnums=(0,))
-    steps, metrics = 0, None
+    state, step = adapt.init_state(tx, params, mesh), adapt.jit_lm_step(model, tx, mesh)
+    steps, in_flight = 0, adapt.InFlight()
     for e in range(p.epochs):
         hp = {"lr_scale": np.float32(adapt.cosine(e, p.epochs))}
         for k in range(steps_per_epoch):
-            parts = [adapt.padded_rows(x_all[min(a + k * per, b) : min(a + (k + 1) * per, b)],
-                                       y_all[min(a + k * per, b) : min(a + (k + 1) * per, b)], per) for a, b in ranges]
+            shares = [slice(min(a + k * per, b), min(a + (k + 1) * per, b)) for a, b in ranges]
+            parts = [adapt.padded_rows(x_all[s], y_all[s], per) for s in shares]
             rows = {key: np.concatenate([q[key] for q in parts]) for key in ("x", "y", "w")}
             batch = {key: mesh_lib.put_global_batch(mesh, v) for key, v in rows.items()}
-            prev = metrics if steps else None
             state, metrics = step(state, {**batch, "hparams": hp})
             steps += 1
-            if prev is not None:  # read one step late: at most two steps in flight
-                float(prev["loss"])
+            in_flight.push(metrics["loss"])
         log(f"prequant_ttt epoch {e + 1}/{p.epochs}: loss {float(metrics['loss']):.4f} "
             f"lr_scale {float(hp['lr_scale']):.3f}")
     return state.params, steps
@@ -142,7 +136,7 @@ def _parallel(model, tx, params, val_tokens, seq_len, p, mesh, log, trainable):
     replicate = jax.jit(lambda q: jax.tree.map(lambda v: jnp.broadcast_to(v, (W, *v.shape)),
                                                optim_step.StepState(q, tx.init(q))), out_shardings=rsh)
     state = replicate(params)
-    steps, loss_W = 0, None
+    steps, in_flight = 0, adapt.InFlight()
     for e in range(p.epochs):
         hp = {"lr_scale": np.float32(adapt.cosine(e, p.epochs))}
         for k in range(steps_per_epoch):
@@ -153,11 +147,9 @@ def _parallel(model, tx, params, val_tokens, seq_len, p, mesh, log, trainable):
                 active[r] = x.shape[0] > 0
                 parts.append(adapt.padded_rows(x, y, rows))
             batch = {key: mesh_lib.put_global_batch(mesh, np.stack([q[key] for q in parts])) for key in ("x", "y", "w")}
-            prev = loss_W if steps else None
             state, loss_W = sharded_step(state, batch, mesh_lib.put_global_batch(mesh, active), hp)
             steps += 1
-            if prev is not None:
-                jax.block_until_ready(prev)
+            in_flight.push(loss_W)
         state = sharded_average(state)
         log(f"prequant_ttt epoch {e + 1}/{p.epochs}: replicas averaged, mean loss "
             f"{float(np.mean(np.asarray(loss_W))):.4f} lr_scale {float(hp['lr_scale']):.3f}")

@@ -81,6 +81,7 @@ class StageResult:
     ledger: Ledger
     problems: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    nll: np.ndarray | None = None  # per target, with record_nll (not written to JSON)
 
     def to_json(self) -> dict:
         return {"val_loss": self.val_loss, "val_bpb": self.val_bpb, "seconds": self.seconds, "tokens": self.tokens,
@@ -89,47 +90,46 @@ class StageResult:
 
 
 def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, log=print,
-               prior_reads=(), prior_notes=(), record_nll: bool = False) -> dict[str, StageResult]:
+               prior_reads=(), prior_notes=(), record_nll: bool = False, plain_eval=None) -> dict[str, StageResult]:
     """Run cfg.eval's stages in order on `params`; returns {stage: StageResult}.
 
     `run` (a golf_jax.rundir.RunDir) receives the ledgers; `record_nll` keeps every
-    target's NLL (for the audit's flip tests on small slices).
+    target's NLL (for the audit's flip tests on small slices); `plain_eval` is an
+    already compiled plain.make_evaluator over the same val stream (the train loop's).
     """
     check_config(cfg)
     e, L = cfg.eval, eval_seq_len(cfg)
     T = len(val_tokens) - 1
     results: dict[str, StageResult] = {}
     prior_reads, prior_notes = list(prior_reads), list(prior_notes)
+    predict = harness.jit_predict(harness.make_predict(model), mesh)  # one compile for sliding and TTT
+    rows = harness.batch_rows(e.sliding.batch_windows, mesh)
     for name in stage_list(e):
         ledger = Ledger(name, T, prior_reads=list(prior_reads), notes=list(prior_notes))
         ledger.compliant = not prior_reads
         t0 = time.perf_counter()
         extra: dict = {}
+        nll = None
         if name == "roundtrip":
-            batch_seqs = max(e.batch_tokens // L, 1)
-            evaluate = plain.jit_eval_step(plain.make_eval_step(model, lut), mesh)
-            acc = plain.evaluate(evaluate, params, mesh, val_tokens, L, batch_seqs)
+            plain_eval = plain_eval or plain.make_evaluator(model, lut, mesh, val_tokens, L, e.batch_tokens)
+            acc = plain_eval(params)
             ledger.score([(0, (T // L) * L)])
         elif name == "sliding":
             units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
             if e.sliding.window_rule == "reference":
                 ledger.notes.append("eval.sliding.window_rule=reference: PR #1318's re-scored tail (compat)")
-            res = harness.run(harness.FixedModel(model, params, mesh), val_tokens, units, [np.arange(len(units))],
-                              lut, mesh, harness.batch_rows(e.sliding.batch_windows, mesh), ledger, record_nll)
-            acc = res.acc
-            extra = {"windows": len(units), "nll": res.nll} if record_nll else {"windows": len(units)}
+            res = harness.run(harness.FixedModel(predict, params), val_tokens, units, [np.arange(len(units))],
+                              lut, mesh, rows, ledger, record_nll)
+            acc, nll, extra = res.acc, res.nll, {"windows": len(units)}
         else:
             units = sliding_units(T, L, e.sliding.stride, "merged")
             K = num_chunks(T, e.ttt.chunk_tokens)
             chunk = chunk_of(units, e.ttt.chunk_tokens)
             blocks = [np.flatnonzero(chunk == c) for c in range(K)]
-            adapter = ttt.ScoreFirstTTT(model, params, mesh, e.ttt, L, K)
-            res = harness.run(adapter, val_tokens, units, blocks, lut, mesh,
-                              harness.batch_rows(e.sliding.batch_windows, mesh), ledger, record_nll=record_nll)
-            acc = res.acc
+            adapter = ttt.ScoreFirstTTT(model, predict, params, mesh, e.ttt, L, K)
+            res = harness.run(adapter, val_tokens, units, blocks, lut, mesh, rows, ledger, record_nll)
+            acc, nll = res.acc, res.nll
             extra = {"chunks": K, "train_steps": adapter.steps, "mode": e.ttt.mode}
-            if record_nll:
-                extra["nll"] = res.nll
             if e.ttt.carry:
                 params = adapter.params  # the reference scores later stages with the adapted weights
                 prior_reads = sorted(prior_reads + ledger.reads())
@@ -137,7 +137,7 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
         seconds = time.perf_counter() - t0
         problems = ledger.verify()
         results[name] = StageResult(name, acc.val_loss, acc.val_bpb, seconds, int(acc.token_count),
-                                    int(acc.byte_count), ledger, problems, extra)
+                                    int(acc.byte_count), ledger, problems, extra, nll)
         if run is not None and run.is_writer:
             ledger.write(run.path / f"ledger_{name}.json")
         verdict = "ledger ok" if not problems and ledger.compliant else "NON-COMPLIANT: " + "; ".join(

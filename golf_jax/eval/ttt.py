@@ -25,8 +25,7 @@ from jax.sharding import Mesh
 
 from golf_jax import mesh as mesh_lib
 from golf_jax.eval import adapt
-from golf_jax.eval.harness import Reveal, jit_predict, make_predict
-from golf_jax.optim import step as optim_step
+from golf_jax.eval.harness import Reveal
 from golf_jax.optim.build import build_adaptation_optimizer
 
 MODES = ("score_first", "pr1318")
@@ -60,25 +59,23 @@ def check_config(t, seq_len: int, stride: int, used: bool = True) -> None:
 class ScoreFirstTTT:
     """An evaluator whose update trains on the chunk just scored."""
 
-    def __init__(self, model, params, mesh: Mesh, t, seq_len: int, num_chunks: int) -> None:
+    def __init__(self, model, predict, params, mesh: Mesh, t, seq_len: int, num_chunks: int) -> None:
+        """`predict`: the jitted jit_predict(make_predict(model), mesh) the sliding stage uses too."""
         self.name = "ttt"
         self.compliant = not t.lookahead
         self.notes = (["eval.ttt.lookahead: each chunk's last training sequence reads the first target of the "
                        "next, unscored chunk (PR #1318, non-compliant)"] if t.lookahead else [])
         self._t, self._seq_len, self._num_chunks, self._mesh = t, seq_len, num_chunks, mesh
-        self._predict = jit_predict(make_predict(model), mesh)
+        self._predict = predict
         self.trainable = adapt.trainable_mask(params, t.freeze_blocks, t.freeze_scope)
         tx = build_adaptation_optimizer(t.optimizer, float(t.lr), self.trainable, momentum=float(t.momentum),
                                         b1=float(t.beta1), b2=float(t.beta2), eps=float(t.eps),
                                         weight_decay=float(t.weight_decay), grad_clip=float(t.grad_clip))
-        rep, dat = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-        self.state = jax.jit(lambda p: optim_step.StepState(p, tx.init(p)), out_shardings=rep)(params)
-        self._step = jax.jit(optim_step.make_step(adapt.lm_loss(model), tx),
-                             in_shardings=(rep, {"x": dat, "y": dat, "w": dat, "hparams": rep}),
-                             out_shardings=(rep, rep), donate_argnums=(0,))
+        self.state = adapt.init_state(tx, params, mesh)
+        self._step = adapt.jit_lm_step(model, tx, mesh)
+        self._in_flight = adapt.InFlight()
         self._rows = -(-min(t.batch_seqs, max(t.chunk_tokens // seq_len, 1)) // mesh.devices.size) * mesh.devices.size
         self.steps = 0
-        self.last_loss = None
 
     @property
     def params(self):
@@ -108,6 +105,4 @@ class ScoreFirstTTT:
                 batch["hparams"] = {"lr_scale": lr_scale}
                 self.state, metrics = self._step(self.state, batch)
                 self.steps += 1
-                if self.last_loss is not None:  # read one step late: at most two steps in flight
-                    float(self.last_loss)
-                self.last_loss = metrics["loss"]
+                self._in_flight.push(metrics["loss"])

@@ -92,8 +92,7 @@ def sliding_units(num_targets: int, seq_len: int, stride: int, rule: str = "merg
 
 def chunk_of(units: Units, chunk_tokens: int) -> np.ndarray:
     """Chunk index of each unit: ⌊first target / chunk_tokens⌋, capped at the last chunk (§6.3)."""
-    num_chunks = max(-(-units.num_targets // chunk_tokens), 1)
-    return np.minimum(units.first_target // chunk_tokens, num_chunks - 1)
+    return np.minimum(units.first_target // chunk_tokens, num_chunks(units.num_targets, chunk_tokens) - 1)
 
 
 def num_chunks(num_targets: int, chunk_tokens: int) -> int:
