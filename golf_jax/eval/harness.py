@@ -10,8 +10,15 @@ Every evaluator (a fixed model, TTT, later SLOT) is written against one interfac
    reads tokens through `Reveal.read`, which logs every range it reads;
 4. `evaluator.update(reveal)` may adapt (train, fit, cache) from what it read.
 
+An evaluator that fits something per batch before scoring it (SLOT) declares the
+positions of its objective with `objective(units, rows) -> Objective`; the harness
+looks their targets up itself, hands them over as obj_y_BxF, and writes a "fit"
+event to the ledger before the batch's score: each unit's δ may only use targets
+scored before that unit.
+
 So a compliant evaluator cannot see a target before it is scored: `Reveal.read` of a
-range not yet scored raises. An evaluator that a flag marks non-compliant (e.g. TTT's
+range not yet scored raises, and so does an objective that reaches a unit's own or
+later targets. An evaluator that a flag marks non-compliant (e.g. TTT's
 1-token lookahead) may read ahead; the read is logged, and the ledger's verify()
 names it. The ledger (golf_jax/eval/ledger.py) records ranges, not rows.
 """
@@ -51,6 +58,34 @@ class Evaluator(Protocol):
         """Adapt from the targets just revealed (read through reveal.read)."""
 
 
+@dataclass
+class Objective:
+    """Where a batch's fit reads targets: window positions [rows, F] and which are used.
+
+    `shared`: one δ for the whole batch, so every unit depends on every row's objective.
+    """
+
+    pos_BxF: np.ndarray
+    mask_BxF: np.ndarray
+    shared: bool = False
+
+
+def objective_reads(units: Units, obj: Objective) -> tuple[np.ndarray, np.ndarray]:
+    """Each unit's objective as a target range [a, b) (its hull; the batch's hull if shared)."""
+    n = len(units)
+    mask = obj.mask_BxF[:n]
+    tgt = units.start[:, None] + obj.pos_BxF[:n]
+    big = np.iinfo(np.int64).max
+    a = np.where(mask, tgt, big).min(axis=1)
+    b = np.where(mask, tgt + 1, -1).max(axis=1)
+    empty = ~mask.any(axis=1)
+    a, b = np.where(empty, 0, a), np.where(empty, 0, b)
+    if obj.shared and (~empty).any():
+        a = np.full(n, a[~empty].min())
+        b = np.full(n, b[~empty].max())
+    return a, b
+
+
 class Reveal:
     """What the harness hands an evaluator after a block: its targets, read through a log."""
 
@@ -81,6 +116,8 @@ class HarnessResult:
     acc: BpbAccumulator
     ledger: Ledger
     nll: np.ndarray | None = None  # per target (NaN where unscored; the last score wins), when asked
+    base_acc: BpbAccumulator | None = None  # the same windows scored with predict's "base_logits", if any
+    unit_nll: np.ndarray | None = None  # [units, 2] float64 NLL sums (with, without) when base logits exist
 
 
 def make_predict(model):
@@ -98,6 +135,17 @@ def make_predict(model):
 def jit_predict(predict, mesh: Mesh):
     rep, dat = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
     return jax.jit(predict, in_shardings=(rep, dat, dat), out_shardings=dat)
+
+
+_PREDICTS: dict = {}
+
+
+def model_predict(model, mesh: Mesh):
+    """jit_predict(make_predict(model), mesh), one per (model, mesh): later passes reuse its compile."""
+    key = (id(model), mesh)
+    if key not in _PREDICTS:  # the value holds the model, so its id stays its own
+        _PREDICTS[key] = (model, mesh, jit_predict(make_predict(model), mesh))
+    return _PREDICTS[key][2]
 
 
 def _score(logits_BxSxV, y_BxS, mask_BxS):
@@ -143,6 +191,9 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
     dat = mesh_lib.data_sharded(mesh)
     score_jit = jax.jit(_score, in_shardings=(dat,) * 3, out_shardings=(dat, dat))
     acc = BpbAccumulator(evaluator.name)
+    base_acc = BpbAccumulator(evaluator.name + " without fit")
+    objective = getattr(evaluator, "objective", None)
+    unit_sums: list = []
     nll_all = np.full(units.num_targets, np.nan) if record_nll else None
     ledger.compliant = ledger.compliant and evaluator.compliant
     ledger.notes.extend(n for n in evaluator.notes if n not in ledger.notes)
@@ -155,12 +206,20 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
                 sub = units.take(idx[start : start + rows])
                 arrays = gather_batch(val_tokens, sub, rows)
                 put = {k: mesh_lib.put_global_batch(mesh, arrays[k]) for k in ("x", "pos", "y", "mask")}
-                logits = evaluator.predict({"x_BxL": put["x"], "pos_BxS": put["pos"]})
+                inputs = {"x_BxL": put["x"], "pos_BxS": put["pos"]}
+                if objective is not None:
+                    inputs.update(_fit_inputs(evaluator, objective(sub, rows), val_tokens, sub, ledger, mesh, b))
+                out = evaluator.predict(inputs)
+                logits, base = (out["logits"], out.get("base_logits")) if isinstance(out, dict) else (out, None)
                 nll_BxS, nll_sum = score_jit(logits, put["y"], put["mask"])
                 nbytes = int(np.sum(np.where(arrays["mask"], target_bytes(lut, arrays["prev"], arrays["y"]), 0),
                                     dtype=np.int64))
-                pending.append((nll_sum, int(arrays["mask"].sum()), nbytes,
+                tokens = int(arrays["mask"].sum())
+                pending.append((nll_sum, tokens, nbytes,
                                 (nll_BxS, arrays["target"], arrays["mask"]) if record_nll else None))
+                if base is not None:
+                    base_sum = score_jit(base, put["y"], put["mask"])[1]
+                    unit_sums.append((nll_sum, base_sum, len(sub), tokens, nbytes))
                 ledger.score(unit_ranges(sub))
                 bar.update(len(sub))
                 if len(pending) > 64:  # these batches finished long ago: no stall
@@ -174,7 +233,37 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
         pending.clear()
     finally:
         bar.close()
-    return HarnessResult(acc, ledger, nll_all)
+    unit_nll = None
+    if unit_sums:
+        sums = jax.device_get([(w, wo) for w, wo, *_ in unit_sums])
+        unit_nll = np.concatenate([np.stack([np.asarray(w, np.float64)[:n], np.asarray(wo, np.float64)[:n]], 1)
+                                   for (w, wo), (_, _, n, _, _) in zip(sums, unit_sums)])
+        for (_, wo), (*_, tokens, nbytes) in zip(sums, unit_sums):
+            base_acc.add(float(np.sum(np.asarray(wo, np.float64))), tokens, nbytes)
+    return HarnessResult(acc, ledger, nll_all, base_acc if unit_sums else None, unit_nll)
+
+
+def _fit_inputs(evaluator, obj: Objective, val_tokens: np.ndarray, units: Units, ledger: Ledger, mesh: Mesh,
+                block: int) -> dict:
+    """The objective's targets (looked up by the harness), after the ledger's fit check."""
+    n = len(units)
+    tgt = np.zeros_like(obj.pos_BxF, dtype=np.int64)
+    tgt[:n] = units.start[:, None] + obj.pos_BxF[:n]
+    mask = obj.mask_BxF & (np.arange(len(obj.mask_BxF)) < n)[:, None]
+    if (mask & ((tgt >= units.num_targets) | (obj.pos_BxF < 0))).any():
+        raise ValueError(f"{evaluator.name}: an objective position lies outside its window's targets")
+    obj = Objective(obj.pos_BxF, mask, obj.shared)
+    a, b = objective_reads(units, obj)
+    bad = ledger.fit(a, b, units.first_target, unit_ranges(units), block=block)
+    if bad and evaluator.compliant:
+        raise ComplianceError(
+            f"{evaluator.name}: {bad} unit(s) of block {block} would be scored with a δ fitted on targets not "
+            "scored before them; only already-scored targets may enter a fit (mark the evaluator non-compliant "
+            "to reproduce such a procedure)")
+    y = np.where(mask, val_tokens[np.where(mask, tgt + 1, 0)], 0).astype(np.int32)
+    return {"obj_pos_BxF": mesh_lib.put_global_batch(mesh, obj.pos_BxF.astype(np.int32)),
+            "obj_y_BxF": mesh_lib.put_global_batch(mesh, y),
+            "obj_mask_BxF": mesh_lib.put_global_batch(mesh, mask)}
 
 
 def _drain(pending: list, acc: BpbAccumulator, nll_all) -> None:

@@ -7,7 +7,12 @@ ledger is a few lines. `verify` checks two of the challenge's conditions from it
 * single pass (condition 4): every target in [0, T) is scored exactly once;
 * score before update (condition 3): every range an update reads was scored earlier
   in this stage, and nothing scored here was read by an adaptation that ran before
-  the stage (`prior_reads`: pre-quant TTT on val, or TTT weights carried over).
+  the stage (`prior_reads`: pre-quant TTT on val, or TTT weights carried over);
+* score before fit (condition 3, for SLOT): a "fit" event lists, per scoring unit of
+  the batch that follows it, the targets its δ was fitted on. Each unit's objective
+  must lie before its own first scored target, in targets scored earlier (by earlier
+  batches or by earlier units of the same batch). Per-unit columns are stored as runs
+  of arithmetic progressions, so a batch of windows is a few numbers.
 """
 
 from __future__ import annotations
@@ -46,6 +51,18 @@ class Ledger:
     def update(self, reads, **info) -> None:
         self.events.append({"update": _union(reads), **info})
 
+    def fit(self, reads_a, reads_b, first, batch_scores, **info) -> int:
+        """Before a batch's score: unit k's δ was fitted on targets [reads_a[k], reads_b[k]);
+        first[k] is the unit's first scored target (units in evaluation order) and
+        `batch_scores` the ranges the batch will score. Returns how many units break
+        score-before-fit (the harness refuses them for a compliant evaluator)."""
+        cols = {"a": reads_a, "b": reads_b, "first": first}
+        event = {"fit": {k: _runs(np.asarray(v, np.int64)) for k, v in cols.items()}, **info}
+        check = _FitCheck()
+        check.add(event, self._scored, batch_scores)
+        self.events.append(event)
+        return check.own + check.unscored
+
     def to_json(self) -> dict:
         return {"stage": self.stage, "num_targets": self.num_targets, "compliant": self.compliant,
                 "notes": self.notes, "prior_reads": self.prior_reads,
@@ -58,7 +75,8 @@ class Ledger:
     @classmethod
     def read(cls, path: Path) -> Ledger:
         d = json.loads(Path(path).read_text())
-        events = [{k: ([tuple(r) for r in v] if k in ("score", "update") else v) for k, v in e.items()} for e in d["events"]]
+        events = [{k: ([tuple(r) for r in v] if k in ("score", "update") else v) for k, v in e.items()}
+                  for e in d["events"]]
         ledger = cls(d["stage"], d["num_targets"], d["compliant"], d["notes"], [tuple(r) for r in d["prior_reads"]])
         for e in events:
             if "score" in e:
@@ -72,10 +90,14 @@ class Ledger:
         problems: list[str] = []
         T = self.num_targets
         count = _Coverage(T)
-        for e in self.events:
+        fits = _FitCheck()
+        for i, e in enumerate(self.events):
             if "score" in e:
                 for a, b in e["score"]:
                     count.add(a, b)
+            elif "fit" in e:
+                following = self.events[i + 1].get("score", []) if i + 1 < len(self.events) else []
+                fits.add(e, count._merged, following)
             else:
                 bad = [(a, b) for a, b in e["update"] if not count.covered(a, b)]
                 if bad:
@@ -83,6 +105,7 @@ class Ledger:
                     problems.append(
                         f"score before update: an update ({_describe(e)}) read targets [{a}, {b}) before all "
                         f"of them were scored")
+        problems.extend(fits.problems())
         dup, missing = count.duplicates(), count.missing()
         if dup:
             problems.append(f"single pass: {dup} target scores are repeats (a target scored more than once)")
@@ -99,6 +122,65 @@ class Ledger:
     def reads(self) -> list[tuple[int, int]]:
         """Every range this stage's updates read (what carried weights have seen)."""
         return _union(r for e in self.events if "update" in e for r in e["update"])
+
+
+class _FitCheck:
+    """Score before fit, summed over every fit event (one line per kind of violation)."""
+
+    def __init__(self) -> None:
+        self.units = self.own = self.unscored = 0
+        self.example_own = self.example_unscored = ""
+
+    def add(self, event: dict, scored: list, following) -> None:
+        """`scored`: the disjoint union scored before the fit; `following`: the batch's scores."""
+        a, b, first = (_expand(event["fit"][k]) for k in ("a", "b", "first"))
+        read = b > a
+        later_first = np.minimum.accumulate(first[::-1])[::-1]  # the first target of this unit or any later one
+        own = read & (b > later_first)
+        union = np.asarray(_union(list(scored) + [tuple(r) for r in following]), np.int64).reshape(-1, 2)
+        k = np.searchsorted(union[:, 0], a, side="right") - 1
+        covered = (k >= 0) & (b <= union[np.maximum(k, 0), 1]) if len(union) else np.zeros_like(read)
+        unscored = read & ~covered & ~own
+        self.units += int(read.sum())
+        if own.any() and not self.example_own:
+            j = int(np.flatnonzero(own)[0])
+            self.example_own = f"a unit scoring from target {first[j]} was fitted on [{a[j]}, {b[j]})"
+        if unscored.any() and not self.example_unscored:
+            j = int(np.flatnonzero(unscored)[0])
+            self.example_unscored = f"[{a[j]}, {b[j]}) for the unit scoring from target {first[j]}"
+        self.own += int(own.sum())
+        self.unscored += int(unscored.sum())
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.own:
+            out.append(f"score before fit: {self.own} of {self.units} fitted units were scored with a δ fitted on "
+                       f"their own or later targets ({self.example_own})")
+        if self.unscored:
+            out.append(f"score before fit: {self.unscored} of {self.units} fitted units read targets that were not "
+                       f"scored before them ({self.example_unscored})")
+        return out
+
+
+def _runs(x: np.ndarray) -> list[list[int]]:
+    """An int array as runs [start, step, count] of arithmetic progressions."""
+    out: list[list[int]] = []
+    i, n = 0, len(x)
+    while i < n:
+        if i + 1 == n:
+            out.append([int(x[i]), 0, 1])
+            break
+        step, j = int(x[i + 1] - x[i]), i + 1
+        while j + 1 < n and x[j + 1] - x[j] == step:
+            j += 1
+        out.append([int(x[i]), step, j - i + 1])
+        i = j + 1
+    return out
+
+
+def _expand(runs) -> np.ndarray:
+    parts = [start + step * np.arange(count, dtype=np.int64) for start, step, count in runs]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def _describe(event: dict) -> str:

@@ -5,7 +5,8 @@ The train pipeline, `python -m golf_jax.evaluate` and the packed submission scri
 
 * roundtrip: the plain non-overlapping eval (reference §6.1);
 * sliding: sliding windows, stride eval.sliding.stride (§6.2; merged rule by default);
-* ttt: score-first chunked TTT (§6.3, variants §4.3).
+* ttt: score-first chunked TTT (§6.3, variants §4.3);
+* slot: a δ per window fitted by L-BFGS and added to the logits (§6.4; golf_jax/eval/slot.py).
 
 Each stage writes `ledger_<stage>.json` (golf_jax/eval/ledger.py) and reports its
 bpb, time and compliance. Weights adapted on val (pre-quant TTT, or TTT with
@@ -19,11 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from golf_jax.eval import harness, plain, ttt
+from golf_jax.eval import harness, plain, slot, ttt
 from golf_jax.eval.ledger import Ledger
 from golf_jax.eval.windows import WINDOW_RULES, check_geometry, chunk_of, num_chunks, sliding_units
 
-STAGES = ("roundtrip", "sliding", "ttt")
+STAGES = ("roundtrip", "sliding", "ttt", "slot")
 
 
 def stage_list(e) -> list[str]:
@@ -51,6 +52,7 @@ def check_config(cfg) -> None:
         raise ValueError(f"eval.sliding.window_rule={e.sliding.window_rule!r}: use one of {WINDOW_RULES}")
     check_geometry(L, e.sliding.stride)
     ttt.check_config(e.ttt, L, e.sliding.stride, used="ttt" in names)
+    slot.check_config(e.slot, L, e.sliding.stride)
 
 
 def noncompliance(cfg) -> list[str]:
@@ -59,12 +61,14 @@ def noncompliance(cfg) -> list[str]:
     names = stage_list(e)
     if e.prequant_ttt.mode != "off":
         why.append(f"eval.prequant_ttt.mode={e.prequant_ttt.mode}: trains on val before scoring it")
-    if "sliding" in names and e.sliding.window_rule == "reference":
+    if ("sliding" in names or "slot" in names) and e.sliding.window_rule == "reference":
         why.append("eval.sliding.window_rule=reference: the tail targets are scored more than once")
     if "ttt" in names and e.ttt.lookahead:
         why.append("eval.ttt.lookahead: TTT trains on a target before it is scored")
     if "ttt" in names and e.ttt.carry and names.index("ttt") < len(names) - 1:
         why.append("eval.ttt.carry: later stages rescore targets with weights trained on them")
+    if "slot" in names and e.slot.mode in slot.WHY:
+        why.append(slot.WHY[e.slot.mode])
     if cfg.export.calib_source == "val":
         why.append("export.calib_source=val: GPTQ calibration reads val")
     return why
@@ -102,7 +106,7 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
     T = len(val_tokens) - 1
     results: dict[str, StageResult] = {}
     prior_reads, prior_notes = list(prior_reads), list(prior_notes)
-    predict = harness.jit_predict(harness.make_predict(model), mesh)  # one compile for sliding and TTT
+    predict = harness.model_predict(model, mesh)  # one compile for sliding and TTT (and later passes)
     rows = harness.batch_rows(e.sliding.batch_windows, mesh)
     for name in stage_list(e):
         ledger = Ledger(name, T, prior_reads=list(prior_reads), notes=list(prior_notes))
@@ -121,6 +125,13 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
             res = harness.run(harness.FixedModel(predict, params), val_tokens, units, [np.arange(len(units))],
                               lut, mesh, rows, ledger, record_nll)
             acc, nll, extra = res.acc, res.nll, {"windows": len(units)}
+        elif name == "slot":
+            units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
+            evaluator = slot.Slot(model, params, mesh, e.slot, L, e.sliding.stride)
+            res = harness.run(evaluator, val_tokens, units, [np.arange(len(units))], lut, mesh, rows, ledger,
+                              record_nll)
+            acc, nll = res.acc, res.nll
+            extra = _slot_summary(e.slot, units, res, evaluator.diagnostics(), run)
         else:
             units = sliding_units(T, L, e.sliding.stride, "merged")
             K = num_chunks(T, e.ttt.chunk_tokens)
@@ -145,3 +156,18 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
         log(f"eval {name}: val_bpb {acc.val_bpb:.4f} ({seconds:.1f} s) val_loss {acc.val_loss:.4f} "
             f"tokens {int(acc.token_count):,} [{verdict}]")
     return results
+
+
+def _slot_summary(s, units, res, diag: dict, run) -> dict:
+    """The SLOT stage's diagnostics: bpb with and without δ on the same windows, solver effort.
+
+    Per scoring unit (for plots and the audit) they go to `slot_windows.npz` in the run dir.
+    """
+    if run is not None and run.is_writer:
+        np.savez_compressed(run.path / "slot_windows.npz", first_target=units.first_target, count=units.count,
+                            nll_with=res.unit_nll[:, 0], nll_without=res.unit_nll[:, 1], **diag)
+    return {"mode": s.mode, "solver": s.solver, "windows": len(units),
+            "val_bpb_without_slot": res.base_acc.val_bpb, "slot_gain_bpb": res.acc.val_bpb - res.base_acc.val_bpb,
+            "mean_iterations": float(np.mean(diag["iterations"])),
+            "mean_evaluations": float(np.mean(diag["evaluations"])),
+            "mean_delta_norm": float(np.mean(diag["delta_norm"]))}

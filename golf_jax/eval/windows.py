@@ -34,6 +34,7 @@ class Units:
     start: np.ndarray  # window start ws (int64)
     pos: np.ndarray  # first scored position inside the window
     count: np.ndarray  # scored positions (1..stride)
+    window_pos: np.ndarray  # the window's first scored position s (window 0's units share s = 0)
     seq_len: int
     stride: int
     num_targets: int
@@ -50,7 +51,8 @@ class Units:
         return int(self.count.sum())
 
     def take(self, idx) -> Units:
-        return Units(self.start[idx], self.pos[idx], self.count[idx], self.seq_len, self.stride, self.num_targets)
+        return Units(self.start[idx], self.pos[idx], self.count[idx], self.window_pos[idx], self.seq_len, self.stride,
+                     self.num_targets)
 
 
 def check_geometry(seq_len: int, stride: int) -> None:
@@ -87,7 +89,8 @@ def sliding_units(num_targets: int, seq_len: int, stride: int, rule: str = "merg
     k = np.arange(win.size) - np.repeat(first, pieces)
     pos = s[win] + k * stride
     count = np.minimum(stride, wlen[win] - pos)
-    return Units(ws[win], pos.astype(np.int64), count.astype(np.int64), seq_len, stride, num_targets)
+    return Units(ws[win], pos.astype(np.int64), count.astype(np.int64), s[win].astype(np.int64), seq_len, stride,
+                 num_targets)
 
 
 def chunk_of(units: Units, chunk_tokens: int) -> np.ndarray:

@@ -107,9 +107,12 @@ class RecordGPT(nn.Module):
             x = block(x, x0, ve_for(self.num_encoder + j))
         return layers.rms_norm(x)
 
-    def logits_from_hidden(self, h_BxTxD: jax.Array) -> jax.Array:
+    def logits_from_hidden(self, h_BxTxD: jax.Array, bias_V: jax.Array | None = None) -> jax.Array:
+        """Softcapped logits; `bias_V` (PR #675's SLOT logit bias) is added before the softcap."""
         dtype = jnp.dtype(self.cfg.compute_dtype)
         logits = jnp.dot(h_BxTxD.astype(dtype), self.tok_emb.embedding.astype(dtype).T)
+        if bias_V is not None:
+            logits = logits.astype(jnp.float32) + bias_V
         return layers.softcap(logits, self.cfg.logit_softcap)
 
     def __call__(self, tokens_BxT: jax.Array, embed_delta_BxTxD: jax.Array | None = None) -> jax.Array:
