@@ -11,9 +11,12 @@ Source: openai/parameter-golf PR #1306 head d43a0f36 and PR #1350 head 4ede046a
 * GPTQ damp 0.01 (#1306) / 0.005 (#1350), Hessians from 256 training batches;
 * pre-quant AdamW TTT on val (NON-COMPLIANT, §2.2): 6 epochs, lr 5e-4 cosine per epoch
   to 5e-5, freeze blocks 0–1 in the banked reference's sense (only their scalars);
-* eval: round trip and sliding s64 (SLOT — #1306: AdamW hidden-space δ, 8 steps,
-  lr 0.005; #1350: L-BFGS logit-space δ, 25 iterations, history 20, focal 128, warm
-  start, clip 5; both over batches of 32 windows — comes with evaluation part 2).
+* eval: round trip, sliding s64 and the seed's SLOT over batches of 32 windows of the
+  legacy (reference) window rule (NON-COMPLIANT, §2.5, §2.7) — #1306: one hidden-space
+  δ per batch, 8 AdamW steps, lr 0.005, β (0.3, 0.9), on every window's context
+  (eval.slot.mode=pr1306); #1350: one logit-space δ per batch by L-BFGS (25 iterations,
+  history 20) on [1920, s), warm start, clamp ±5 (eval.slot.mode=pr1350). The legal
+  shape of either is `--config.eval.slot.mode=context`.
 
 `get_config("1306")` or `get_config("1350")` (default "1350").
 """
@@ -34,7 +37,14 @@ def get_config(variant: str = "1350"):
     c.schedule.warmdown_iters = 3500 if variant == "1306" else 4000
     c.data.loader = "sequential"
     c.export.gptq_damp = 0.01 if variant == "1306" else 0.005
-    c.eval.stages = "roundtrip,sliding"
+    c.eval.stages = "roundtrip,sliding,slot"
+    c.eval.sliding.window_rule = "reference"
+    s = c.eval.slot
+    if variant == "1306":
+        s.mode, s.steps = "pr1306", 8
+        s.adam_lr, s.adam_beta1, s.adam_beta2, s.adam_eps, s.adam_weight_decay = 0.005, 0.3, 0.9, 1e-5, 1e-8
+    else:
+        s.mode, s.max_iter, s.history, s.focal, s.clamp, s.warm_start = "pr1350", 25, 20, 128, 5.0, True
     p = c.eval.prequant_ttt
     p.mode = "flat"
     p.epochs, p.lr, p.lr_floor = 6, 5e-4, 5e-5

@@ -9,10 +9,11 @@ Source: openai/parameter-golf PR #675 head 5149815c, `2026-04-06_LBFGS_SLOT_0.57
   −1.5) — NOT implemented by golf_jax's record model yet; this config leaves it out;
 * unbanked CastedLinear matrices with orthogonal init and 1/√(2L)-scaled projections;
 * int6 per-row with a 5-percentile clip search (no full GPTQ) + lzma;
-* eval: per-window L-BFGS SLOT (hidden δ ∈ R^512 + logit bias ∈ R^1024, lr 0.1,
-  5 iterations × 8 steps, history 10), on the scored positions — non-causal. Eval
-  stride 96 by default in the code. SLOT comes with evaluation part 2; until then
-  this config evaluates round trip and sliding s96.
+* eval: round trip, sliding s96 and per-window L-BFGS SLOT (eval.slot.mode=pr675:
+  hidden δ ∈ R^512 + logit bias ∈ R^1024 inside the softcap, lr 0.1, 5 iterations ×
+  8 `.step` calls, history 10, no clamp) fitted on the scored positions themselves —
+  NON-COMPLIANT (§2.9). Legacy (reference) window rule; eval stride 96 by default in
+  the code.
 """
 
 from configs.record import get_config as record_config
@@ -27,6 +28,9 @@ def get_config():
     c.model.mtp_loss_weight = 0.0
     c.schedule.warmdown_iters = 3500
     c.data.loader = "sequential"
-    c.eval.stages = "roundtrip,sliding"
+    c.eval.stages = "roundtrip,sliding,slot"
     c.eval.sliding.stride = 96
+    c.eval.sliding.window_rule = "reference"
+    s = c.eval.slot
+    s.mode, s.lr, s.max_iter, s.history, s.steps, s.clamp, s.warm_start = "pr675", 0.1, 5, 10, 8, 0.0, False
     return c

@@ -39,7 +39,8 @@ def test_unknown_cli_key_is_an_error():
     assert "no_such_key" in proc.stderr
 
 
-NONCOMPLIANT_SEEDS = {"causal_slot", "discriminative_ttt"}  # pre-quant TTT on val
+NONCOMPLIANT_SEEDS = {"causal_slot", "discriminative_ttt", "lbfgs_slot"}  # pre-quant TTT on val; #675's SLOT
+SLOT_MODES = {"record": "context", "causal_slot": "pr1350", "lbfgs_slot": "pr675"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -52,3 +53,32 @@ def test_config_eval_section_is_valid_and_labelled(path: Path):
     assert stages.stage_list(cfg.eval)[0] == "roundtrip"
     reasons = stages.noncompliance(cfg)
     assert bool(reasons) == (path.stem in NONCOMPLIANT_SEEDS), reasons
+
+
+@pytest.mark.parametrize("stem", sorted(SLOT_MODES))
+def test_seed_configs_select_their_slot(stem):
+    from golf_jax.eval import stages
+
+    cfg = _load(REPO_ROOT / "configs" / f"{stem}.py")
+    assert "slot" in stages.stage_list(cfg.eval) and cfg.eval.slot.mode == SLOT_MODES[stem]
+
+
+def test_variants_reproduce_their_seed_behind_a_flag():
+    """`configs/record.py:pr1318` and `configs/causal_slot.py:1306` are explicit, and labelled."""
+    import configs.causal_slot as causal_slot
+    import configs.record as record
+    from golf_jax.eval import stages
+
+    ref = record.get_config("pr1318")
+    stages.check_config(ref)
+    why = " | ".join(stages.noncompliance(ref))
+    for flag in ("eval.slot.mode=pr1318", "eval.ttt.lookahead", "eval.ttt.carry", "window_rule=reference",
+                 "calib_source=val"):
+        assert flag in why, why
+    assert ref.eval.slot.bf16_add and ref.eval.slot.max_iter == 25 and ref.eval.slot.clamp == 5.0
+    c1306 = causal_slot.get_config("1306")
+    stages.check_config(c1306)
+    assert c1306.eval.slot.mode == "pr1306" and c1306.eval.slot.steps == 8
+    assert any("eval.slot.mode=pr1306" in w for w in stages.noncompliance(c1306))
+    with pytest.raises(ValueError, match="variant must be 'legal' or 'pr1318'"):
+        record.get_config("pr9")
