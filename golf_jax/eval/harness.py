@@ -2,8 +2,9 @@
 
 Every evaluator (a fixed model, TTT, later SLOT) is written against one interface:
 
-1. `evaluator.predict(inputs)` gets a batch's *inputs* only (window tokens `x_BxL`
-   and the positions to score `pos_BxS`) and returns logits [B, S, V] at those positions;
+1. `evaluator.predict(inputs)` gets a batch's *inputs* only (window tokens `x_BxL`, the
+   positions to score `pos_BxS`, and `num_units`, how many leading rows are real) and
+   returns logits [B, S, V] at those positions;
 2. the harness turns them into a normalised log-distribution itself (log-softmax in
    fp32), looks the targets up, and adds NLL and bytes to float64 sums;
 3. only then, at the end of a block, it *reveals* the block's targets: the evaluator
@@ -70,22 +71,6 @@ class Objective:
     shared: bool = False
 
 
-def objective_reads(units: Units, obj: Objective) -> tuple[np.ndarray, np.ndarray]:
-    """Each unit's objective as a target range [a, b) (its hull; the batch's hull if shared)."""
-    n = len(units)
-    mask = obj.mask_BxF[:n]
-    tgt = units.start[:, None] + obj.pos_BxF[:n]
-    big = np.iinfo(np.int64).max
-    a = np.where(mask, tgt, big).min(axis=1)
-    b = np.where(mask, tgt + 1, -1).max(axis=1)
-    empty = ~mask.any(axis=1)
-    a, b = np.where(empty, 0, a), np.where(empty, 0, b)
-    if obj.shared and (~empty).any():
-        a = np.full(n, a[~empty].min())
-        b = np.full(n, b[~empty].max())
-    return a, b
-
-
 class Reveal:
     """What the harness hands an evaluator after a block: its targets, read through a log."""
 
@@ -137,15 +122,23 @@ def jit_predict(predict, mesh: Mesh):
     return jax.jit(predict, in_shardings=(rep, dat, dat), out_shardings=dat)
 
 
-_PREDICTS: dict = {}
+_COMPILED: dict = {}
+
+
+def cached(model, key, build):
+    """`build()` once per (model, key), so that later passes over val reuse its compile.
+
+    The entry holds the model (flax modules with config fields are unhashable), so its id stays its own.
+    """
+    k = (id(model), key)
+    if k not in _COMPILED:
+        _COMPILED[k] = (model, build())
+    return _COMPILED[k][1]
 
 
 def model_predict(model, mesh: Mesh):
-    """jit_predict(make_predict(model), mesh), one per (model, mesh): later passes reuse its compile."""
-    key = (id(model), mesh)
-    if key not in _PREDICTS:  # the value holds the model, so its id stays its own
-        _PREDICTS[key] = (model, mesh, jit_predict(make_predict(model), mesh))
-    return _PREDICTS[key][2]
+    """jit_predict(make_predict(model), mesh), compiled once per (model, mesh)."""
+    return cached(model, ("predict", mesh), lambda: jit_predict(make_predict(model), mesh))
 
 
 def _score(logits_BxSxV, y_BxS, mask_BxS):
@@ -193,7 +186,7 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
     acc = BpbAccumulator(evaluator.name)
     base_acc = BpbAccumulator(evaluator.name + " without fit")
     objective = getattr(evaluator, "objective", None)
-    unit_sums: list = []
+    unit_rows: list[np.ndarray] = []  # per batch: [units, 2] NLL sums with / without the fit
     nll_all = np.full(units.num_targets, np.nan) if record_nll else None
     ledger.compliant = ledger.compliant and evaluator.compliant
     ledger.notes.extend(n for n in evaluator.notes if n not in ledger.notes)
@@ -206,7 +199,7 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
                 sub = units.take(idx[start : start + rows])
                 arrays = gather_batch(val_tokens, sub, rows)
                 put = {k: mesh_lib.put_global_batch(mesh, arrays[k]) for k in ("x", "pos", "y", "mask")}
-                inputs = {"x_BxL": put["x"], "pos_BxS": put["pos"]}
+                inputs = {"x_BxL": put["x"], "pos_BxS": put["pos"], "num_units": len(sub)}
                 if objective is not None:
                     inputs.update(_fit_inputs(evaluator, objective(sub, rows), val_tokens, sub, ledger, mesh, b))
                 out = evaluator.predict(inputs)
@@ -214,46 +207,44 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
                 nll_BxS, nll_sum = score_jit(logits, put["y"], put["mask"])
                 nbytes = int(np.sum(np.where(arrays["mask"], target_bytes(lut, arrays["prev"], arrays["y"]), 0),
                                     dtype=np.int64))
-                tokens = int(arrays["mask"].sum())
-                pending.append((nll_sum, tokens, nbytes,
+                base_sum = None if base is None else score_jit(base, put["y"], put["mask"])[1]
+                pending.append((nll_sum, base_sum, len(sub), int(arrays["mask"].sum()), nbytes,
                                 (nll_BxS, arrays["target"], arrays["mask"]) if record_nll else None))
-                if base is not None:
-                    base_sum = score_jit(base, put["y"], put["mask"])[1]
-                    unit_sums.append((nll_sum, base_sum, len(sub), tokens, nbytes))
                 ledger.score(unit_ranges(sub))
                 bar.update(len(sub))
                 if len(pending) > 64:  # these batches finished long ago: no stall
-                    _drain(pending[:32], acc, nll_all)
+                    _drain(pending[:32], acc, nll_all, base_acc, unit_rows)
                     del pending[:32]
             reveal = Reveal(val_tokens, ledger.scored, b, len(blocks), evaluator.compliant)
             evaluator.update(reveal)
             if reveal.reads:
                 ledger.update(reveal.reads, block=b)
-        _drain(pending, acc, nll_all)
+        _drain(pending, acc, nll_all, base_acc, unit_rows)
         pending.clear()
     finally:
         bar.close()
-    unit_nll = None
-    if unit_sums:
-        sums = jax.device_get([(w, wo) for w, wo, *_ in unit_sums])
-        unit_nll = np.concatenate([np.stack([np.asarray(w, np.float64)[:n], np.asarray(wo, np.float64)[:n]], 1)
-                                   for (w, wo), (_, _, n, _, _) in zip(sums, unit_sums)])
-        for (_, wo), (*_, tokens, nbytes) in zip(sums, unit_sums):
-            base_acc.add(float(np.sum(np.asarray(wo, np.float64))), tokens, nbytes)
-    return HarnessResult(acc, ledger, nll_all, base_acc if unit_sums else None, unit_nll)
+    if not unit_rows:
+        return HarnessResult(acc, ledger, nll_all)
+    return HarnessResult(acc, ledger, nll_all, base_acc, np.concatenate(unit_rows))
 
 
 def _fit_inputs(evaluator, obj: Objective, val_tokens: np.ndarray, units: Units, ledger: Ledger, mesh: Mesh,
                 block: int) -> dict:
-    """The objective's targets (looked up by the harness), after the ledger's fit check."""
+    """The objective's targets (looked up by the harness), after the ledger's fit check.
+
+    Each unit's reads are the hull [a, b) of its objective's targets (the batch's hull if shared).
+    """
     n = len(units)
+    mask = obj.mask_BxF & (np.arange(len(obj.mask_BxF)) < n)[:, None]
     tgt = np.zeros_like(obj.pos_BxF, dtype=np.int64)
     tgt[:n] = units.start[:, None] + obj.pos_BxF[:n]
-    mask = obj.mask_BxF & (np.arange(len(obj.mask_BxF)) < n)[:, None]
     if (mask & ((tgt >= units.num_targets) | (obj.pos_BxF < 0))).any():
         raise ValueError(f"{evaluator.name}: an objective position lies outside its window's targets")
-    obj = Objective(obj.pos_BxF, mask, obj.shared)
-    a, b = objective_reads(units, obj)
+    used = mask[:n].any(axis=1)
+    a = np.where(used, np.where(mask[:n], tgt[:n], np.iinfo(np.int64).max).min(axis=1), 0)
+    b = np.where(used, np.where(mask[:n], tgt[:n] + 1, -1).max(axis=1), 0)
+    if obj.shared and used.any():
+        a, b = np.full(n, a[used].min()), np.full(n, b[used].max())
     bad = ledger.fit(a, b, units.first_target, unit_ranges(units), block=block)
     if bad and evaluator.compliant:
         raise ComplianceError(
@@ -266,11 +257,16 @@ def _fit_inputs(evaluator, obj: Objective, val_tokens: np.ndarray, units: Units,
             "obj_mask_BxF": mesh_lib.put_global_batch(mesh, mask)}
 
 
-def _drain(pending: list, acc: BpbAccumulator, nll_all) -> None:
-    """Read finished batches' sums (device → host) into the float64 accumulator."""
-    sums = jax.device_get([p[0] for p in pending])
-    for (_, tokens, nbytes, rec), rows in zip(pending, sums):
-        acc.add(float(np.sum(np.asarray(rows, np.float64))), tokens, nbytes)
+def _drain(pending: list, acc: BpbAccumulator, nll_all, base_acc: BpbAccumulator, unit_rows: list) -> None:
+    """Read finished batches' sums (device → host) into the float64 accumulators."""
+    sums = jax.device_get([(p[0], p[1]) for p in pending])
+    for (_, _, n, tokens, nbytes, rec), (rows, base_rows) in zip(pending, sums):
+        rows = np.asarray(rows, np.float64)
+        acc.add(float(np.sum(rows)), tokens, nbytes)
+        if base_rows is not None:
+            base_rows = np.asarray(base_rows, np.float64)
+            base_acc.add(float(np.sum(base_rows)), tokens, nbytes)
+            unit_rows.append(np.stack([rows[:n], base_rows[:n]], axis=1))
         if rec is not None:
             nll_BxS, target, mask = rec
             nll_all[target[mask]] = np.asarray(jax.device_get(nll_BxS), np.float64)[mask]

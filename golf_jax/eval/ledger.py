@@ -56,11 +56,10 @@ class Ledger:
         first[k] is the unit's first scored target (units in evaluation order) and
         `batch_scores` the ranges the batch will score. Returns how many units break
         score-before-fit (the harness refuses them for a compliant evaluator)."""
-        cols = {"a": reads_a, "b": reads_b, "first": first}
-        event = {"fit": {k: _runs(np.asarray(v, np.int64)) for k, v in cols.items()}, **info}
+        cols = {k: np.asarray(v, np.int64) for k, v in (("a", reads_a), ("b", reads_b), ("first", first))}
         check = _FitCheck()
-        check.add(event, self._scored, batch_scores)
-        self.events.append(event)
+        check.add(cols["a"], cols["b"], cols["first"], self._scored, batch_scores)
+        self.events.append({"fit": {k: _runs(v) for k, v in cols.items()}, **info})
         return check.own + check.unscored
 
     def to_json(self) -> dict:
@@ -97,7 +96,7 @@ class Ledger:
                     count.add(a, b)
             elif "fit" in e:
                 following = self.events[i + 1].get("score", []) if i + 1 < len(self.events) else []
-                fits.add(e, count._merged, following)
+                fits.add(*(_expand(e["fit"][k]) for k in ("a", "b", "first")), count._merged, following)
             else:
                 bad = [(a, b) for a, b in e["update"] if not count.covered(a, b)]
                 if bad:
@@ -131,9 +130,9 @@ class _FitCheck:
         self.units = self.own = self.unscored = 0
         self.example_own = self.example_unscored = ""
 
-    def add(self, event: dict, scored: list, following) -> None:
-        """`scored`: the disjoint union scored before the fit; `following`: the batch's scores."""
-        a, b, first = (_expand(event["fit"][k]) for k in ("a", "b", "first"))
+    def add(self, a: np.ndarray, b: np.ndarray, first: np.ndarray, scored: list, following) -> None:
+        """Units' reads [a, b) and first targets; `scored`: the disjoint union scored before
+        the fit; `following`: the batch's scores."""
         read = b > a
         later_first = np.minimum.accumulate(first[::-1])[::-1]  # the first target of this unit or any later one
         own = read & (b > later_first)

@@ -45,9 +45,10 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from golf_jax import mesh as mesh_lib
 from golf_jax.eval import adapt
-from golf_jax.eval.harness import Objective, Reveal
+from golf_jax.eval.harness import Objective, Reveal, cached
 from golf_jax.eval.slot_solver import SOLVERS, LbfgsSettings, SolveInfo, minimize
 from golf_jax.eval.windows import Units
+from golf_jax.model import layers
 
 MODES = ("context", "score_first", "pr1318", "pr1350", "pr675", "pr1306")
 COMPLIANT_MODES = ("context", "score_first")
@@ -88,7 +89,10 @@ def settings(s) -> LbfgsSettings:
 
 
 def objective(mode: str, units: Units, rows: int, focal: int) -> Objective:
-    """The window positions each unit's (or the batch's) δ is fitted on, [rows, F]."""
+    """The window positions each unit's (or the batch's) δ is fitted on, [rows, F].
+
+    Padding rows (p0 = s = wlen = count = 0) get an empty mask in every mode.
+    """
     n, L, S = len(units), units.seq_len, units.stride
     p0 = np.zeros(rows, np.int64)
     s_w = np.zeros(rows, np.int64)
@@ -118,7 +122,6 @@ def objective(mode: str, units: Units, rows: int, focal: int) -> Objective:
         mask = np.arange(S)[None] < count[:, None]
     else:
         raise ValueError(f"eval.slot.mode={mode!r}: use one of {MODES}")
-    mask = mask & (np.arange(rows) < n)[:, None]
     return Objective(np.where(mask, pos, 0).astype(np.int32), mask, shared=mode in SHARED)
 
 
@@ -148,20 +151,8 @@ def _logit_objective(base_FxV, y_F, mask_F):
 
 def _masked_ce(logits_FxV, y_F, mask_F):
     """Mean CE over the masked positions (0 when none): the SLOT objective."""
-    logp = jax.nn.log_softmax(logits_FxV.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, y_F[..., None], axis=-1)[..., 0]
     m = mask_F.astype(jnp.float32)
-    return jnp.sum(nll * m) / jnp.maximum(jnp.sum(m), 1.0)
-
-
-_COMPILED: dict = {}  # (model, mesh, settings) -> jitted batch function, so that passes share one compile
-
-
-def _compiled(slot: Slot, model, d_model: int):
-    key = (id(model), slot._mesh, tuple(sorted(slot._s.to_dict().items())))
-    if key not in _COMPILED:  # the value holds the model, so its id stays its own
-        _COMPILED[key] = (model, slot._mesh, jax.jit(slot._build(model, d_model)))
-    return _COMPILED[key][2]
+    return jnp.sum(layers.cross_entropy_BxT(logits_FxV, y_F) * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
 class Slot:
@@ -175,26 +166,25 @@ class Slot:
         self.notes = [WHY[s.mode] + " (non-compliant)"] if s.mode in WHY else []
         self._params = params
         self._focal = min(int(s.focal), seq_len - 1)
-        d_model = int(model.cfg.model_dim)
-        V = int(model.cfg.vocab_size)
-        self._dim = {"pr675": d_model + V, "pr1306": d_model}.get(s.mode, V)
-        self._carry = jnp.zeros((self._dim,), jnp.float32)
-        self._fn = _compiled(self, model, d_model)
+        # The δ a batch starts from: the previous batch's last one (score_first's chain, or a
+        # warm start of a logit-space mode), else zeros; the hidden-space modes start at 0.
+        self._carries = s.mode == "score_first" or (s.warm_start and s.mode not in HIDDEN)
+        self._carry = jnp.zeros((int(model.cfg.vocab_size),), jnp.float32)
+        settings_key = tuple(sorted(s.to_dict().items()))
+        self._fn = cached(model, ("slot", mesh, settings_key), lambda: jax.jit(self._build(model)))
         self._in_flight = adapt.InFlight()
         self._diag: list = []
-        self._valid = 0
 
     def objective(self, units: Units, rows: int) -> Objective:
-        self._valid = len(units)
         return objective(self.mode, units, rows, self._focal)
 
     def predict(self, inputs: dict) -> dict:
+        n = inputs["num_units"]
         logits, base, carry, diag = self._fn(self._params, inputs["x_BxL"], inputs["pos_BxS"], inputs["obj_pos_BxF"],
-                                             inputs["obj_y_BxF"], inputs["obj_mask_BxF"], self._carry,
-                                             np.int32(self._valid - 1))
-        warm = self._s.warm_start and self.mode not in HIDDEN
-        self._carry = carry if (warm or self.mode == "score_first") else self._carry
-        self._diag.append((diag, self._valid))
+                                             inputs["obj_y_BxF"], inputs["obj_mask_BxF"], self._carry, np.int32(n - 1))
+        if self._carries:
+            self._carry = carry
+        self._diag.append((diag, n))
         self._in_flight.push(carry)
         return {"logits": logits, "base_logits": base}
 
@@ -210,8 +200,9 @@ class Slot:
 
     # -- the per-batch function -----------------------------------------------------
 
-    def _build(self, model, d_model: int):
+    def _build(self, model):
         s, mode, mesh = self._s, self.mode, self._mesh
+        d_model = int(model.cfg.model_dim)
         opts = settings(s)
         clamp = float(s.clamp)
         bf16_add = bool(s.bf16_add)
@@ -265,7 +256,7 @@ class Slot:
 
                 def solve_row(hF_row, y, m, hS_row):
                     fun = lambda th: _masked_ce(head(hF_row + th[:d_model], th[d_model:]), y, m)  # noqa: E731
-                    th, info = minimize(fun, jnp.zeros_like(delta0), opts, s.solver, calls=int(s.steps))
+                    th, info = minimize(fun, jnp.zeros(d_model + delta0.shape[0]), opts, s.solver, calls=int(s.steps))
                     return th, info, head(hS_row + th[:d_model], th[d_model:])
 
                 delta, info, logits = jax.vmap(solve_row)(hF.astype(jnp.float32), oy, omask, hS.astype(jnp.float32))
@@ -281,7 +272,7 @@ class Slot:
                     upd, st = tx.update(g, st, d)
                     return (optax.apply_updates(d, upd), st), None
 
-                d0 = jnp.zeros_like(delta0)
+                d0 = jnp.zeros((d_model,), jnp.float32)
                 (d, _), _ = jax.lax.scan(adam_step, (d0, tx.init(d0)), None, length=int(s.steps))
                 delta = jnp.broadcast_to(d, (b, d.shape[0]))
                 steps = jnp.full((b,), int(s.steps), jnp.int32)

@@ -229,20 +229,23 @@ def _two_loop(g, s: TorchLbfgsState, h_diag, num_old):
     return r
 
 
+class _StepLoop(NamedTuple):
+    """The carry of one .step() call's iteration loop."""
+
+    st: TorchLbfgsState
+    f: jax.Array
+    g: jax.Array
+    n_iter: jax.Array  # this call's iterations
+    evals: jax.Array  # this call's evaluations
+    stop: jax.Array
+
+
 def torch_lbfgs_step(vg, state: TorchLbfgsState, s: LbfgsSettings) -> TorchLbfgsState:
     """One torch LBFGS.step(closure): up to max_iter iterations, from `state`."""
     f0, g0 = vg(state.x)
     i32 = jnp.int32
 
-    class Loop(NamedTuple):
-        st: TorchLbfgsState
-        f: jax.Array
-        g: jax.Array
-        n_iter: jax.Array  # this call's iterations
-        evals: jax.Array  # this call's evaluations
-        stop: jax.Array
-
-    def body(c: Loop) -> Loop:
+    def body(c: _StepLoop) -> _StepLoop:
         st = c.st
         total = st.n_iter + 1
         first = total == 1
@@ -274,10 +277,10 @@ def torch_lbfgs_step(vg, state: TorchLbfgsState, s: LbfgsSettings) -> TorchLbfgs
                 | (jnp.max(jnp.abs(d * t)) <= s.tolerance_change) | (jnp.abs(f - c.f) < s.tolerance_change))
         new = TorchLbfgsState(x, d, t, dirs, stps, ro, num_old.astype(i32), h_diag, c.g, c.f, total,
                               st.func_evals + jnp.where(descent, ls_evals, 0))
-        return Loop(new, f, g, n_iter, evals, stop)
+        return _StepLoop(new, f, g, n_iter, evals, stop)
 
     converged = jnp.max(jnp.abs(g0)) <= s.tolerance_grad
-    start = Loop(state._replace(func_evals=state.func_evals + 1), f0, g0, i32(0), i32(1), converged)
+    start = _StepLoop(state._replace(func_evals=state.func_evals + 1), f0, g0, i32(0), i32(1), converged)
     out = jax.lax.while_loop(lambda c: ~c.stop, body, start)
     return out.st
 
