@@ -3,14 +3,16 @@ recipe, the GPTQ int6 export and its evaluation: round trip, sliding s64, TTT, S
 
 `get_config()` (= "legal") is compliant: the TTT stage is the reference's (AdamW lr
 1e-3, 1 epoch, blocks 0–9 frozen in the banked reference's scalar-only sense) run
-score-first, and SLOT fits a δ per window on its already-scored context only
-(eval.slot.mode=context, golf_jax/eval/slot.py).
+score-first, SLOT fits a δ per window on its already-scored context only
+(eval.slot.mode=context, golf_jax/eval/slot.py), and training stops 12 s early so that
+GPTQ's calibration on training data ends inside the 600 s (export.reserve_seconds, as
+the merged records do).
 
 `--config=configs/record.py:pr1318` reproduces the reference's evaluation and is
 non-compliant (reference §6.3, §6.4): TTT's 1-token lookahead (`eval.ttt.lookahead`),
 its adapted weights carried into SLOT (`eval.ttt.carry`), the re-scored tail
-(`eval.sliding.window_rule=reference`), GPTQ calibrated on val
-(`export.calib_source=val`), and the reference's SLOT: one δ per batch of 32 windows
+(`eval.sliding.window_rule=reference`), GPTQ calibrated on val after the training clock
+(`export.calib_source=val`, no reserve), and the reference's SLOT: one δ per batch of 32 windows
 fitted on positions [1920, 2047) that include the scored ones, bf16 addition,
 L-BFGS 25 iterations / history 20, warm start, clamp ±5. See docs/differences.md.
 """
@@ -82,6 +84,7 @@ def get_config(variant: str = "legal"):
     e.gptq_damp = 0.005
     e.calib_source = "train"  # the reference calibrates on val tokens: --config.export.calib_source=val (non-compliant)
     e.calib_seqs = 256
+    e.reserve_seconds = 12.0  # train 588 s so that calibration on training data ends inside the 600 s (merged records)
 
     v = c.eval
     v.stages = "roundtrip,sliding,ttt"
@@ -101,7 +104,7 @@ def get_config(variant: str = "legal"):
     v.stages = "roundtrip,sliding,ttt,slot"
     if variant == "pr1318":
         c.name = "record_pr1318"
-        e.calib_source = "val"
+        e.calib_source, e.reserve_seconds = "val", 0.0
         v.sliding.window_rule = "reference"
         v.ttt.lookahead, v.ttt.carry = True, True
         v.slot.mode = "pr1318"

@@ -113,7 +113,38 @@ def base_config() -> ml_collections.ConfigDict:
     c.export.reserve_seconds = 0.0  # stop training this much before the wallclock cap
 
     c.eval = eval_config()
+    c.audit = audit_config()
     return c
+
+
+def audit_config() -> ml_collections.ConfigDict:
+    """The compliance audit (golf_jax/audit): which slice, what geometry, how many probes.
+
+    It reruns the config's evaluation on a small slice of real validation text, scaled
+    down but structurally identical (variants-and-compliance §5.2): short windows, small
+    chunks, ≥ 2 windows per batch, ≥ 2 devices. By default the model is a random one of
+    the config's architecture at a small size: legality is a property of the procedure,
+    and a small model keeps the audit's hundred-odd reruns to a few minutes on a CPU.
+    """
+    a = ml_collections.ConfigDict()
+    a.enabled = True  # train / evaluate audit their own evaluation and embed the verdict in the summary
+    a.source = "auto"  # "auto": val shards if data.source=dir, else ../shared/data FineWeb-200, else the config's val
+    a.tokens = 4096  # targets in the slice (cut to whole audit windows)
+    a.seq_len = 128  # eval window length in the audit; 0 = the config's
+    a.stride = 32  # sliding stride in the audit; 0 = the config's
+    a.chunk_tokens = 512  # TTT chunk (and pre-quant TTT's parallel chunk) in the audit; 0 = the config's
+    a.batch_windows = 8  # windows per forward in the audit
+    a.flips = 8  # flip-test positions (each reruns the whole procedure)
+    a.probes = 2  # counterfactual-sum positions (each reruns a short stream once per vocabulary entry)
+    a.probe_vocab = 32  # the counterfactual sum's random model has this vocabulary (token ids mod it); 0 = the config's
+    a.normalization_positions = 64  # targets whose full distribution is checked
+    a.seed = 0  # positions, replacement tokens and the random model
+    a.weights = "random"  # "random": a small random model | "artifact": the artifact's (or the run's) weights
+    a.model_dim = 64  # the random model's width (heads, rope and side tables scale with it)
+    a.num_layers = 2  # the random model's depth (value embeddings and XSA stay on the last layers); 0 = the config's
+    a.noise_std = 0.05  # the random model's weights: init + N(0, σ²), so that every path depends on its input
+    a.target_hardware = "8xH100"  # timings count against the budgets only when measured on this
+    return a
 
 
 def eval_config() -> ml_collections.ConfigDict:

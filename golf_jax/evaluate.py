@@ -1,8 +1,9 @@
 """`python -m golf_jax.evaluate --config=configs/X.py --artifact=RUN_DIR/model.golfjax [--config.eval.…]`
 
 Runs the config's eval stages on an existing artifact, prints a line
-`eval <stage>: val_bpb <value> (<seconds> s)` per stage, and writes `eval.json` (and
-the stages' ledgers) into a new run dir `<train.run_dir>/<name>-eval-<timestamp>/`.
+`eval <stage>: val_bpb <value> (<seconds> s)` per stage, audits the procedure
+(golf_jax/audit; audit.enabled) and writes `eval.json` (with the verdict), the stages'
+ledgers and `audit.json` into a new run dir `<train.run_dir>/<name>-eval-<timestamp>/`.
 """
 
 from __future__ import annotations
@@ -32,10 +33,17 @@ def evaluate(cfg, artifact: str) -> dict:
     out: dict = {"status": "running", "artifact": str(artifact), "run_dir": str(run.path)}
     t0 = time.perf_counter()
     with run.recording(out, "eval.json", what="evaluation"):
-        results = pipeline.evaluate_artifact(cfg, artifact, mesh=mesh, run=run, log=run.log)
+        loaded = pipeline.load_artifact_model(cfg, artifact, mesh)
+        results = pipeline.evaluate_artifact(cfg, artifact, mesh=mesh, run=run, log=run.log, loaded=loaded)
         out.update(pipeline.evaluation_summary(cfg, results, time.perf_counter() - t0))
         for name, r in results.items():
             print(f"eval {name}: val_bpb {r.val_bpb:.6f} ({r.seconds:.1f} s)", flush=True)
+        if cfg.audit.enabled:
+            from golf_jax.audit.run import run_audit
+
+            report = run_audit(cfg, mesh, artifact=artifact, trained=loaded, summary=out, log=run.log)
+            out.update(pipeline.audited(out, report, run))
+        print(f"compliance: {out['compliance']}", flush=True)
     return out
 
 

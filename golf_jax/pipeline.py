@@ -1,5 +1,5 @@
 """The whole job as named stages: data → fit → average → [pre-quant TTT] → calibrate +
-export → round trip → the eval stages of `eval.stages` → summary.
+export → round trip → the eval stages of `eval.stages` → audit → summary.
 
 Each stage is a function with explicit inputs and outputs; `Stages` times and logs
 them. Everything after the fit stage's clock stops counts against the challenge's
@@ -20,6 +20,7 @@ from flax import serialization
 from jax.experimental import multihost_utils
 
 from golf_jax import codebytes
+from golf_jax.audit.run import run_audit
 from golf_jax import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax.data import source
@@ -173,26 +174,55 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict) -
                                          plain_eval=plain_eval)
     post_s = time.perf_counter() - t_post
     summary.update(evaluation_summary(cfg, results, post_s, stage.seconds))
+    if cfg.audit.enabled:
+        with stage("audit"):
+            report = run_audit(cfg, mesh, artifact=info.path, trained=(model, rt_params), summary=summary,
+                               log=run.log)
+        summary.update(audited(summary, report, run))
     if "roundtrip" in results:
         summary.update(roundtrip_val_loss=results["roundtrip"].val_loss, roundtrip_val_bpb=results["roundtrip"].val_bpb)
-    run.log(f"final val_bpb {summary['val_bpb']:.4f} ({summary['final_stage']}, {summary['compliance']}) "
+    run.log(f"final {summary['compliance']}: {summary['val_bpb']:.4f} ({summary['final_stage']}) "
             f"artifact_bytes {info.total_bytes:,}")
     run.log(f"evaluation time {post_s:.1f}s after the training clock (budget {cfg.eval.budget_seconds:.0f}s on "
             f"{summary['eval_budget']['hardware']}): {'fits' if summary['eval_budget']['fits'] else 'OVER'}")
 
 
-def evaluate_artifact(cfg, artifact: str | Path, mesh=None, run: RunDir | None = None, log=print) -> dict:
-    """{stage: StageResult} of the config's eval stages on the params rebuilt from the artifact alone.
+def load_artifact_model(cfg, artifact: str | Path, mesh) -> tuple:
+    """(model, params replicated on the mesh) rebuilt from the artifact alone."""
+    model = model_lib.build_model(cfg.model)
+    like = abstract_params(model, cfg.train.seq_len)
+    return model, jax.device_put(export.load_artifact(Path(artifact), like), mesh_lib.replicated(mesh))
+
+
+def evaluate_artifact(cfg, artifact: str | Path, mesh=None, run: RunDir | None = None, log=print,
+                      loaded: tuple | None = None) -> dict:
+    """{stage: StageResult} of the config's eval stages on the params rebuilt from the artifact alone
+    (`loaded`: its load_artifact_model, when the caller already has it).
 
     Pre-quant TTT is not among them: it adapts the float weights before export.
     """
     eval_stages.check_config(cfg)
     mesh = mesh or mesh_lib.make_mesh()
     data = load_data(cfg, run)
-    model = model_lib.build_model(cfg.model)
-    like = abstract_params(model, cfg.train.seq_len)
-    params = jax.device_put(export.load_artifact(Path(artifact), like), mesh_lib.replicated(mesh))
+    model, params = loaded or load_artifact_model(cfg, artifact, mesh)
     return eval_stages.run_stages(cfg, model, params, data.val_tokens, data.lut, mesh, run=run, log=log)
+
+
+OFFICIAL, NONCOMPLIANT, UNAUDITED = "val_bpb (official)", "non-compliant (reproduction)", "unaudited"
+
+
+def audited(summary: dict, report: dict, run: RunDir | None = None) -> dict:
+    """The summary's compliance after the audit: official only if no flag and no check fails.
+
+    The report goes to `audit.json` in the run dir; the summary keeps one line per check.
+    """
+    if run is not None and run.is_writer:
+        run.write_json("audit.json", report)
+    failed = [f"audit {c['name']}: {c['evidence']}" for c in report["checks"] if c["status"] == "FAIL"]
+    reasons = list(dict.fromkeys(summary.get("noncompliance", []) + failed))
+    return {"audit": {"verdict": report["verdict"], "seconds": report["seconds"],
+                      "checks": {c["name"]: f"{c['status']}: {c['evidence']}" for c in report["checks"]}},
+            "noncompliance": reasons, "compliance": NONCOMPLIANT if reasons else OFFICIAL}
 
 
 def hardware_name(cfg) -> str:
@@ -218,7 +248,7 @@ def evaluation_summary(cfg, results: dict, post_seconds: float, stage_seconds: d
         "final_stage": final,
         "val_bpb": results[final].val_bpb,
         "val_loss": results[final].val_loss,
-        "compliance": "non-compliant (reproduction)" if reasons else "compliant",
+        "compliance": NONCOMPLIANT if reasons else UNAUDITED,  # official only after the audit (`audited`)
         "noncompliance": reasons,
         "stage_seconds": stage_seconds or {},
         "eval_budget": {"seconds": post_seconds, "budget_seconds": float(cfg.eval.budget_seconds),

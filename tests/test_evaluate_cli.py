@@ -17,6 +17,10 @@ TINY = {
     "train.iterations": 12, "train.log_every": 6, "eval.max_tokens": 8193, "eval.batch_tokens": 4096,
     "eval.stages": "roundtrip,sliding,ttt", "eval.sliding.stride": 64, "eval.sliding.batch_windows": 16,
     "eval.ttt.chunk_tokens": 2048, "eval.ttt.epochs": 1, "eval.ttt.batch_seqs": 16,
+    # The audit with the run's own weights and eval geometry (its compiles are the eval's); C3 is test_audit's.
+    "audit.weights": "artifact", "audit.seq_len": 0, "audit.stride": 0, "audit.chunk_tokens": 0,
+    "audit.tokens": 1024, "audit.flips": 1, "audit.probes": 0, "audit.normalization_positions": 8,
+    "audit.batch_windows": 16,
 }
 
 
@@ -48,6 +52,9 @@ def test_pipeline_runs_named_stages_and_labels_prequant_ttt(prequant_run):
     assert list(summary["eval"]) == ["roundtrip", "sliding", "ttt"] and summary["final_stage"] == "ttt"
     assert summary["compliance"] == "non-compliant (reproduction)"
     assert any("prequant_ttt" in r for r in summary["noncompliance"])
+    audit = summary["audit"]
+    assert audit["verdict"] == "FAIL" and audit["checks"]["pre-quant TTT"].startswith("FAIL")
+    assert audit["checks"]["flip test"].startswith("FAIL")  # weights trained on the slice move earlier scores
     for stage, r in summary["eval"].items():
         assert not r["compliant"] and any("second pass" in p for p in r["ledger_problems"])
         assert (run_dir / f"ledger_{stage}.json").exists()
@@ -65,6 +72,8 @@ def test_evaluate_cli_reproduces_the_stages_from_the_artifact(prequant_run, tmp_
     (eval_dir,) = tmp_path.iterdir()
     out = json.loads((eval_dir / "eval.json").read_text())
     assert out["status"] == "ok" and out["compliance"] == "non-compliant (reproduction)"  # the config says so
+    assert out["audit"]["verdict"] == "FAIL" and (eval_dir / "audit.json").exists()
+    assert "compliance: non-compliant (reproduction)" in proc.stdout
     # From the artifact alone, the ledgers of a legal procedure are clean.
     assert all(r["ledger_problems"] == [] for r in out["eval"].values())
 

@@ -32,10 +32,10 @@ def test_readme_train_command_runs_and_lowers_the_loss(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # as a user runs it: 1 CPU device
     proc = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(r"final val_bpb \d+\.\d+ \(roundtrip, compliant\) artifact_bytes [\d,]+", proc.stdout)
+    assert re.search(r"final val_bpb \(official\): \d+\.\d+ \(roundtrip\) artifact_bytes [\d,]+", proc.stdout)
     (run_dir,) = tmp_path.iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "ok"
+    assert summary["status"] == "ok" and summary["audit"]["verdict"] == "PASS"
     assert 0 < summary["roundtrip_val_bpb"] < 5 and summary["artifact_bytes"] > summary["weight_bytes"] > 0
     losses = [json.loads(l)["loss"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
     assert losses[0] > 6.5  # ≈ ln(1024) at init

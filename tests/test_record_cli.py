@@ -19,6 +19,10 @@ TINY = {
     "train.max_wallclock_seconds": 0, "train.val_every": 0, "train.log_every": 10,
     "eval.batch_tokens": 8192, "schedule.mode": "iterations", "schedule.warmdown_iters": 20,
     "opt.muon_momentum_warmup_steps": 10, "eval.max_tokens": 16385, "eval.ttt.chunk_tokens": 4096, "export.calib_seqs": 8,
+    # The audit with the run's own weights and eval geometry (its compiles are the eval's); C3 is test_audit's.
+    "audit.weights": "artifact", "audit.seq_len": 0, "audit.stride": 0, "audit.chunk_tokens": 0,
+    "audit.tokens": 1024, "audit.flips": 1, "audit.probes": 0, "audit.normalization_positions": 8,
+    "audit.batch_windows": 32,
 }
 
 
@@ -37,7 +41,10 @@ def test_record_config_shrunk_by_overrides_trains_and_exports(tmp_path):
     assert summary["calibration_on_val"] is False
     assert 0 < summary["roundtrip_val_bpb"] < 10
     # The record's eval stages: round trip, sliding s64, the reference's TTT run score-first, context SLOT.
-    assert sorted(summary["eval"]) == ["roundtrip", "sliding", "slot", "ttt"] and summary["compliance"] == "compliant"
+    assert sorted(summary["eval"]) == ["roundtrip", "sliding", "slot", "ttt"]
+    # The audit reran the legal procedure and every check passed: the score is official.
+    assert summary["compliance"] == "val_bpb (official)" and summary["audit"]["verdict"] == "PASS"
+    assert (run_dir / "audit.json").exists() and "stage audit:" in proc.stdout
     assert summary["eval"]["slot"]["mode"] == "context" and summary["eval"]["slot"]["compliant"]
     assert summary["eval"]["ttt"]["mode"] == "pr1318" and summary["eval"]["ttt"]["train_steps"] == 3
     assert summary["eval"]["sliding"]["val_bpb"] <= summary["roundtrip_val_bpb"] + 0.05

@@ -11,7 +11,6 @@ from flax import traverse_util
 
 from configs import record as record_config
 from golf_jax import model as model_lib
-from golf_jax.model import record
 from golf_jax.model.record_layers import linear_override_init, rope_base_for
 from golf_jax.train import recipe as recipe_lib
 from golf_jax.optim.build import build_optimizer, count_by_label

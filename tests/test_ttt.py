@@ -65,7 +65,9 @@ def test_zero_lr_ttt_is_the_sliding_eval(tiny_lm):
 
 
 def test_lookahead_is_caught_by_the_ledger(tiny_lm):
+    val = tiny_lm[3].copy()
     res = _run(tiny_lm, _cfg(tiny_lm, mode="pr1318", optimizer="adamw", lr=1e-3, lookahead=True))
+    np.testing.assert_array_equal(tiny_lm[3], val)  # the shifted last sequence is built in a copy, not in val
     r = res["ttt"]
     assert not r.ledger.compliant
     assert any("score before update" in p and f"[0, {CHUNK + 1})" in p for p in r.problems), r.problems

@@ -19,6 +19,7 @@ import numpy as np
 from flax import traverse_util
 
 from golf_jax import mesh as mesh_lib
+from golf_jax.eval.compiled import cached
 from golf_jax.model import layers
 from golf_jax.optim import step as optim_step
 
@@ -42,17 +43,24 @@ def lm_loss(model):
     return loss_fn
 
 
-def init_state(tx, params, mesh):
-    """The replicated StepState (params + optimizer state) an adaptation starts from."""
-    return jax.jit(lambda p: optim_step.StepState(p, tx.init(p)), out_shardings=mesh_lib.replicated(mesh))(params)
+def lm_trainer(model, tx, mesh, key):
+    """(init, step), jitted once per (model, mesh, key): `init(params)` is the replicated
+    StepState an adaptation starts from; `step(state, batch)` the LM gradient step on
+    batches {x, y, w, hparams} split over the data mesh (state donated).
 
+    `key` must identify `tx` (its settings; the params' structure is the model's), so that
+    every pass with the same settings reuses one compile.
+    """
 
-def jit_lm_step(model, tx, mesh):
-    """The jitted LM gradient step on batches {x, y, w} split over the data mesh (state donated)."""
-    rep, dat = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-    return jax.jit(optim_step.make_step(lm_loss(model), tx),
-                   in_shardings=(rep, {"x": dat, "y": dat, "w": dat, "hparams": rep}),
-                   out_shardings=(rep, rep), donate_argnums=(0,))
+    def build():
+        rep, dat = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
+        init = jax.jit(lambda p: optim_step.StepState(p, tx.init(p)), out_shardings=rep)
+        step = jax.jit(optim_step.make_step(lm_loss(model), tx),
+                       in_shardings=(rep, {"x": dat, "y": dat, "w": dat, "hparams": rep}),
+                       out_shardings=(rep, rep), donate_argnums=(0,))
+        return init, step
+
+    return cached(model, ("lm_trainer", mesh, key), build)
 
 
 class InFlight:
@@ -129,7 +137,7 @@ def cosine(i: int, n: int) -> float:
 def sequences(tokens: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Non-overlapping (x, y) rows from a token span val[a : b+1] (⌊(b-a)/seq_len⌋ rows)."""
     n = (len(tokens) - 1) // seq_len
-    span = np.asarray(tokens[: n * seq_len + 1], np.int32)
+    span = np.array(tokens[: n * seq_len + 1], np.int32)  # a copy: callers edit rows (TTT's lookahead)
     return span[:-1].reshape(n, seq_len), span[1:].reshape(n, seq_len)
 
 

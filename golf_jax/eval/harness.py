@@ -4,8 +4,9 @@ Every evaluator (a fixed model, TTT, later SLOT) is written against one interfac
 
 1. `evaluator.predict(inputs)` gets a batch's *inputs* only (window tokens `x_BxL`, the
    positions to score `pos_BxS`, and `num_units`, how many leading rows are real) and
-   returns logits [B, S, V] at those positions;
-2. the harness turns them into a normalised log-distribution itself (log-softmax in
+   returns logits [B, S, V] at those positions (or {"logp": ...}, its own
+   log-distribution, which the harness checks sums to 1);
+2. the harness turns logits into a normalised log-distribution itself (log-softmax in
    fp32), looks the targets up, and adds NLL and bytes to float64 sums;
 3. only then, at the end of a block, it *reveals* the block's targets: the evaluator
    reads tokens through `Reveal.read`, which logs every range it reads;
@@ -26,6 +27,7 @@ names it. The ledger (golf_jax/eval/ledger.py) records ranges, not rows.
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from typing import Iterable, Protocol
@@ -39,8 +41,12 @@ from tqdm import tqdm
 from golf_jax import mesh as mesh_lib
 from golf_jax.data.tokenizer import ByteLUT, target_bytes
 from golf_jax.eval.bpb import BpbAccumulator
+from golf_jax.eval.compiled import cached
 from golf_jax.eval.ledger import Ledger
 from golf_jax.eval.windows import Units, gather_batch, unit_ranges
+
+
+NORMALIZATION_TOL = 1e-5  # |log Σ_v p(v)| of an evaluator's own fp32 log-distribution (variants §5.2, C2)
 
 
 class ComplianceError(RuntimeError):
@@ -52,8 +58,10 @@ class Evaluator(Protocol):
     compliant: bool  # False: a flag put it outside the harness's guarantees
     notes: list[str]  # why it is non-compliant, or what it does
 
-    def predict(self, inputs: dict) -> jax.Array:
-        """Logits [B, S, V] at inputs["pos_BxS"] of windows inputs["x_BxL"] (device arrays)."""
+    def predict(self, inputs: dict) -> jax.Array | dict:
+        """Logits [B, S, V] at inputs["pos_BxS"] of windows inputs["x_BxL"] (device arrays);
+        or a dict: {"logits", "base_logits"} (SLOT: with and without its fit) or {"logp"}
+        (a log-distribution of the evaluator's own, used as it is)."""
 
     def update(self, reveal: Reveal) -> None:
         """Adapt from the targets just revealed (read through reveal.read)."""
@@ -85,7 +93,7 @@ class Reveal:
         return self.block == self.num_blocks - 1
 
     def read(self, a: int, b: int) -> np.ndarray:
-        """Tokens val[a : b+1]: the inputs and targets of targets [a, b)."""
+        """A copy of tokens val[a : b+1]: the inputs and targets of targets [a, b)."""
         if a < 0 or b > len(self._val) - 1 or b <= a:
             raise ValueError(f"Reveal.read({a}, {b}): targets must lie in [0, {len(self._val) - 1})")
         if self._compliant and not self._scored(a, b):
@@ -93,7 +101,7 @@ class Reveal:
                 f"evaluator read targets [{a}, {b}) before they were scored; only scored targets may be "
                 "trained on (mark the evaluator non-compliant to reproduce such a procedure)")
         self.reads.append((a, b))
-        return self._val[a : b + 1]
+        return self._val[a : b + 1].copy()  # a copy: an evaluator that edits what it read cannot edit val
 
 
 @dataclass
@@ -103,6 +111,8 @@ class HarnessResult:
     nll: np.ndarray | None = None  # per target (NaN where unscored; the last score wins), when asked
     base_acc: BpbAccumulator | None = None  # the same windows scored with predict's "base_logits", if any
     unit_nll: np.ndarray | None = None  # [units, 2] float64 NLL sums (with, without) when base logits exist
+    max_abs_logsumexp: float | None = None  # worst |log Σ p| of an evaluator's own "logp" (None: logits)
+    probes: dict | None = None  # {target: (logp float32 [V], recorded NLL)} at the asked targets
 
 
 def make_predict(model):
@@ -122,20 +132,6 @@ def jit_predict(predict, mesh: Mesh):
     return jax.jit(predict, in_shardings=(rep, dat, dat), out_shardings=dat)
 
 
-_COMPILED: dict = {}
-
-
-def cached(model, key, build):
-    """`build()` once per (model, key), so that later passes over val reuse its compile.
-
-    The entry holds the model (flax modules with config fields are unhashable), so its id stays its own.
-    """
-    k = (id(model), key)
-    if k not in _COMPILED:
-        _COMPILED[k] = (model, build())
-    return _COMPILED[k][1]
-
-
 def model_predict(model, mesh: Mesh):
     """jit_predict(make_predict(model), mesh), compiled once per (model, mesh)."""
     return cached(model, ("predict", mesh), lambda: jit_predict(make_predict(model), mesh))
@@ -143,10 +139,23 @@ def model_predict(model, mesh: Mesh):
 
 def _score(logits_BxSxV, y_BxS, mask_BxS):
     """Per-position NLL from the harness's own log-softmax (a normalised distribution)."""
-    logp = jax.nn.log_softmax(logits_BxSxV.astype(jnp.float32), axis=-1)
+    return _score_logp(jax.nn.log_softmax(logits_BxSxV.astype(jnp.float32), axis=-1), y_BxS, mask_BxS)[:2]
+
+
+def _score_logp(logp_BxSxV, y_BxS, mask_BxS):
+    """Per-position NLL from a given log-distribution, per-row sums (no cross-device
+    reduction: the host adds in float64), and per row the worst |log Σ_v p(v)|."""
+    logp = logp_BxSxV.astype(jnp.float32)
     nll = -jnp.take_along_axis(logp, y_BxS[..., None], axis=-1)[..., 0]
     nll = jnp.where(mask_BxS, nll, 0.0)
-    return nll, jnp.sum(nll, axis=-1)  # per-row sums: no cross-device reduction (the host adds in float64)
+    lse = jnp.where(mask_BxS, jnp.abs(jax.nn.logsumexp(logp, axis=-1)), 0.0)
+    return nll, jnp.sum(nll, axis=-1), jnp.max(lse, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames="is_logits")
+def _probe_logp(out_BxSxV, rows, cols, is_logits: bool = True):
+    picked = out_BxSxV[rows, cols].astype(jnp.float32)
+    return jax.nn.log_softmax(picked, axis=-1) if is_logits else picked
 
 
 class FixedModel:
@@ -173,16 +182,27 @@ def batch_rows(batch_windows: int, mesh: Mesh) -> int:
     return max(n, -(-batch_windows // n) * n)
 
 
+def _score_fns(mesh: Mesh):
+    dat = mesh_lib.data_sharded(mesh)
+    return (jax.jit(_score, in_shardings=(dat,) * 3, out_shardings=(dat, dat)),
+            jax.jit(_score_logp, in_shardings=(dat,) * 3, out_shardings=(dat, dat, dat)))
+
+
 def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iterable[np.ndarray], lut: ByteLUT,
-        mesh: Mesh, rows: int, ledger: Ledger, record_nll: bool = False) -> HarnessResult:
+        mesh: Mesh, rows: int, ledger: Ledger, record_nll: bool = False, enforce: bool = True,
+        probe_targets=None) -> HarnessResult:
     """Score `units` block by block (each block an index array into units, in order).
 
     Within a block, units are batched `rows` at a time; after the whole block is scored
-    the evaluator is given a Reveal of it and may update.
+    the evaluator is given a Reveal of it and may update. `enforce=False` (the audit)
+    lets every evaluator read ahead, so that the ledger, not an exception, shows it;
+    `probe_targets` keeps the full log-distribution at those targets.
     """
     blocks = list(blocks)
-    dat = mesh_lib.data_sharded(mesh)
-    score_jit = jax.jit(_score, in_shardings=(dat,) * 3, out_shardings=(dat, dat))
+    score_jit, score_logp_jit = cached(None, ("score", mesh), lambda: _score_fns(mesh))
+    probes = None if probe_targets is None else {}
+    probe_set = np.asarray(sorted(probe_targets or ()), np.int64)
+    worst_lse: list = []
     acc = BpbAccumulator(evaluator.name)
     base_acc = BpbAccumulator(evaluator.name + " without fit")
     objective = getattr(evaluator, "objective", None)
@@ -201,10 +221,19 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
                 put = {k: mesh_lib.put_global_batch(mesh, arrays[k]) for k in ("x", "pos", "y", "mask")}
                 inputs = {"x_BxL": put["x"], "pos_BxS": put["pos"], "num_units": len(sub)}
                 if objective is not None:
-                    inputs.update(_fit_inputs(evaluator, objective(sub, rows), val_tokens, sub, ledger, mesh, b))
+                    inputs.update(_fit_inputs(evaluator, objective(sub, rows), val_tokens, sub, ledger, mesh, b,
+                                              enforce))
                 out = evaluator.predict(inputs)
-                logits, base = (out["logits"], out.get("base_logits")) if isinstance(out, dict) else (out, None)
-                nll_BxS, nll_sum = score_jit(logits, put["y"], put["mask"])
+                if isinstance(out, dict) and "logp" in out:
+                    dist, base, is_logits = out["logp"], None, False
+                    nll_BxS, nll_sum, lse = score_logp_jit(dist, put["y"], put["mask"])
+                    worst_lse.append(lse)
+                else:
+                    dist, base = (out["logits"], out.get("base_logits")) if isinstance(out, dict) else (out, None)
+                    is_logits = True
+                    nll_BxS, nll_sum = score_jit(dist, put["y"], put["mask"])
+                if probe_set.size:
+                    _collect_probes(probes, probe_set, arrays, dist, nll_BxS, is_logits)
                 nbytes = int(np.sum(np.where(arrays["mask"], target_bytes(lut, arrays["prev"], arrays["y"]), 0),
                                     dtype=np.int64))
                 base_sum = None if base is None else score_jit(base, put["y"], put["mask"])[1]
@@ -215,7 +244,7 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
                 if len(pending) > 64:  # these batches finished long ago: no stall
                     _drain(pending[:32], acc, nll_all, base_acc, unit_rows)
                     del pending[:32]
-            reveal = Reveal(val_tokens, ledger.scored, b, len(blocks), evaluator.compliant)
+            reveal = Reveal(val_tokens, ledger.scored, b, len(blocks), evaluator.compliant and enforce)
             evaluator.update(reveal)
             if reveal.reads:
                 ledger.update(reveal.reads, block=b)
@@ -223,13 +252,26 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
         pending.clear()
     finally:
         bar.close()
+    lse = float(max(np.max(np.asarray(v)) for v in jax.device_get(worst_lse))) if worst_lse else None
     if not unit_rows:
-        return HarnessResult(acc, ledger, nll_all)
-    return HarnessResult(acc, ledger, nll_all, base_acc, np.concatenate(unit_rows))
+        return HarnessResult(acc, ledger, nll_all, max_abs_logsumexp=lse, probes=probes)
+    return HarnessResult(acc, ledger, nll_all, base_acc, np.concatenate(unit_rows), lse, probes)
+
+
+def _collect_probes(probes: dict, probe_set: np.ndarray, arrays: dict, dist, nll_BxS, is_logits: bool) -> None:
+    """The full log-distribution and the recorded NLL at the probed targets of this batch."""
+    hit = arrays["mask"] & np.isin(arrays["target"], probe_set)
+    if not hit.any():
+        return
+    rows, cols = np.nonzero(hit)
+    logp = np.asarray(jax.device_get(_probe_logp(dist, rows, cols, is_logits)))
+    nll = np.asarray(jax.device_get(nll_BxS), np.float64)[rows, cols]
+    for k, (r, c) in enumerate(zip(rows, cols)):
+        probes[int(arrays["target"][r, c])] = (logp[k], float(nll[k]))
 
 
 def _fit_inputs(evaluator, obj: Objective, val_tokens: np.ndarray, units: Units, ledger: Ledger, mesh: Mesh,
-                block: int) -> dict:
+                block: int, enforce: bool = True) -> dict:
     """The objective's targets (looked up by the harness), after the ledger's fit check.
 
     Each unit's reads are the hull [a, b) of its objective's targets (the batch's hull if shared).
@@ -246,7 +288,7 @@ def _fit_inputs(evaluator, obj: Objective, val_tokens: np.ndarray, units: Units,
     if obj.shared and used.any():
         a, b = np.full(n, a[used].min()), np.full(n, b[used].max())
     bad = ledger.fit(a, b, units.first_target, unit_ranges(units), block=block)
-    if bad and evaluator.compliant:
+    if bad and evaluator.compliant and enforce:
         raise ComplianceError(
             f"{evaluator.name}: {bad} unit(s) of block {block} would be scored with a δ fitted on targets not "
             "scored before them; only already-scored targets may enter a fit (mark the evaluator non-compliant "

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from golf_jax import mesh as mesh_lib
 from golf_jax.eval import adapt
+from golf_jax.eval.compiled import cached, settings_key
 from golf_jax.optim import step as optim_step
 from golf_jax.optim.build import build_adaptation_optimizer
 
@@ -80,7 +81,8 @@ def _data_parallel(model, tx, params, val_tokens, seq_len, p, mesh, log, trainab
     ranges = rank_ranges(x_all.shape[0], W)
     per = p.batch_seqs
     steps_per_epoch = -(-max(b - a for a, b in ranges) // per)
-    state, step = adapt.init_state(tx, params, mesh), adapt.jit_lm_step(model, tx, mesh)
+    init, step = adapt.lm_trainer(model, tx, mesh, ("prequant_ttt", settings_key(p)))
+    state = init(params)
     steps, in_flight = 0, adapt.InFlight()
     for e in range(p.epochs):
         hp = {"lr_scale": np.float32(adapt.cosine(e, p.epochs))}
@@ -112,6 +114,32 @@ def _parallel(model, tx, params, val_tokens, seq_len, p, mesh, log, trainable):
     chunks = parallel_chunks(val_tokens, seq_len, p.chunk_tokens)
     rows = max(max(c[0].shape[0] for c in chunks), 1)
     steps_per_epoch = -(-len(chunks) // W)
+    sharded_step, sharded_average, replicate, first = cached(
+        model, ("prequant_parallel", mesh, settings_key(p)), lambda: _parallel_fns(model, tx, mesh, trainable))
+    state = replicate(params)
+    steps, in_flight = 0, adapt.InFlight()
+    for e in range(p.epochs):
+        hp = {"lr_scale": np.float32(adapt.cosine(e, p.epochs))}
+        for k in range(steps_per_epoch):
+            parts, active = [], np.zeros((W,), bool)
+            for r in range(W):
+                c = r + k * W
+                x, y = chunks[c] if c < len(chunks) else (np.zeros((0, seq_len), np.int32),) * 2
+                active[r] = x.shape[0] > 0
+                parts.append(adapt.padded_rows(x, y, rows))
+            batch = {key: mesh_lib.put_global_batch(mesh, np.stack([q[key] for q in parts])) for key in ("x", "y", "w")}
+            state, loss_W = sharded_step(state, batch, mesh_lib.put_global_batch(mesh, active), hp)
+            steps += 1
+            in_flight.push(loss_W)
+        state = sharded_average(state)
+        log(f"prequant_ttt epoch {e + 1}/{p.epochs}: replicas averaged, mean loss "
+            f"{float(np.mean(np.asarray(loss_W))):.4f} lr_scale {float(hp['lr_scale']):.3f}")
+    return first(state), steps
+
+
+def _parallel_fns(model, tx, mesh: Mesh, trainable):
+    """The jitted pieces of the parallel mode: per-replica step, replica average, replicate, take one."""
+    W = mesh.devices.size
     rsh = NamedSharding(mesh, P(mesh_lib.DATA_AXIS))
     step = optim_step.make_step(adapt.lm_loss(model), tx)
 
@@ -135,23 +163,5 @@ def _parallel(model, tx, params, val_tokens, seq_len, p, mesh, log, trainable):
     sharded_average = jax.jit(jax.shard_map(average, mesh=mesh, in_specs=(spec,), out_specs=spec), donate_argnums=(0,))
     replicate = jax.jit(lambda q: jax.tree.map(lambda v: jnp.broadcast_to(v, (W, *v.shape)),
                                                optim_step.StepState(q, tx.init(q))), out_shardings=rsh)
-    state = replicate(params)
-    steps, in_flight = 0, adapt.InFlight()
-    for e in range(p.epochs):
-        hp = {"lr_scale": np.float32(adapt.cosine(e, p.epochs))}
-        for k in range(steps_per_epoch):
-            parts, active = [], np.zeros((W,), bool)
-            for r in range(W):
-                c = r + k * W
-                x, y = chunks[c] if c < len(chunks) else (np.zeros((0, seq_len), np.int32),) * 2
-                active[r] = x.shape[0] > 0
-                parts.append(adapt.padded_rows(x, y, rows))
-            batch = {key: mesh_lib.put_global_batch(mesh, np.stack([q[key] for q in parts])) for key in ("x", "y", "w")}
-            state, loss_W = sharded_step(state, batch, mesh_lib.put_global_batch(mesh, active), hp)
-            steps += 1
-            in_flight.push(loss_W)
-        state = sharded_average(state)
-        log(f"prequant_ttt epoch {e + 1}/{p.epochs}: replicas averaged, mean loss "
-            f"{float(np.mean(np.asarray(loss_W))):.4f} lr_scale {float(hp['lr_scale']):.3f}")
     first = jax.jit(lambda s: jax.tree.map(lambda v: v[0], s.params), out_shardings=mesh_lib.replicated(mesh))
-    return first(state), steps
+    return sharded_step, sharded_average, replicate, first

@@ -45,7 +45,8 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from golf_jax import mesh as mesh_lib
 from golf_jax.eval import adapt
-from golf_jax.eval.harness import Objective, Reveal, cached
+from golf_jax.eval.compiled import cached, settings_key
+from golf_jax.eval.harness import Objective, Reveal
 from golf_jax.eval.slot_solver import SOLVERS, LbfgsSettings, SolveInfo, minimize
 from golf_jax.eval.windows import Units
 from golf_jax.model import layers
@@ -170,8 +171,7 @@ class Slot:
         # warm start of a logit-space mode), else zeros; the hidden-space modes start at 0.
         self._carries = s.mode == "score_first" or (s.warm_start and s.mode not in HIDDEN)
         self._carry = jnp.zeros((int(model.cfg.vocab_size),), jnp.float32)
-        settings_key = tuple(sorted(s.to_dict().items()))
-        self._fn = cached(model, ("slot", mesh, settings_key), lambda: jax.jit(self._build(model)))
+        self._fn = cached(model, ("slot", mesh, settings_key(s)), lambda: jax.jit(self._build(model)))
         self._in_flight = adapt.InFlight()
         self._diag: list = []
 

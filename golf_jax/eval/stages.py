@@ -11,6 +11,11 @@ The train pipeline, `python -m golf_jax.evaluate` and the packed submission scri
 Each stage writes `ledger_<stage>.json` (golf_jax/eval/ledger.py) and reports its
 bpb, time and compliance. Weights adapted on val (pre-quant TTT, or TTT with
 eval.ttt.carry) enter later ledgers as prior reads, which their verify() flags.
+
+A user's own evaluator (`golf_jax.audit --evaluator MODULE:FACTORY`) runs as the one
+stage in place of eval.stages: `factory(EvalContext) -> evaluator` with the harness's
+interface (golf_jax/eval/harness.py), scored over the config's sliding windows, block
+by block as its optional `schedule(units)` says (default: one block).
 """
 
 from __future__ import annotations
@@ -75,6 +80,20 @@ def noncompliance(cfg) -> list[str]:
 
 
 @dataclass
+class EvalContext:
+    """What a user's evaluator factory is given."""
+
+    cfg: object  # the whole config (eval.* says the geometry)
+    model: object  # the flax model
+    params: object  # its params (replicated on the mesh)
+    mesh: object
+    seq_len: int  # window length
+    stride: int
+    num_targets: int
+    predict: object  # jitted (params, x_BxL, pos_BxS) -> logits [B, S, V] of the fixed model
+
+
+@dataclass
 class StageResult:
     name: str
     val_loss: float
@@ -86,6 +105,7 @@ class StageResult:
     problems: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     nll: np.ndarray | None = None  # per target, with record_nll (not written to JSON)
+    probes: dict | None = None  # {target: (logp [V], recorded NLL)} at the asked targets (the audit's)
 
     def to_json(self) -> dict:
         return {"val_loss": self.val_loss, "val_bpb": self.val_bpb, "seconds": self.seconds, "tokens": self.tokens,
@@ -94,12 +114,15 @@ class StageResult:
 
 
 def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, log=print,
-               prior_reads=(), prior_notes=(), record_nll: bool = False, plain_eval=None) -> dict[str, StageResult]:
+               prior_reads=(), prior_notes=(), record_nll: bool = False, plain_eval=None, enforce: bool = True,
+               probe_targets=None, custom=None) -> dict[str, StageResult]:
     """Run cfg.eval's stages in order on `params`; returns {stage: StageResult}.
 
-    `run` (a golf_jax.rundir.RunDir) receives the ledgers; `record_nll` keeps every
-    target's NLL (for the audit's flip tests on small slices); `plain_eval` is an
-    already compiled plain.make_evaluator over the same val stream (the train loop's).
+    `run` (a golf_jax.rundir.RunDir) receives the ledgers; `plain_eval` is an already
+    compiled plain.make_evaluator over the same val stream (the train loop's). For the
+    audit (golf_jax/audit): `record_nll` keeps every target's NLL, `probe_targets` the
+    full distribution at those targets, `enforce=False` lets evaluators read ahead
+    (the ledger shows it), and `custom` (a factory of EvalContext) replaces the stages.
     """
     check_config(cfg)
     e, L = cfg.eval, eval_seq_len(cfg)
@@ -108,13 +131,34 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
     prior_reads, prior_notes = list(prior_reads), list(prior_notes)
     predict = harness.model_predict(model, mesh)  # one compile for sliding and TTT (and later passes)
     rows = harness.batch_rows(e.sliding.batch_windows, mesh)
-    for name in stage_list(e):
+    per_target = record_nll or probe_targets is not None
+
+    def score(evaluator, units, blocks, ledger):
+        return harness.run(evaluator, val_tokens, units, blocks, lut, mesh, rows, ledger, record_nll, enforce,
+                           probe_targets)
+
+    names = ["custom"] if custom is not None else stage_list(e)
+    for name in names:
         ledger = Ledger(name, T, prior_reads=list(prior_reads), notes=list(prior_notes))
         ledger.compliant = not prior_reads
         t0 = time.perf_counter()
         extra: dict = {}
-        nll = None
-        if name == "roundtrip":
+        nll = res = None
+        if name == "custom":
+            ctx = EvalContext(cfg, model, params, mesh, L, int(e.sliding.stride), T, predict)
+            evaluator = custom(ctx)
+            name = ledger.stage = str(getattr(evaluator, "name", "custom"))
+            units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
+            schedule = getattr(evaluator, "schedule", None)
+            blocks = schedule(units) if schedule is not None else [np.arange(len(units))]
+            res = score(evaluator, units, blocks, ledger)
+            acc, nll, extra = res.acc, res.nll, {"windows": len(units), "blocks": len(blocks)}
+        elif name == "roundtrip" and per_target:
+            # The same non-overlapping sequences through the harness, which keeps per-target NLL.
+            units = sliding_units((T // L) * L, L, L, "merged")
+            res = score(harness.FixedModel(predict, params, "roundtrip"), units, [np.arange(len(units))], ledger)
+            acc, nll = res.acc, res.nll
+        elif name == "roundtrip":
             plain_eval = plain_eval or plain.make_evaluator(model, lut, mesh, val_tokens, L, e.batch_tokens)
             acc = plain_eval(params)
             ledger.score([(0, (T // L) * L)])
@@ -122,14 +166,12 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
             units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
             if e.sliding.window_rule == "reference":
                 ledger.notes.append("eval.sliding.window_rule=reference: PR #1318's re-scored tail (compat)")
-            res = harness.run(harness.FixedModel(predict, params), val_tokens, units, [np.arange(len(units))],
-                              lut, mesh, rows, ledger, record_nll)
+            res = score(harness.FixedModel(predict, params), units, [np.arange(len(units))], ledger)
             acc, nll, extra = res.acc, res.nll, {"windows": len(units)}
         elif name == "slot":
             units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
             evaluator = slot.Slot(model, params, mesh, e.slot, L, e.sliding.stride)
-            res = harness.run(evaluator, val_tokens, units, [np.arange(len(units))], lut, mesh, rows, ledger,
-                              record_nll)
+            res = score(evaluator, units, [np.arange(len(units))], ledger)
             acc, nll = res.acc, res.nll
             extra = _slot_summary(e.slot, units, res, evaluator.diagnostics(), run)
         else:
@@ -138,7 +180,7 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
             chunk = chunk_of(units, e.ttt.chunk_tokens)
             blocks = [np.flatnonzero(chunk == c) for c in range(K)]
             adapter = ttt.ScoreFirstTTT(model, predict, params, mesh, e.ttt, L, K)
-            res = harness.run(adapter, val_tokens, units, blocks, lut, mesh, rows, ledger, record_nll)
+            res = score(adapter, units, blocks, ledger)
             acc, nll = res.acc, res.nll
             extra = {"chunks": K, "train_steps": adapter.steps, "mode": e.ttt.mode}
             if e.ttt.carry:
@@ -147,8 +189,13 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
                 prior_notes.append("eval.ttt.carry: these weights were trained by the ttt stage on val")
         seconds = time.perf_counter() - t0
         problems = ledger.verify()
+        lse = None if res is None else res.max_abs_logsumexp
+        if lse is not None and not lse <= harness.NORMALIZATION_TOL:
+            problems.append(f"normalized distribution: the evaluator's log-probabilities sum to exp({lse:.3g}) "
+                            f"at worst, not 1 (tolerance {harness.NORMALIZATION_TOL:g})")
         results[name] = StageResult(name, acc.val_loss, acc.val_bpb, seconds, int(acc.token_count),
-                                    int(acc.byte_count), ledger, problems, extra, nll)
+                                    int(acc.byte_count), ledger, problems, extra, nll,
+                                    None if res is None else res.probes)
         if run is not None and run.is_writer:
             ledger.write(run.path / f"ledger_{name}.json")
         verdict = "ledger ok" if not problems and ledger.compliant else "NON-COMPLIANT: " + "; ".join(

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from golf_jax import mesh as mesh_lib
 from golf_jax.eval import adapt
+from golf_jax.eval.compiled import settings_key
 from golf_jax.eval.harness import Reveal
 from golf_jax.optim.build import build_adaptation_optimizer
 
@@ -71,8 +72,8 @@ class ScoreFirstTTT:
         tx = build_adaptation_optimizer(t.optimizer, float(t.lr), self.trainable, momentum=float(t.momentum),
                                         b1=float(t.beta1), b2=float(t.beta2), eps=float(t.eps),
                                         weight_decay=float(t.weight_decay), grad_clip=float(t.grad_clip))
-        self.state = adapt.init_state(tx, params, mesh)
-        self._step = adapt.jit_lm_step(model, tx, mesh)
+        init, self._step = adapt.lm_trainer(model, tx, mesh, ("ttt", settings_key(t)))
+        self.state = init(params)
         self._in_flight = adapt.InFlight()
         self._rows = -(-min(t.batch_seqs, max(t.chunk_tokens // seq_len, 1)) // mesh.devices.size) * mesh.devices.size
         self.steps = 0
