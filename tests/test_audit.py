@@ -221,3 +221,25 @@ def test_noise_floor_sets_the_flip_tolerance():
     assert same.details["tolerance"] == 0.0
     noisy = checks.noise_floor({"s": r([1.0, 2.0])}, {"s": r([1.0, 2.0 + 1e-6])})
     assert noisy.status == "PASS" and abs(noisy.details["tolerance"] - 1e-5) < 1e-9
+
+
+def test_compliance_doc_renders_reports_and_compares_with_expectations(tmp_path):
+    from golf_jax.audit import doc
+
+    checks_ = [{"name": n, "status": "PASS", "evidence": "ok | fine", "details": {}} for n in doc.COLUMNS]
+    base = {"procedure": ["sliding"], "model": "random", "slice": {"targets": 10, "source": "x", "documents": 1},
+            "runs": 3, "seconds": 1.0, "checks": checks_}
+    good = {**base, "config": "record", "argv": ["--config=configs/record.py", "--json=r.json"], "verdict": "PASS"}
+    odd = {**base, "config": "lbfgs_slot", "argv": ["--config=configs/lbfgs_slot.py", "--config.audit.flips=2"],
+           "verdict": "PASS"}
+    paths = []
+    for i, r in enumerate((good, odd)):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(r))
+    out = tmp_path / "compliance.md"
+    assert doc.main([*map(str, paths), f"--out={out}"]) == 0
+    text = out.read_text()
+    assert "| record | sliding | PASS" in text and "| **PASS** | ✓ |" in text
+    assert "**FAIL (disagrees)**" in text  # lbfgs_slot is expected to fail
+    assert "`python -m golf_jax.audit --config=configs/record.py`" in text  # the command, without --json
+    assert "ok ∣ fine" in text  # a pipe in the evidence does not break the table
