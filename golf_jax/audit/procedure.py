@@ -209,7 +209,7 @@ def _random_model(m, seq_len: int, seed: int, noise_std: float):
     return _RANDOM[key]
 
 
-def build(cfg, mesh, artifact: str | Path | None = None, params=None, model=None, custom=None,
+def build(cfg, mesh, lut, artifact: str | Path | None = None, params=None, model=None, custom=None,
           vocab_size: int | None = None) -> Procedure:
     """The procedure on `params` of `model`, else the artifact's params, else a random model
     (of vocabulary `vocab_size`, default the config's)."""
@@ -223,4 +223,4 @@ def build(cfg, mesh, artifact: str | Path | None = None, params=None, model=None
         like = jax.eval_shape(lambda r: model.init(r, np.zeros((1, cfg.train.seq_len), np.int32))["params"],
                               jax.random.PRNGKey(0))
         params = export.load_artifact(Path(artifact), like)
-    return Procedure(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)), None, mesh, custom)
+    return Procedure(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)), lut, mesh, custom)

@@ -42,11 +42,11 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
             raise ValueError("audit.weights=artifact needs --artifact RUN_DIR/model.golfjax")
         else:
             weights = artifact
-    proc = procedure.build(cfg, mesh, artifact=weights, params=params, model=model, custom=custom)
-    e = proc.cfg.eval
-    L, stride = stages.eval_seq_len(proc.cfg), int(e.sliding.stride)
+    L = stages.eval_seq_len(procedure.scaled_config(cfg, mesh.devices.size))
     data = procedure.data_slice(cfg, L)
-    proc.lut = data.lut
+    proc = procedure.build(cfg, mesh, data.lut, artifact=weights, params=params, model=model, custom=custom)
+    e = proc.cfg.eval
+    stride = int(e.sliding.stride)
     tokens, T, V = data.tokens, len(data.tokens) - 1, int(proc.cfg.model.vocab_size)
     random_model = params is None and weights is None
     rng = np.random.default_rng(int(a.seed))
@@ -77,8 +77,7 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
         result.append(checks.normalization(base, tokens, V, data.sp))
         cf_proc, cf_tokens = proc, tokens
         if cf_vocab != V:  # the random model rebuilt with a small vocabulary: V reruns per probe
-            cf_proc = procedure.build(cfg, mesh, custom=custom, vocab_size=cf_vocab)
-            cf_proc.lut = data.lut
+            cf_proc = procedure.build(cfg, mesh, data.lut, custom=custom, vocab_size=cf_vocab)
             cf_tokens = (tokens % cf_vocab).astype(np.int32)
         result.append(checks.counterfactual(cf_proc, cf_tokens, probes, cf_vocab, L, data.sp if cf_vocab == V else None,
                                             progress=bar.update))
