@@ -25,7 +25,8 @@ def get_config(variant: str = "legal"):
     c.name = "record"
 
     m = c.model
-    m.name = "record"
+    m.matrix_init, m.mlp_activation, m.residual_dtype = "orthogonal", "leaky_relu2", "compute"
+    m.smear_gate = True
     m.vocab_size = 1024
     m.num_layers = 11
     m.model_dim = 512

@@ -7,11 +7,13 @@ FLOPs per token (training, causal-effective, as in reference-pr1318 §7):
   6·N_matmul  +  6·L·T·D
 where N_matmul counts every matmul weight used in the forward (all `kernel`
 leaves plus the tied output head V·D; the embedding gather is not a matmul) and
-6·L·T·D is QKᵀ and AV (4·D·T/2 per layer forward, ×3 for training).
+6·L·T·D is QKᵀ and AV (4·D·T/2 per layer forward, ×3 for training). With depth
+recurrence L counts the virtual layers and a looped block's kernels count per use.
 """
 
 from __future__ import annotations
 
+import collections
 import time
 
 import jax
@@ -21,6 +23,7 @@ from flax import traverse_util
 from ml_collections import config_flags
 
 from golf_jax import model as model_lib
+from golf_jax.model import gpt
 from golf_jax.optim.build import build_optimizer
 from golf_jax import mesh as mesh_lib
 from golf_jax.train import step as step_lib
@@ -36,10 +39,17 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "B200": 2250.0}
 
 
 def flops_per_token(cfg, params) -> tuple[float, int]:
+    """With depth recurrence a looped block's kernels and attention count once per use."""
+    encoder, decoder = gpt.layer_order(cfg.model, looping=True)
+    uses = collections.Counter(encoder + decoder)
     flat = traverse_util.flatten_dict(params)
-    n_matmul = sum(int(np.prod(v.shape)) for k, v in flat.items() if k[-1] == "kernel")
+
+    def times_used(path) -> int:
+        return uses[int(path[0].split("_")[1])] if path[0].startswith("blocks_") else 1
+
+    n_matmul = sum(int(np.prod(v.shape)) * times_used(k) for k, v in flat.items() if k[-1] == "kernel")
     n_matmul += cfg.model.vocab_size * cfg.model.model_dim  # tied head
-    attn = 6 * cfg.model.num_layers * cfg.train.seq_len * cfg.model.model_dim
+    attn = 6 * len(encoder + decoder) * cfg.train.seq_len * cfg.model.model_dim
     return 6.0 * n_matmul + attn, n_matmul
 
 
@@ -89,7 +99,7 @@ def main(argv) -> None:
     mfu = f"{100 * tok_per_s * fpt / (n_dev * peak * 1e12):.1f}%" if peak else "n/a (pass --peak_tflops)"
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     peak_mem = f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB" if stats and "peak_bytes_in_use" in stats else "n/a"
-    print(f"config: {cfg.name} model: {cfg.model.name} devices: {n_dev} × {getattr(device, 'device_kind', device.platform)}")
+    print(f"config: {cfg.name} devices: {n_dev} × {getattr(device, 'device_kind', device.platform)}")
     print(f"batch: {per_device} × {seq_len} tokens per device ({global_seqs * seq_len:,} per step)")
     print(f"compile: {compile_s:.1f} s   loss after {_WARMUP.value + _STEPS.value} steps: {float(metrics['loss']):.4f}")
     print(f"FLOPs/token: {fpt / 1e6:.1f} M (6·N_matmul with N_matmul = {n_matmul:,}, + 6·L·T·D attention)")

@@ -19,11 +19,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.source = "default"  # "default": the generated corpus; "dir": shards in data.dir
     c.data.dir = ""
     c.data.tokenizer = ""
-    c.data.loader = "sequential"  # or "coprime" (variants-and-compliance §2.1)
+    c.data.loader = "sequential"  # "sequential" | "coprime" (variants-and-compliance §2.1) | "shuffled" (SP8192 stack §1.2)
     c.data.prefetch = 2
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "baseline"
     c.model.vocab_size = 1024
     c.model.num_layers = 9
     c.model.model_dim = 512
@@ -36,9 +35,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.tied_embed_init_std = 0.005
     c.model.compute_dtype = "bfloat16"
     c.model.attention_impl = "auto"  # "auto": cuDNN on GPU, XLA elsewhere
-    # Record-model keys (model.name="record"; the baseline ignores them).
+    # One GPT (golf_jax/model/gpt.py): the defaults are the upstream baseline; the record
+    # and SP8192 features below are switched on by configs/record.py and configs/sp8192_*.py.
+    c.model.matrix_init = "torch_default"  # "torch_default" (nn.Linear's U(±1/√in)) | "orthogonal" (the records)
+    c.model.mlp_activation = "relu2"  # "relu2" | "leaky_relu2" (LeakyReLU(0.5)², the records)
+    c.model.residual_dtype = "float32"  # residual stream: "float32" (torch autocast) | "compute" (PR #1318 parity)
     c.model.rope_dims = 0  # rotated dims per head; 0 = the whole head
-    c.model.rope_train_seq_len = 1024  # NTK base rescale for T > this (reference hard-codes 1024)
+    c.model.rope_train_seq_len = 0  # NTK base rescale for T > this; 0 = never (PR #1318 hard-codes 1024)
+    c.model.smear_gate = False  # SmearGate on the normed embedding (PR #1318)
     c.model.bigram_vocab_size = 0  # 0 = no BigramHash
     c.model.bigram_dim = 128
     c.model.ve_dim = 128
@@ -47,6 +51,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.ln_scale = False  # scale the block-input norms by 1/sqrt(i+1)
     c.model.mtp_num_heads = 0
     c.model.mtp_loss_weight = 0.0
+    c.model.skip_gates = False  # sigmoid-gated U-Net skips: lerp(skip, x, σ(gate)) (SP8192 stack)
+    c.model.parallel_residual_start = -1  # GPT-J parallel attention+MLP from this layer on; -1 = off
+    c.model.num_loops = 0  # depth recurrence: extra passes over layers loop_start..loop_end (SP8192: 2)
+    c.model.loop_start = 3
+    c.model.loop_end = 5
+    c.model.loop_enable_frac = 0.35  # the loop switches on at this fraction of training (wallclock or steps)
 
     c.opt = ml_collections.ConfigDict()
     c.opt.matrix_lr = 0.04
@@ -67,11 +77,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.opt.adam_weight_decay = 0.0
     c.opt.embed_weight_decay = 0.0
     c.opt.grad_clip_norm = 0.0  # 0 = off; applied after the cross-device average
+    c.opt.muon_variant = "muon"  # "muon" | "muoneq_r": rows L2-normalised before Newton–Schulz (SP8192 stack)
 
     c.schedule = ml_collections.ConfigDict()
     c.schedule.mode = "wallclock"  # "wallclock" | "iterations" | "wallclock_fraction"
     c.schedule.warmdown_iters = 1200
-    c.schedule.warmdown_frac = 0.0
+    c.schedule.warmdown_frac = 0.0  # wallclock_fraction: the warmdown's share of the run
+    c.schedule.min_lr = 0.0  # wallclock_fraction: the LR multiplier never drops below this floor
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_tokens = 524_288
@@ -96,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.compat.mtp_untrained = False  # MTP heads in no optimizer (PR #1318, spec §8.1)
     c.compat.qat_reference_scope = False  # QAT on bigram/VE proj + MTP heads, not blocks (§8.8)
     c.compat.gptq_double_damp = False  # the reference damps H twice (~0.010025·mean diag, §5.4)
+    c.compat.loader_rank_seed = False  # shuffled loader: seed each rank's RNG with its rank, not the run seed (#1735)
 
     c.export = ml_collections.ConfigDict()
     c.export.format = "int8_zlib"  # "int8_zlib" | "gptq_int6" (the record) | "rtn_int6"
@@ -105,7 +118,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.export.embed_bits = 8  # large non-Muon tables (tok_emb, bigram/VE embed): 8 or 7
     c.export.gptq_damp = 0.005
     c.export.gptq_clip = "percentile"  # "percentile" (reference) | "sdclip"
-    c.export.sdclip_k = 12.85
+    c.export.sdclip_k = 12.85  # gptq_clip="sdclip": row scale = k·std(row)/31 for the int6 matrices (#1735)
+    # tok_emb/embedding in gptq_int6 / rtn_int6: "rowquant" (percentile int8/int7 rows, no Hessian) |
+    # "gptq" (GPTQ with the Hessian of the tied LM head's input, the final-norm output; #1735)
+    c.export.embed_quant = "rowquant"
+    c.export.embed_sdclip_k = 20.0  # embed_quant="gptq" with gptq_clip="sdclip": k for the int8 (int7) table
     c.export.gptq_block = 128
     c.export.calib_source = "train"  # "train" | "val" (PR #1318; non-compliant) | "selfgen"
     c.export.calib_seqs = 256

@@ -24,7 +24,7 @@ from golf_jax.audit.run import run_audit
 from golf_jax import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax.data import source
-from golf_jax.data.tokenizer import build_byte_luts, load_tokenizer
+from golf_jax.data.tokenizer import load_tokenizer
 from golf_jax.eval import plain, prequant_ttt, stages as eval_stages
 from golf_jax.optim.build import build_optimizer, count_by_label
 from golf_jax.quant import export, hessian
@@ -62,19 +62,18 @@ def check_config(cfg, num_devices: int) -> None:
     loop.check_config(cfg, num_devices)
     eval_stages.check_config(cfg)
     prequant_ttt.check_config(cfg.eval.prequant_ttt)
-    if cfg.export.format not in ("int8_zlib", *export.INT6_FORMATS):
-        raise ValueError(f"export.format={cfg.export.format!r}: known formats are 'int8_zlib', "
-                         f"{', '.join(repr(f) for f in export.INT6_FORMATS)}")
+    export.check_config(cfg.export)
 
 
 def load_data(cfg, run: RunDir | None = None) -> Data:
     data_dir, tokenizer_path = source.resolve_data(cfg)
     sp = load_tokenizer(tokenizer_path, cfg.model.vocab_size)
-    lut = build_byte_luts(sp, cfg.model.vocab_size)
     val_tokens = source.load_val(cfg, data_dir, eval_stages.eval_seq_len(cfg))
+    lut = source.val_byte_lut(sp, cfg.model.vocab_size, data_dir, val_tokens)
     if run is not None:
-        run.write_json("data.json", source.describe_data(cfg, data_dir, tokenizer_path, len(val_tokens)))
+        run.write_json("data.json", source.describe_data(cfg, data_dir, tokenizer_path, len(val_tokens), lut.source))
         run.log(f"data: {data_dir} tokenizer: {tokenizer_path} val_tokens: {len(val_tokens):,} loader: {cfg.data.loader}")
+        run.log(f"val bytes: {lut.source}")
     return Data(data_dir, tokenizer_path, max(int(sp.bos_id()), 0), lut, val_tokens)
 
 
@@ -112,7 +111,7 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict) -
     recipe = step_lib.build_recipe(cfg, abstract, labels)
     state = step_lib.init_state(model, tx, jax.random.PRNGKey(cfg.seed), t.seq_len, mesh, recipe)
     counts = count_by_label(state.params, labels)
-    run.log(f"model: {cfg.model.name} params: {sum(counts.values()):,} by group: {counts}")
+    run.log(f"model: {cfg.name} params: {sum(counts.values()):,} by group: {counts}")
 
     plain_eval = plain.make_evaluator(model, data.lut, mesh, data.val_tokens, L, cfg.eval.batch_tokens)
 

@@ -114,6 +114,26 @@ def test_collector_matches_float64_numpy_on_8_and_1_devices(setup):
         np.testing.assert_array_equal(H8[k], H8[k].T)
 
 
+def test_tied_embedding_hessian_is_the_lm_head_input(setup):
+    """tied_embed=True adds Σ hᵀh / N of the final-normed hidden states under
+    "tok_emb/embedding" (#1735 hooks the final norm's output); 5 sequences on 8
+    devices, so 3 zero-padded rows must not count."""
+    cfg, model, params, tokens = setup
+    n, key = 5, hessian.TIED_EMBED_KEY
+    Hs = hessian.collect_hessians(model, params, tokens[:n], mesh_lib.make_mesh(), batch_seqs=8, tied_embed=True)
+    v = {"params": params}
+    h = np.asarray(model.apply(v, tokens[:n], method="hidden"), np.float64)
+    # h is what the tied head multiplies (the logits are logits_from_hidden(h)), and it is normed.
+    np.testing.assert_allclose(model.apply(v, h.astype(np.float32), method="logits_from_hidden"),
+                               model.apply(v, tokens[:n]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.sqrt(np.mean(h * h, axis=-1)), 1.0, rtol=1e-3)
+    h2 = h.reshape(-1, D)
+    ref = h2.T @ h2 / n
+    assert Hs[key].dtype == np.float32 and Hs[key].shape == (D, D)
+    assert np.abs(Hs[key] - ref).max() <= 2e-5 * np.abs(ref).max()
+    assert len(Hs) == 13 and all(k.endswith("/kernel") for k in Hs if k != key)
+
+
 def test_calibration_sources(setup):
     cfg, model, params, tokens = setup
     mesh = mesh_lib.make_mesh()

@@ -34,8 +34,9 @@ def ns5_ref(g_rc: np.ndarray) -> np.ndarray:
     return x.T if transposed else x
 
 
-def muon_ref(w0: np.ndarray, grads: list, mus: list, lr_scales: list) -> list:
-    """Per-step deltas W_{t+1}-W_t of torch Muon (sum momentum, Nesterov, wd, lr).
+def muon_ref(w0: np.ndarray, grads: list, mus: list, lr_scales: list, row_normalize: bool = False) -> list:
+    """Per-step deltas W_{t+1}-W_t of torch Muon (sum momentum, Nesterov, wd, lr);
+    `row_normalize`: MuonEq-R (#1735), each torch row of u divided by max(‖row‖, 1e-7).
 
     `w0` and `grads` are in OUR (…, in, out) layout; they are transposed to torch's
     (…, out, in) here and the deltas transposed back, so the layout convention of
@@ -48,6 +49,8 @@ def muon_ref(w0: np.ndarray, grads: list, mus: list, lr_scales: list) -> list:
         g = np.swapaxes(g_ours.astype(np.float64), -1, -2)
         buf = mu * buf + g
         u = g + mu * buf
+        if row_normalize:
+            u = u / np.maximum(np.linalg.norm(u, axis=-1, keepdims=True), 1e-7)
         rows, cols = g.shape[-2:]
         scale = max(1.0, rows / cols) ** 0.5
         o = np.stack([ns5_ref(m) for m in u.reshape(-1, rows, cols)]).reshape(u.shape)
@@ -59,8 +62,9 @@ def muon_ref(w0: np.ndarray, grads: list, mus: list, lr_scales: list) -> list:
     return deltas
 
 
-def _opt_cfg(ns_dtype: str, momentum: float = 0.95) -> ml_collections.ConfigDict:
+def _opt_cfg(ns_dtype: str, momentum: float = 0.95, variant: str = "muon") -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
+        muon_variant=variant,
         matrix_lr=LR, scalar_lr=0.01, tied_embed_lr=0.01, head_lr=0.01, beta1=0.9,
         beta2=0.95, adam_eps=1e-8, muon_momentum=momentum, muon_ns_steps=5,
         muon_nesterov=True, muon_weight_decay=WD, adam_weight_decay=0.0,
@@ -76,9 +80,9 @@ def _problem(seed: int = 0):
     return params, grads
 
 
-def _run_ours(ns_dtype: str, params, grads, mus=None, lr_scales=None) -> list:
+def _run_ours(ns_dtype: str, params, grads, mus=None, lr_scales=None, variant: str = "muon") -> list:
     """Deltas of our full Muon group (build_optimizer, all leaves labelled muon)."""
-    tx = build_optimizer(_opt_cfg(ns_dtype), {k: "muon" for k in params})
+    tx = build_optimizer(_opt_cfg(ns_dtype, variant=variant), {k: "muon" for k in params})
     p = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
     state = tx.init(p)
     update = jax.jit(tx.update)
@@ -113,6 +117,27 @@ def test_muon_fp32_matches_numpy_float64():
             r = ref[k][t]
             np.testing.assert_allclose(ours[t][k], r, rtol=1e-4, atol=1e-4 * np.abs(r).max(),
                                        err_msg=f"{k} step {t + 1}")
+
+
+def test_muoneq_r_fp32_matches_numpy_float64():
+    # The same fp32 tolerance argument as above: row normalisation adds one rounding.
+    params, grads = _problem(1)
+    grads = [{k: v * np.linspace(0.1, 10.0, v.shape[-1]) for k, v in g.items()} for g in grads]  # uneven rows
+    ours = _run_ours("float32", params, grads, variant="muoneq_r")
+    plain = _run_ours("float32", params, grads)
+    ref = {k: muon_ref(params[k], [g[k] for g in grads], [0.95] * 3, [1.0] * 3, row_normalize=True)
+           for k in SHAPES}
+    for t in range(3):
+        for k in SHAPES:
+            r = ref[k][t]
+            np.testing.assert_allclose(ours[t][k], r, rtol=1e-4, atol=1e-4 * np.abs(r).max(),
+                                       err_msg=f"{k} step {t + 1}")
+            assert _rel_err(plain[t][k], r) > 1e-2  # the variant changes the update
+
+
+def test_unknown_muon_variant_is_rejected():
+    with pytest.raises(ValueError, match="opt.muon_variant='muon_x'"):
+        build_optimizer(_opt_cfg("float32", variant="muon_x"), {"w": "muon"})
 
 
 def test_muon_bf16_close_to_numpy_float64():

@@ -11,7 +11,8 @@ from flax import traverse_util
 
 from configs import record as record_config
 from golf_jax import model as model_lib
-from golf_jax.model.record_layers import linear_override_init, rope_base_for
+from golf_jax.model.blocks import rope_base_for
+from golf_jax.model.layers import linear_override_init
 from golf_jax.train import recipe as recipe_lib
 from golf_jax.optim.build import build_optimizer, count_by_label
 from golf_jax import mesh as mesh_lib
@@ -158,7 +159,7 @@ def test_causal_in_the_tokens(tiny_live):
 
 
 def test_smoke_train_loss_decreases():
-    cfg = tiny_cfg(num_layers=2, ve_layers="1")  # 1 encoder + 1 decoder layer, one skip
+    cfg = tiny_cfg(num_layers=2, ve_layers="1", xsa_last_n=2)  # 1 encoder + 1 decoder layer, one skip
     cfg.opt.muon_ns_dtype = "float32"
     seq_len = 32
     mesh = mesh_lib.make_mesh(jax.devices()[:1])

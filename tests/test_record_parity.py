@@ -17,9 +17,10 @@ import optax
 import pytest
 from flax import traverse_util
 
-from golf_jax.config import base_config
-from golf_jax.model import record
-from golf_jax.model.record_layers import bigram_hash
+from configs import record as record_config
+from golf_jax import model as model_lib
+from golf_jax.model import gpt
+from golf_jax.model.embeddings import bigram_hash
 from golf_jax.optim.muon import scale_by_muon
 from golf_jax.optim.build import scale_by_lr
 
@@ -28,8 +29,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "record_parity_tiny.npz"
 
 def tiny_cfg() -> ml_collections.ConfigDict:
     """The fixture's config (tests/fixtures/README.md), in fp32."""
-    m = base_config().model
-    m.name = "record"
+    m = record_config.get_config().model
     m.vocab_size, m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads = 64, 4, 32, 4, 2
     m.mlp_mult, m.rope_dims, m.rope_train_seq_len, m.qk_gain_init = 3.0, 4, 16, 4.0
     m.bigram_vocab_size, m.bigram_dim, m.ve_dim, m.ve_layers = 48, 16, 8, "2,3"
@@ -47,8 +47,8 @@ def fx() -> dict:
 @pytest.fixture(scope="module")
 def setup(fx):
     weights = {k[2:]: v for k, v in fx.items() if k.startswith("w/")}
-    params = jax.tree.map(jnp.asarray, record.params_from_reference(weights))
-    model = record.RecordGPT(tiny_cfg())
+    params = jax.tree.map(jnp.asarray, gpt.params_from_reference(weights))
+    model = model_lib.build_model(tiny_cfg())
     return model, params
 
 
@@ -94,7 +94,7 @@ def test_logits_and_loss(ours, fx):
 
 
 def reference_grads_as_params(fx) -> dict:
-    return record.params_from_reference({k[2:]: v for k, v in fx.items() if k.startswith("g/")})
+    return gpt.params_from_reference({k[2:]: v for k, v in fx.items() if k.startswith("g/")})
 
 
 def test_grads(ours, fx):

@@ -58,8 +58,8 @@ def test_stride_equal_seq_len_is_the_plain_eval(tiny_lm):
     cfg, model, params, val, lut = tiny_lm
     mesh = mesh_lib.make_mesh()
     res = _sliding(tiny_lm, stride=L)
-    step = plain.jit_eval_step(plain.make_eval_step(model, lut), mesh)
-    want = plain.evaluate(step, jax.device_put(params, mesh_lib.replicated(mesh)), mesh, val, L, 16)
+    step = plain.jit_eval_step(plain.make_eval_step(model), mesh)
+    want = plain.evaluate(step, jax.device_put(params, mesh_lib.replicated(mesh)), mesh, val, L, 16, lut)
     assert res.acc.token_count == want.token_count == len(val) - 1
     assert res.acc.byte_count == want.byte_count
     np.testing.assert_allclose(res.acc.nll_sum, want.nll_sum, rtol=2e-6)  # fp32 sums of 8k NLLs

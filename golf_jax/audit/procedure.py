@@ -87,17 +87,21 @@ def small_model_config(m, a, vocab_size: int | None = None):
     head_dim = D // heads
     if s.get("rope_dims", 0):
         s.rope_dims = max(2, min(int(s.rope_dims), head_dim) // 2 * 2)
-    for key in ("bigram_dim", "ve_dim"):
-        if key in s:
-            s[key] = max(4, min(int(s[key]), D // 2))
     if a.num_layers and a.num_layers < m.num_layers:
-        n = int(a.num_layers)
+        n, L = int(a.num_layers), int(m.num_layers)
         s.num_layers = n
-        if "ve_layers" in s and str(s.ve_layers).strip():  # keep them the last layers
-            kept = sorted({n - (int(m.num_layers) - int(i)) for i in str(s.ve_layers).split(",") if i.strip()})
+        if str(s.ve_layers).strip():  # keep them the last layers
+            kept = sorted({n - (L - int(i)) for i in str(s.ve_layers).split(",") if i.strip()})
             s.ve_layers = ",".join(str(i) for i in kept if i >= 0)
-        if "xsa_last_n" in s:
-            s.xsa_last_n = min(int(s.xsa_last_n), n)
+        s.xsa_last_n = min(int(s.xsa_last_n), n)
+        if s.parallel_residual_start >= 0:  # the same number of parallel layers at the end, at least one
+            s.parallel_residual_start = min(max(0, n - (L - int(s.parallel_residual_start))), n - 1)
+        if s.num_loops > 0:  # the looped segment clipped to the kept layers
+            s.loop_start, s.loop_end = min(int(s.loop_start), n - 1), min(int(s.loop_end), n - 1)
+    if s.bigram_vocab_size > 0:
+        s.bigram_dim = max(4, min(int(s.bigram_dim), D // 2))
+    if str(s.ve_layers).strip():
+        s.ve_dim = max(4, min(int(s.ve_dim), D // 2))
     s.compute_dtype = "float32"  # legality does not depend on it; bf16 matmuls are slow on CPUs
     if vocab_size:
         s.vocab_size = int(vocab_size)
@@ -160,7 +164,9 @@ def data_slice(cfg, seq_len: int) -> Slice:
                          f"of {seq_len}; lower audit.seq_len or use more text")
     tokens = np.asarray(tokens[: (len(tokens) - 1) // seq_len * seq_len + 1], np.int32)
     bos = max(int(sp.bos_id()), 0)
-    return Slice(tokens, build_byte_luts(sp, V), sp, where, int(np.sum(tokens == bos)))
+    # val: the byte sidecar, if the shards have one, cut as the slice (a prefix of val)
+    lut = build_byte_luts(sp, V) if choice == "fineweb" else source.val_byte_lut(sp, V, data_dir, tokens)
+    return Slice(tokens, lut, sp, where, int(np.sum(tokens == bos)))
 
 
 @dataclass

@@ -9,6 +9,12 @@ input / tokenizer / shard sha256s, written last (a build without it is incomplet
 Inputs: `.jsonl` (one JSON object per line, field "text"; blank lines skipped) and
 `.txt` (the whole file is ONE document, e.g. a book), either optionally `.xz`.
 --max-docs caps the documents of each split.
+
+--caseops builds the SP8192 record's CaseOps shards (golf_jax/data/caseops.py): every
+document is case-transformed before encoding, the tokenizer must hold the operators at
+ids 4-7 (--train-tokenizer trains one on the transformed --train documents, written to
+--tokenizer), and the val split gets a byte sidecar fineweb_val_bytes_%06d.bin, parallel
+to the val shards, that bpb divides by instead of the byte look-up tables.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from golf_jax.data import caseops
 from golf_jax.data.shards import MAGIC, VERSION, write_shard
 from golf_jax.data.tokenizer import load_tokenizer
 
@@ -138,17 +145,32 @@ def write_split(
     shard_tokens: int,
     max_docs: int | None = None,
     log_every_s: float = 5.0,
+    caseops_text: bool = False,
 ) -> dict[str, Any]:
-    """Encode documents in order and shard them; prints docs/s progress lines."""
+    """Encode documents in order and shard them; prints docs/s progress lines.
+
+    `caseops_text`: transform each document first; for the val split, also write the
+    byte sidecar (BOS 0, then each token's original bytes), cut into shards exactly as
+    the tokens are.
+    """
     writer = ShardWriter(out_dir, split, shard_tokens)
+    sidecar = ShardWriter(out_dir, f"{split}_bytes", shard_tokens) if caseops_text and split == "val" else None
     t0 = last = time.time()
     batch: list[str] = []
     chars = 0
+    credited = text_bytes = 0  # the sidecar's total, and the documents' UTF-8 bytes
 
     def drain() -> None:
-        nonlocal chars
-        for doc in encode_documents(sp, batch):
-            writer.add(doc)
+        nonlocal chars, credited, text_bytes
+        if sidecar is not None:
+            for (ids, nbytes), text in zip(caseops.encode_with_bytes(sp, batch), batch):
+                writer.add(np.concatenate([[BOS_ID], ids]).astype(np.int32))
+                sidecar.add(np.concatenate([[0], nbytes]).astype(np.int32))
+                credited += int(nbytes.sum(dtype=np.int64))
+                text_bytes += len(text.encode("utf-8"))
+        else:
+            for doc in encode_documents(sp, [caseops.encode(t) for t in batch] if caseops_text else batch):
+                writer.add(doc)
         batch.clear()
         chars = 0
 
@@ -166,6 +188,12 @@ def write_split(
                       f"{rate:.0f} docs/s", flush=True)
     drain()
     stats = writer.close()
+    if sidecar is not None:
+        side = sidecar.close()
+        # text_bytes - bytes: what SentencePiece's normalizer drops (a document's edge whitespace).
+        stats["byte_sidecar"] = {"shards": side["shards"], "bytes": credited, "text_bytes": text_bytes}
+        print(f"[prepare] {split}: byte sidecar credits {credited:,} of the documents' {text_bytes:,} "
+              "UTF-8 bytes", flush=True)
     print(f"[prepare] {split}: done, {stats['docs']} docs, {stats['tokens']:,} tokens, "
           f"{len(stats['shards'])} shards in {time.time() - t0:.1f}s", flush=True)
     return stats
@@ -185,11 +213,22 @@ def build(
     vocab_size: int | None = None,
     max_docs: int | None = None,
     overwrite: bool = False,
+    caseops_text: bool = False,
+    train_tokenizer: bool = False,
+    tokenizer_docs: int | None = None,
 ) -> dict[str, Any]:
-    """Build val and train shards plus manifest.json in `out`; returns the manifest."""
+    """Build val and train shards plus manifest.json in `out`; returns the manifest.
+
+    `caseops_text`, `train_tokenizer`, `tokenizer_docs`: --caseops, --train-tokenizer and
+    --tokenizer-docs (the module docstring).
+    """
     import sentencepiece as spm
 
     tokenizer = Path(tokenizer)
+    trained = None
+    if train_tokenizer:
+        trained = _train_tokenizer(tokenizer, train, vocab_size or 8192, tokenizer_docs, caseops_text, overwrite)
+        vocab_size = trained["vocab_size"]
     if vocab_size is None:
         if not tokenizer.is_file():
             raise ValueError(f"tokenizer model {tokenizer} does not exist")
@@ -197,6 +236,11 @@ def build(
     sp = load_tokenizer(tokenizer, vocab_size)
     if vocab_size > 2**16:
         raise ValueError(f"vocab size {vocab_size} does not fit uint16 shards")
+    if caseops_text:
+        caseops.check_tokenizer(sp, tokenizer)
+    elif caseops.is_caseops_tokenizer(sp):
+        raise ValueError(f"tokenizer {tokenizer} is a CaseOps tokenizer (operators at ids 4-7); pass --caseops "
+                         "so that the text is transformed and the val byte sidecar written")
     for p in [*val, *train]:
         if not Path(p).is_file():
             raise FileNotFoundError(f"input {p} does not exist; check the --train/--val paths")
@@ -214,7 +258,8 @@ def build(
         "format": {"magic": MAGIC, "version": VERSION, "dtype": "uint16", "header_bytes": 1024},
         "convention": {"bos_id": BOS_ID, "append_eos": False, "shuffled": False},
         "tokenizer": {"path": str(tokenizer), "sha256": sha256_file(tokenizer),
-                      "vocab_size": vocab_size},
+                      "vocab_size": vocab_size, **({"trained": trained} if trained else {})},
+        "text_transform": caseops.TRANSFORM if caseops_text else "identity",
         "shard_tokens": shard_tokens,
         "max_docs_per_split": max_docs,
         "splits": {},
@@ -224,12 +269,38 @@ def build(
             continue
         inputs = [{"path": str(p), "sha256": sha256_file(p)} for p in paths]
         stats = write_split(sp, _chain_docs([Path(p) for p in paths]), out, split,
-                            shard_tokens, max_docs)
+                            shard_tokens, max_docs, caseops_text=caseops_text)
         manifest["splits"][split] = {"inputs": inputs, **stats}
     tmp = out / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out / "manifest.json")
     return manifest
+
+
+def _train_tokenizer(path: Path, train: Sequence[Path], vocab_size: int, max_docs: int | None,
+                     caseops_text: bool, overwrite: bool) -> dict[str, Any]:
+    """--train-tokenizer: a CaseOps BPE from the first `max_docs` --train documents, at `path`."""
+    import sentencepiece as spm
+
+    if not caseops_text:
+        raise ValueError("--train-tokenizer trains a CaseOps tokenizer; add --caseops (or give a trained "
+                         "--tokenizer without --train-tokenizer)")
+    if not train:
+        raise ValueError("--train-tokenizer learns from the --train documents; give at least one --train input")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"tokenizer {path} already exists; pass --overwrite to retrain it, or drop "
+                              "--train-tokenizer to use it as it is")
+    for p in train:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"input {p} does not exist; check the --train paths")
+    t0 = time.time()
+    caseops.train_tokenizer(_chain_docs([Path(p) for p in train]), path, vocab_size, max_docs)
+    got = int(spm.SentencePieceProcessor(model_file=str(path)).vocab_size())
+    print(f"[prepare] tokenizer: trained {path} ({got} pieces) in {time.time() - t0:.1f}s", flush=True)
+    if got != vocab_size:
+        print(f"[prepare] tokenizer: asked for {vocab_size} pieces, the text gave {got}", flush=True)
+    return {"vocab_size": got, "requested_vocab_size": vocab_size, "docs": max_docs,
+            "settings": dict(caseops.TRAINER_SETTINGS)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,15 +313,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--shard-tokens", type=int, default=100_000_000,
                     help="tokens per shard (upstream: 100,000,000)")
     ap.add_argument("--vocab-size", type=int, default=None,
-                    help="expected tokenizer vocab size (checked; default: the model's)")
+                    help="expected tokenizer vocab size (checked; default: the model's); with "
+                         "--train-tokenizer, the size to train (default 8192)")
     ap.add_argument("--max-docs", type=int, default=None, help="cap on documents per split")
     ap.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
+    ap.add_argument("--caseops", action="store_true",
+                    help="CaseOps shards: transform the text, write the val byte sidecar")
+    ap.add_argument("--train-tokenizer", action="store_true",
+                    help="train a CaseOps tokenizer on the --train documents and write it to --tokenizer")
+    ap.add_argument("--tokenizer-docs", type=int, default=None,
+                    help="with --train-tokenizer: train on the first N --train documents (default all)")
     args = ap.parse_args(argv)
     if not args.val and not args.train:
         ap.error("give at least one --val or --train input")
     try:
         build(args.tokenizer, args.val, args.train, args.out, args.shard_tokens,
-              args.vocab_size, args.max_docs, args.overwrite)
+              args.vocab_size, args.max_docs, args.overwrite, args.caseops, args.train_tokenizer,
+              args.tokenizer_docs)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

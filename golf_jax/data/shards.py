@@ -23,6 +23,7 @@ HEADER_BYTES = HEADER_WORDS * 4
 TOKEN_BYTES = 2
 
 _REBUILD = "rebuild it with `python -m golf_jax.data.prepare`"
+SIDECAR_TAG = "_bytes_"  # fineweb_val_bytes_%06d.bin: a CaseOps byte sidecar, never a token shard
 
 
 class ShardError(ValueError):
@@ -139,8 +140,12 @@ def read_shard(
 
 
 def shard_files(pattern: str) -> list[Path]:
-    """Sorted glob (the reference orders shards by name); an empty match is an error."""
-    files = [Path(p) for p in sorted(glob.glob(str(pattern)))]
+    """Sorted glob (the reference orders shards by name); an empty match is an error.
+
+    Byte sidecars are left out: "fineweb_val_*.bin" also matches fineweb_val_bytes_*.bin
+    (#1738 excludes them from its token glob the same way).
+    """
+    files = [Path(p) for p in sorted(glob.glob(str(pattern))) if SIDECAR_TAG not in Path(p).name]
     if not files:
         raise ShardError(
             f"no shard files match {str(pattern)!r}; check the data directory / pattern, "
@@ -178,3 +183,38 @@ def load_validation_tokens(
             "max_tokens, or a shorter sequence length"
         )
     return tokens[: usable + 1]
+
+
+def sidecar_name(token_file: str | os.PathLike) -> Path:
+    """fineweb_val_000003.bin -> fineweb_val_bytes_000003.bin, beside it."""
+    path = Path(token_file)
+    head, tail = path.name.rsplit("_", 1)
+    return path.with_name(f"{head}{SIDECAR_TAG}{tail}")
+
+
+def load_byte_sidecar(pattern: str) -> np.ndarray | None:
+    """The byte sidecar of the shards of `pattern`, concatenated like them; None if there is none.
+
+    A sidecar (golf_jax/data/caseops.py) holds per token the bytes of the original text
+    it stands for, in the shard format. Each token shard must have one with exactly as
+    many entries, or none may: a partial or misaligned sidecar would credit bytes to the
+    wrong targets, so it is an error naming the file.
+    """
+    token_files = shard_files(pattern)
+    wanted = [sidecar_name(f) for f in token_files]
+    found = [f for f in wanted if f.exists()]
+    if not found:
+        return None
+    fix = "rebuild the val split with `python -m golf_jax.data.prepare --caseops`"
+    if len(found) < len(wanted):
+        missing = next(f for f in wanted if not f.exists())
+        raise ShardError(f"{missing}: this byte sidecar is missing while {found[0].name} exists; every val shard "
+                         f"needs its sidecar, {fix}")
+    parts = []
+    for tok, side in zip(token_files, wanted):
+        n_tok, n_side = read_header(tok), read_header(side)
+        if n_side != n_tok:
+            raise ShardError(f"{side}: {n_side} byte entries, but {tok.name} holds {n_tok} tokens; the sidecar "
+                             f"must be parallel to the val tokens, {fix}")
+        parts.append(read_shard(side))
+    return np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from golf_jax.data import shards
+from golf_jax.data import caseops, shards, shuffled
 from golf_jax.data.prepare import sha256_file
 from golf_jax.data.synthetic import ensure_default_corpus
+from golf_jax.data.tokenizer import ByteLUT, build_byte_luts
 
 
 def resolve_data(cfg) -> tuple[Path, Path]:
@@ -34,7 +36,32 @@ def load_val(cfg, data_dir: Path, seq_len: int) -> np.ndarray:
                                          cfg.eval.max_tokens or None)
 
 
-def describe_data(cfg, data_dir: Path, tokenizer_path: Path, val_tokens: int) -> dict:
+def val_byte_lut(sp, vocab_size: int, data_dir: Path, val_tokens: np.ndarray) -> ByteLUT:
+    """How val bytes are counted: the tokenizer's LUT, with the byte sidecar when one lies
+    beside the val shards (fineweb_val_bytes_*.bin, CaseOps), cut as `val_tokens` (a prefix
+    of the val stream). A CaseOps tokenizer without a sidecar is an error: its LUT would
+    count each case operator as 3 bytes of text."""
+    lut = build_byte_luts(sp, vocab_size)
+    sidecar = shards.load_byte_sidecar(str(Path(data_dir) / "fineweb_val_*.bin"))
+    if sidecar is None:
+        if caseops.is_caseops_tokenizer(sp):
+            raise ValueError(f"{data_dir}: the tokenizer is a CaseOps tokenizer but there is no val byte sidecar "
+                             "(fineweb_val_bytes_*.bin); build the shards with `python -m golf_jax.data.prepare "
+                             "--caseops`")
+        return lut
+    return dataclasses.replace(lut, sidecar=sidecar[: len(val_tokens)])
+
+
+def loader_seed_rule(cfg) -> str:
+    """What seeds the training loader's order, so data.json says whether `seed` moves it."""
+    if cfg.data.loader == "shuffled":
+        return shuffled.seed_rule(cfg.seed, cfg.compat.loader_rank_seed)
+    if cfg.data.loader == "coprime":
+        return "PCG64(FNV hash of the sorted shard paths); independent of seed"
+    return "none: shards in sorted order; independent of seed"
+
+
+def describe_data(cfg, data_dir: Path, tokenizer_path: Path, val_tokens: int, val_bytes: str = "lut") -> dict:
     """What fixes the data order: the shards (names, sizes, hashes), tokenizer and loader."""
     train = shards.shard_files(str(data_dir / "fineweb_train_*.bin"))
     return {
@@ -42,8 +69,10 @@ def describe_data(cfg, data_dir: Path, tokenizer_path: Path, val_tokens: int) ->
         "tokenizer": str(tokenizer_path),
         "tokenizer_sha256": sha256_file(tokenizer_path),
         "loader": cfg.data.loader,
+        "loader_seed": loader_seed_rule(cfg),
         "train_shards": [{"name": f.name, "bytes": f.stat().st_size} for f in train],
         "manifest_sha256": sha256_file(data_dir / "manifest.json") if (data_dir / "manifest.json").exists() else None,
         "val_tokens_used": val_tokens,
+        "val_bytes": val_bytes,  # "sidecar" (fineweb_val_bytes_*.bin) or "lut" (the tokenizer's byte tables)
         "seed": cfg.seed,
     }

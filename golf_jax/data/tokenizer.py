@@ -3,6 +3,10 @@
 bpb divides the NLL by a byte count derived from the token ids alone (reference
 §2.2-2.3), not from the raw text: the tokenizer normalises whitespace, so the text
 does not round-trip. These tables reproduce the reference byte accounting exactly.
+
+CaseOps shards (golf_jax/data/caseops.py) come with a byte sidecar instead: per val
+token, the bytes of the original text it stands for. A ByteLUT that carries one
+credits those bytes, position by position, in place of the tables.
 """
 
 from __future__ import annotations
@@ -45,15 +49,18 @@ def load_tokenizer(path: str | os.PathLike, vocab_size: int) -> spm.SentencePiec
 
 @dataclass(frozen=True)
 class ByteLUT:
-    """Per-token byte tables (size T = max(sp vocab, model vocab)).
+    """Per-token byte tables (size T = max(sp vocab, model vocab)), or a val byte sidecar.
 
     The arrays may be numpy or jax arrays (see `to`), so the same tables serve the
-    host-side accounting and a jitted eval step.
+    host-side accounting and a jitted eval step. `sidecar`, when set, holds the bytes of
+    each token of the one val stream this LUT is used with (cut exactly as that stream),
+    and `target_bytes` reads it instead of the tables.
     """
 
     base_bytes: Any  # int16 [T]: UTF-8 bytes of the piece without its leading "▁"
     has_leading_space: Any  # bool [T]: the piece starts with "▁"
     is_boundary: Any  # bool [T]: control / unknown / unused ids (BOS etc.)
+    sidecar: Any = None  # uint16 [N] parallel to the val tokens (fineweb_val_bytes_*.bin), or None
 
     @property
     def size(self) -> int:
@@ -65,7 +72,13 @@ class ByteLUT:
             xp.asarray(self.base_bytes),
             xp.asarray(self.has_leading_space),
             xp.asarray(self.is_boundary),
+            None if self.sidecar is None else xp.asarray(self.sidecar),
         )
+
+    @property
+    def source(self) -> str:
+        """Where val bytes come from: "sidecar" or "lut" (logged and written to data.json)."""
+        return "lut" if self.sidecar is None else "sidecar"
 
 
 def build_byte_luts(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteLUT:
@@ -90,12 +103,19 @@ def build_byte_luts(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteLUT:
     return ByteLUT(base, lead, boundary)
 
 
-def target_bytes(lut: ByteLUT, prev_ids: Any, target_ids: Any, xp: Any = np) -> Any:
+def target_bytes(lut: ByteLUT, prev_ids: Any, target_ids: Any, xp: Any = np, target_index: Any = None) -> Any:
     """Bytes credited to each target y given the token x before it (reference §2.3).
 
     bytes = base_bytes[y] + (has_leading_space[y] and not is_boundary[x]); int32.
+    With a sidecar: bytes = sidecar[t + 1] for target index t (the target is val[t + 1]),
+    as #1738 credits bytes[target position]; callers pass `target_index` for that.
     Works with numpy or jax.numpy (pass xp=jnp), inside jit as well.
     """
+    if lut.sidecar is not None:
+        if target_index is None:
+            raise ValueError("target_bytes: this ByteLUT carries a val byte sidecar, so the targets' positions "
+                             "(target_index) are needed")
+        return xp.asarray(lut.sidecar)[xp.asarray(target_index) + 1].astype(xp.int32)
     base = xp.asarray(lut.base_bytes)[target_ids].astype(xp.int32)
     lead = xp.asarray(lut.has_leading_space)[target_ids]
     after_text = ~xp.asarray(lut.is_boundary)[prev_ids]

@@ -234,8 +234,8 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
                     nll_BxS, nll_sum = score_jit(dist, put["y"], put["mask"])
                 if probe_set.size:
                     _collect_probes(probes, probe_set, arrays, dist, nll_BxS, is_logits)
-                nbytes = int(np.sum(np.where(arrays["mask"], target_bytes(lut, arrays["prev"], arrays["y"]), 0),
-                                    dtype=np.int64))
+                credited = target_bytes(lut, arrays["prev"], arrays["y"], target_index=arrays["target"])
+                nbytes = int(np.sum(np.where(arrays["mask"], credited, 0), dtype=np.int64))
                 base_sum = None if base is None else score_jit(base, put["y"], put["mask"])[1]
                 pending.append((nll_sum, base_sum, len(sub), int(arrays["mask"].sum()), nbytes,
                                 (nll_BxS, arrays["target"], arrays["mask"]) if record_nll else None))

@@ -16,26 +16,28 @@ from golf_jax.model import layers
 from golf_jax import mesh as mesh_lib
 
 
-def make_eval_step(model: nn.Module, lut: ByteLUT):
-    """Sums of NLL (fp32), scored tokens and LUT bytes over a masked batch."""
-    lut = lut.to(jnp)
+def make_eval_step(model: nn.Module):
+    """Sums of NLL (fp32) and scored tokens over a masked batch.
+
+    Bytes are counted on the host (eval_batches), where the val byte sidecar, if any,
+    lives: the same target_bytes as the harness, so every stage credits the same bytes.
+    """
 
     def eval_step(params, batch: dict) -> dict:
         logits = model.apply({"params": params}, batch["x"])
         nll_BxT = layers.cross_entropy_BxT(logits, batch["y"])
         mask = batch["mask"]
-        bytes_BxT = target_bytes(lut, batch["x"], batch["y"], xp=jnp)
         return {
             "nll_sum": jnp.sum(jnp.where(mask, nll_BxT, 0.0)),
             "tokens": jnp.sum(mask.astype(jnp.int32)),
-            "bytes": jnp.sum(jnp.where(mask, bytes_BxT, 0)),
         }
 
     return eval_step
 
 
-def eval_batches(val_tokens: np.ndarray, seq_len: int, batch_seqs: int, multiple_of: int):
-    """Yield {x, y, mask} of `batch_seqs` rows; the last batch is zero-padded and masked."""
+def eval_batches(val_tokens: np.ndarray, seq_len: int, batch_seqs: int, multiple_of: int, lut: ByteLUT):
+    """Yield ({x, y, mask}, bytes of its targets) per `batch_seqs` rows; the last batch is
+    zero-padded and masked."""
     num_seqs = (len(val_tokens) - 1) // seq_len
     batch_seqs = max(multiple_of, -(-batch_seqs // multiple_of) * multiple_of)
     for start in range(0, num_seqs, batch_seqs):
@@ -48,18 +50,22 @@ def eval_batches(val_tokens: np.ndarray, seq_len: int, batch_seqs: int, multiple
         x[:n] = chunk[:-1].reshape(n, seq_len)
         y[:n] = chunk[1:].reshape(n, seq_len)
         mask[:n] = True
-        yield {"x": x, "y": y, "mask": mask}
+        first = start * seq_len  # index of the batch's first target (the target is val[t + 1])
+        nbytes = target_bytes(lut, chunk[:-1], chunk[1:], target_index=np.arange(first, first + n * seq_len))
+        yield {"x": x, "y": y, "mask": mask}, int(np.sum(nbytes, dtype=np.int64))
 
 
-def evaluate(eval_step_jit, params, mesh: Mesh, val_tokens: np.ndarray, seq_len: int, batch_seqs: int) -> BpbAccumulator:
+def evaluate(eval_step_jit, params, mesh: Mesh, val_tokens: np.ndarray, seq_len: int, batch_seqs: int,
+             lut: ByteLUT) -> BpbAccumulator:
     """Score the whole val stream; per-batch sums come back to the host as float64."""
     acc = BpbAccumulator()
-    pending = []
-    for batch in eval_batches(val_tokens, seq_len, batch_seqs, mesh.devices.size):
+    pending, nbytes = [], []
+    for batch, b in eval_batches(val_tokens, seq_len, batch_seqs, mesh.devices.size, lut):
         device_batch = {k: mesh_lib.put_global_batch(mesh, v) for k, v in batch.items()}
         pending.append(eval_step_jit(params, device_batch))
-    for sums in jax.device_get(pending):
-        acc.add(float(sums["nll_sum"]), int(sums["tokens"]), int(sums["bytes"]))
+        nbytes.append(b)
+    for sums, b in zip(jax.device_get(pending), nbytes):
+        acc.add(float(sums["nll_sum"]), int(sums["tokens"]), b)
     return acc
 
 
@@ -71,6 +77,6 @@ def jit_eval_step(eval_step, mesh: Mesh):
 def make_evaluator(model: nn.Module, lut: ByteLUT, mesh: Mesh, val_tokens: np.ndarray, seq_len: int,
                    val_batch_tokens: int) -> Callable[..., BpbAccumulator]:
     """`params -> BpbAccumulator` over the val stream (one compiled eval step, reused)."""
-    eval_step = jit_eval_step(make_eval_step(model, lut), mesh)
+    eval_step = jit_eval_step(make_eval_step(model), mesh)
     batch_seqs = max(val_batch_tokens // seq_len, 1)
-    return lambda params: evaluate(eval_step, params, mesh, val_tokens, seq_len, batch_seqs)
+    return lambda params: evaluate(eval_step, params, mesh, val_tokens, seq_len, batch_seqs, lut)

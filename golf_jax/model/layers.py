@@ -30,6 +30,32 @@ def torch_linear_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32)
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def torch_orthogonal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """`torch.nn.init.orthogonal_` (gain 1) of the torch `(out, in)` matrix, returned as `(in, out)`.
+
+    torch: rows orthonormal when out ≤ in, else columns; the QR sign fix `q·sign(diag r)`
+    makes the draw a Haar sample. Only the distribution matters (different RNG).
+    """
+    fan_in, fan_out = shape[-2], shape[-1]
+    rows, cols = fan_out, fan_in
+    flat = jax.random.normal(key, (max(rows, cols), min(rows, cols)), jnp.float32)
+    q, r = jnp.linalg.qr(flat)
+    q = q * jnp.sign(jnp.diagonal(r))[None, :]
+    w_outxin = q.T if rows < cols else q  # (rows, cols)
+    return w_outxin.T.astype(dtype)
+
+
+def linear_override_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """The record reference's post-hoc pass over nn.Linear modules (L959–964): orthogonal
+    when both dims are ≥ 64, else the module's own zero init stays (bigram.proj, ve proj)."""
+    if shape[-2] >= 64 and shape[-1] >= 64:
+        return torch_orthogonal(key, shape, dtype)
+    return jnp.zeros(shape, dtype)
+
+
+MATRIX_INITS = {"torch_default": torch_linear_init, "orthogonal": torch_orthogonal}
+
+
 class Linear(nn.Module):
     """Bias-free linear: an fp32 `(in, out)` kernel cast to the activation dtype at use."""
 

@@ -19,6 +19,7 @@ import optax
 from golf_jax.optim.muon import scale_by_muon
 
 LABELS = ("muon", "embed", "scalar", "head", "frozen")
+MUON_VARIANTS = ("muon", "muoneq_r")
 
 
 def scale_by_lr(base_lr: float) -> optax.GradientTransformationExtraArgs:
@@ -117,6 +118,9 @@ def build_optimizer(
     embed_wd = _get(opt_cfg, "embed_weight_decay", None, required=False)
     embed_wd = adam_wd if embed_wd is None else float(embed_wd)
     muon_wd = float(_get(opt_cfg, "muon_weight_decay"))
+    variant = _get(opt_cfg, "muon_variant", "muon", required=False)
+    if variant not in MUON_VARIANTS:
+        raise ValueError(f"opt.muon_variant={variant!r}: use one of {', '.join(map(repr, MUON_VARIANTS))}")
 
     muon_parts: list[optax.GradientTransformation] = [
         scale_by_muon(
@@ -127,6 +131,7 @@ def build_optimizer(
             momentum_dtype=jnp.dtype(
                 _get(opt_cfg, "muon_momentum_dtype", "float32", required=False)
             ),
+            row_normalize=variant == "muoneq_r",
         )
     ]
     if muon_wd:

@@ -65,6 +65,16 @@ def newton_schulz5(
     return x
 
 
+def normalize_rows(u: jax.Array, eps: float = 1e-7) -> jax.Array:
+    """MuonEq-R (the SP8192 stack, #1735 L226-300): each output row of the reference's
+    `(out, in)` matrix divided by its L2 norm (clamped at eps) before Newton–Schulz, so
+    every output channel enters the orthogonalization with equal weight. Our kernels are
+    `(in, out)`: the reference's rows are our columns, normed over axis −2."""
+    u32 = u.astype(jnp.float32)
+    norms = jnp.sqrt(jnp.sum(jnp.square(u32), axis=-2, keepdims=True))
+    return (u32 / jnp.maximum(norms, eps)).astype(u.dtype)
+
+
 def muon_shape_scale(shape: tuple[int, ...]) -> float:
     """`sqrt(max(1, out/in))` for an `(…, in, out)` kernel (the reference's rows/cols)."""
     fan_in, fan_out = shape[-2], shape[-1]
@@ -99,8 +109,11 @@ def scale_by_muon(
     ns_dtype: Any = jnp.bfloat16,
     momentum_dtype: Any = jnp.float32,
     eps: float = 1e-7,
+    row_normalize: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Muon direction `sqrt(max(1, out/in)) · NS5(g + μ·buf)`, without lr or decay.
+
+    `row_normalize` is MuonEq-R: NS5 sees `normalize_rows(g + μ·buf)` instead.
 
     μ is the extra arg `muon_momentum` when given to `update` (a traced scalar, so a
     warmup does not recompile), else `momentum`. Weight decay and the (negative)
@@ -140,6 +153,8 @@ def scale_by_muon(
         def direction(g: jax.Array, buf: jax.Array) -> jax.Array:
             buf32 = buf.astype(jnp.float32)
             u = g.astype(jnp.float32) + mu * buf32 if nesterov else buf32
+            if row_normalize:
+                u = normalize_rows(u)
             o = newton_schulz5(u, steps=ns_steps, eps=eps, dtype=ns_dtype)
             return (o.astype(jnp.float32) * muon_shape_scale(g.shape)).astype(g.dtype)
 

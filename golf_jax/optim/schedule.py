@@ -23,6 +23,25 @@ def _iterations_lr(step: int, iterations: int, warmdown_iters: int) -> float:
     return 1.0
 
 
+def training_fraction(step: int, elapsed_s: float, iterations: int, max_wallclock_seconds: float) -> float:
+    """How far training is: elapsed/cap with a wallclock cap (net of any GPTQ reserve),
+    else step/iterations. The SP8192 stack's LR warmdown and depth-recurrence switch use it."""
+    if max_wallclock_seconds > 0:
+        return elapsed_s / max(max_wallclock_seconds, 1e-12)
+    return step / max(iterations, 1)
+
+
+def check_config(sched) -> None:
+    """The schedule section's enum and ranges (before anything compiles)."""
+    if sched.mode not in LR_MODES:
+        raise ValueError(f"schedule.mode={sched.mode!r}: use one of {', '.join(map(repr, LR_MODES))}")
+    if not 0.0 <= sched.warmdown_frac <= 1.0 or not 0.0 <= sched.min_lr <= 1.0:
+        raise ValueError(f"schedule.warmdown_frac={sched.warmdown_frac} and schedule.min_lr={sched.min_lr} "
+                         "must be fractions in [0, 1]")
+    if sched.warmdown_iters < 0:
+        raise ValueError(f"schedule.warmdown_iters={sched.warmdown_iters}: must be >= 0")
+
+
 def lr_scale(
     step: int,
     elapsed_s: float,
@@ -50,10 +69,7 @@ def lr_scale(
     if mode == "wallclock_fraction":
         if warmdown_frac <= 0:
             return 1.0
-        if max_wallclock_seconds > 0:
-            frac = elapsed_s / max(max_wallclock_seconds, 1e-12)
-        else:
-            frac = step / max(iterations, 1)
+        frac = training_fraction(step, elapsed_s, iterations, max_wallclock_seconds)
         if frac >= 1.0 - warmdown_frac:
             return max((1.0 - frac) / warmdown_frac, min_lr)
         return 1.0

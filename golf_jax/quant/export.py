@@ -10,10 +10,13 @@ Formats (export.format):
   <= 65,536 elements -> fp16; every kernel labelled "muon" (the block matrices)
   -> int6 GPTQ with the Hessian from golf_jax.quant.hessian (W = kernel^T, [out, in]);
   every other large tensor (tok_emb, bigram/VE embed, an untied head) -> int8
-  per-row (int7 with export.embed_bits=7). MTP heads are not exported (5.1).
+  per-row (int7 with export.embed_bits=7). With export.embed_quant="gptq" the tied
+  table tok_emb/embedding [V, D] is GPTQ-quantized instead (int8/int7 rows; with
+  export.gptq_clip="sdclip" the k is export.embed_sdclip_k), with the Hessian of the
+  LM head's input, as in the SP8192 reference (#1735). MTP heads are not exported (5.1).
   Then selective +-1 pruning toward the budget; lzma by default.
-* "rtn_int6": as gptq_int6 but round-to-nearest with the same per-row percentile
-  search (no Hessian), for comparisons.
+* "rtn_int6": as gptq_int6 but round-to-nearest with the same per-row clip rule
+  (percentile search or SDClip; no Hessian), for comparisons.
 
 Artifact bytes = compressed weights + code bytes, in DECIMAL bytes against
 export.budget_bytes (16,000,000). Code bytes are passed in: the byte length of the
@@ -31,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from flax import traverse_util
 
-from golf_jax.quant import container, gptq, prune, rowquant
+from golf_jax.quant import container, gptq, hessian, prune, rowquant
 from golf_jax.quant.prune import ArtifactBudgetError
 
 PASSTHROUGH_MAX_NUMEL = 65_536
@@ -76,6 +79,24 @@ def quantize_int8(arrays: dict[str, np.ndarray]) -> dict[str, container.QuantTen
 
 
 INT6_FORMATS = ("gptq_int6", "rtn_int6")
+EMBED_QUANTS = ("rowquant", "gptq")
+GPTQ_CLIPS = ("percentile", "sdclip")
+TIED_EMBED = hessian.TIED_EMBED_KEY  # "tok_emb/embedding": the tied table, [V, D] as stored
+
+
+def check_config(ex) -> None:
+    """The export.* choices, before anything is trained (one line naming the key)."""
+    if ex.format not in ("int8_zlib", *INT6_FORMATS):
+        raise ValueError(f"export.format={ex.format!r}: known formats are 'int8_zlib', "
+                         f"{', '.join(repr(f) for f in INT6_FORMATS)}")
+    if int(ex.embed_bits) not in (7, 8):
+        raise ValueError(f"export.embed_bits={ex.embed_bits}: use 8 or 7")
+    if ex.embed_quant not in EMBED_QUANTS:
+        raise ValueError(f"export.embed_quant={ex.embed_quant!r}: use one of {EMBED_QUANTS}")
+    if ex.gptq_clip not in GPTQ_CLIPS:
+        raise ValueError(f"export.gptq_clip={ex.gptq_clip!r}: use one of {GPTQ_CLIPS}")
+
+
 NOT_EXPORTED_PREFIXES = ("mtp_heads_",)  # training-only heads (spec 5.1)
 
 
@@ -98,10 +119,17 @@ def classify(name: str, arr: np.ndarray, label: str) -> str:
 def quantize_int6(arrays: dict[str, np.ndarray], labels: dict[str, str], ex, hessians: dict | None,
                   double_damp: bool = False) -> tuple[dict[str, container.QuantTensor], dict]:
     """gptq_int6 (hessians given) or rtn_int6 (hessians None) tensors, plus stats."""
-    tensors, stats = {}, {"int6": 0, "embed": 0, "fp16": 0, "gptq_fallbacks": 0, "gptq_seconds": 0.0}
-    embed_clip = {8: rowquant.INT8_CLIP, 7: rowquant.INT7_CLIP}.get(int(ex.embed_bits))
-    if embed_clip is None:
-        raise ValueError(f"export.embed_bits={ex.embed_bits}: use 8 or 7")
+    check_config(ex)
+    tensors, stats = {}, {"int6": 0, "embed": 0, "fp16": 0, "gptq_fallbacks": 0, "gptq_seconds": 0.0,
+                          "embed_quant": ex.embed_quant}
+    embed_clip = {8: rowquant.INT8_CLIP, 7: rowquant.INT7_CLIP}[int(ex.embed_bits)]
+    embed_kind = "int8" if embed_clip == rowquant.INT8_CLIP else "int7"
+    embed_gptq = ex.embed_quant == "gptq"
+    if (embed_gptq and hessians is not None and TIED_EMBED not in hessians and TIED_EMBED in arrays
+            and classify(TIED_EMBED, arrays[TIED_EMBED], labels.get(TIED_EMBED, "")) == "embed"):
+        raise ValueError(f"export.embed_quant='gptq': no Hessian for {TIED_EMBED}; calibrate with "
+                         "golf_jax.quant.hessian.calibrate under this config (it collects the LM head's input), "
+                         "or set export.embed_quant='rowquant'")
     missing = [n for n, a in arrays.items() if classify(n, a, labels.get(n, "")) == "int6"
                and hessians is not None and n not in hessians]
     if missing:
@@ -115,23 +143,28 @@ def quantize_int6(arrays: dict[str, np.ndarray], labels: dict[str, str], ex, hes
         stats[kind] += 1
         if kind == "fp16":
             tensors[name] = container.passthrough(arr, "fp16")
-        elif kind == "embed":
+        elif kind == "embed" and not (embed_gptq and name == TIED_EMBED):
             q, s = rowquant.quantize_rows_int8(arr.astype(np.float32), clip_range=embed_clip)
-            tensors[name] = container.QuantTensor("int8" if embed_clip == rowquant.INT8_CLIP else "int7",
-                                                  q, s, arr.dtype.name)
+            tensors[name] = container.QuantTensor(embed_kind, q, s, arr.dtype.name)
         else:
-            W = arr.astype(np.float32)
+            int6 = kind == "int6"
             t0 = time.perf_counter()
-            if hessians is None:
-                res = gptq.rtn_quantize(W, clip=ex.gptq_clip, sdclip_k=float(ex.sdclip_k),
-                                        scale_floor=ex.gptq_clip == "percentile")
-            else:
-                res = gptq.gptq_quantize(W, hessians[name], block_size=int(ex.gptq_block), damp=float(ex.gptq_damp),
-                                         double_damp=double_damp, clip=ex.gptq_clip, sdclip_k=float(ex.sdclip_k))
-                stats["gptq_fallbacks"] += int(res.used_fallback)
+            res = _gptq_or_rtn(arr.astype(np.float32), None if hessians is None else hessians[name], ex,
+                               clip_range=rowquant.INT6_CLIP if int6 else embed_clip,
+                               sdclip_k=float(ex.sdclip_k if int6 else ex.embed_sdclip_k), double_damp=double_damp)
+            stats["gptq_fallbacks"] += int(res.used_fallback and hessians is not None)
             stats["gptq_seconds"] += time.perf_counter() - t0
-            tensors[name] = container.QuantTensor("int6", res.q, res.scale, arr.dtype.name)
+            tensors[name] = container.QuantTensor("int6" if int6 else embed_kind, res.q, res.scale, arr.dtype.name)
     return tensors, stats
+
+
+def _gptq_or_rtn(W: np.ndarray, H: np.ndarray | None, ex, *, clip_range: int, sdclip_k: float,
+                 double_damp: bool) -> gptq.GPTQResult:
+    """GPTQ with H, else round-to-nearest with the same per-row clip rule (rtn_int6)."""
+    if H is None:
+        return gptq.rtn_quantize(W, clip_range=clip_range, clip=ex.gptq_clip, sdclip_k=sdclip_k)
+    return gptq.gptq_quantize(W, H, clip_range=clip_range, block_size=int(ex.gptq_block), damp=float(ex.gptq_damp),
+                              double_damp=double_damp, clip=ex.gptq_clip, sdclip_k=sdclip_k)
 
 
 def export_artifact(params, labels, cfg, out_dir: Path, code_bytes: int, calib=None) -> ArtifactInfo:
@@ -158,7 +191,9 @@ def export_artifact(params, labels, cfg, out_dir: Path, code_bytes: int, calib=N
         report.update(stats)
         if calib is not None:
             report.update(calib_source=calib.source, calibration_on_val=calib.on_val, calib_seqs=calib.num_seqs,
-                          calib_seq_len=calib.seq_len, calib_seconds=calib.seconds)
+                          calib_seq_len=calib.seq_len, calib_seconds=calib.seconds,
+                          reserve_seconds=float(ex.reserve_seconds),
+                          calibration_fits_reserve=hessian.fits_reserve(calib.seconds, float(ex.reserve_seconds)))
         unpruned = container.serialize(tensors, ex.int6_storage, compressor)
         storage = container.int6_storage_of(unpruned)  # "auto" decides once, not at every pruning probe
         ser = functools.partial(container.serialize, int6_storage=storage, compressor=compressor)

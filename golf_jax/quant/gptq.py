@@ -145,8 +145,13 @@ def _gptq_columns(Wt: np.ndarray, s: np.ndarray, U: np.ndarray, clip: int, block
     return Qt
 
 
-def _candidate_scales(W: np.ndarray, clip_range: int, clip: str, percentiles, sdclip_k: float, scale_floor: bool):
-    """([C, rows] fp16 scales, candidate labels)."""
+def _candidate_scales(W: np.ndarray, clip_range: int, clip: str, percentiles, sdclip_k: float,
+                      scale_floor: bool | None):
+    """([C, rows] fp16 scales, candidate labels). scale_floor None: the 1/clip floor
+    for percentile clipping (#1318) and none for SDClip (#1735 has none; with trained
+    weights, std ~0.02, a 1/31 floor would replace nearly every SDClip scale)."""
+    if scale_floor is None:
+        scale_floor = clip == "percentile"
     if clip == "sdclip":
         s = sdclip_scale(W, clip_range, sdclip_k)
         if scale_floor:
@@ -197,7 +202,7 @@ def gptq_quantize(
     percentiles: tuple[float, ...] = PERCENTILES,
     clip: str = "percentile",
     sdclip_k: float = 12.85,
-    scale_floor: bool = True,
+    scale_floor: bool | None = None,
     act_order: bool = True,
     sub_block: int = 16,
     dtype: np.dtype | type = np.float32,
@@ -209,7 +214,12 @@ def gptq_quantize(
     ``double_damp=True`` the reference's second damping is reproduced literally: the
     same damping is applied, then dead columns are handled, then H += damp *
     mean(diag H) * I again (total ~ damp*(2+damp)*mean diag). ``scale_floor``
-    applies the reference's 1/clip floor to percentile scales (SDClip: no floor).
+    applies the reference's 1/clip floor (None: on for percentile, off for SDClip).
+    ``clip="sdclip"`` is #1735's GPTQ (spec §1.2): s = fp16(k*std(row, ddof=1)/clip)
+    of the original row, no search; with damp=0.01 it matches that reference except
+    that a scale rounding to 0 in fp16 becomes the smallest fp16 (the reference
+    divides by 0) and the damping's mean(diag H) is clamped >= 1e-6 (never active
+    for real inputs).
     Candidate MSEs are accumulated in float64 (the reference: a float32 mean), so
     near-ties may resolve differently. Cholesky failure is judged on H itself (the
     reference also factors H^-1 again, which can fail separately in float32).
@@ -299,7 +309,7 @@ def _fallback(W: np.ndarray, S16: np.ndarray, labels, clip_range: int, damping: 
 
 
 def rtn_quantize(W: np.ndarray, *, clip_range: int = INT6_CLIP, percentiles=PERCENTILES, clip: str = "percentile",
-                 sdclip_k: float = 12.85, scale_floor: bool = True) -> GPTQResult:
+                 sdclip_k: float = 12.85, scale_floor: bool | None = None) -> GPTQResult:
     """Round-to-nearest with the same clip search as gptq_quantize, no Hessian (for comparisons)."""
     W = np.asarray(W, np.float32)
     S16, labels = _candidate_scales(W, clip_range, clip, percentiles, sdclip_k, scale_floor)

@@ -10,7 +10,10 @@ devices; the running sums stay on device and only the final matrices reach the
 host. Nothing per token is gathered.
 
 Keys are the kernel's params path, e.g. "blocks_0/attn/c_q/kernel". A Linear called
-twice in one forward accumulates both calls. Normalisation: H / number of
+twice in one forward accumulates both calls. With `tied_embed=True` the input of the
+tied LM head (the first argument of the top-level module's `logits_from_hidden`: the
+final-norm output) is accumulated too, under "tok_emb/embedding": logits = h Eᵀ, so
+for E as [V, D] rows that is its Hessian, as the SP8192 reference (#1735) takes it. Normalisation: H / number of
 calibration sequences (the reference divides by sequences, not tokens; GPTQ is
 invariant to a positive scale of H up to the relative damping, which is relative
 to mean(diag H) anyway).
@@ -35,6 +38,18 @@ from golf_jax.model import layers
 from golf_jax import mesh as mesh_lib
 
 CALIB_SOURCES = ("train", "val", "selfgen")
+TIED_EMBED_KEY = "tok_emb/embedding"  # the tied table's params path, [V, D]
+HEAD_METHOD = "logits_from_hidden"  # the top-level module's LM head: logits from final-normed h
+
+
+def fits_reserve(seconds: float, reserve_seconds: float) -> bool:
+    """Did calibration fit the seconds reserved for it inside the training clock?
+
+    Calibration on training data must end inside the 600 s of training
+    (export.reserve_seconds; #1735 reserves 12 s and took 50-57 s). No reserve
+    (<= 0) means it ran after the clock, which never fits.
+    """
+    return reserve_seconds > 0 and seconds <= reserve_seconds
 
 
 @dataclass
@@ -53,37 +68,51 @@ class Calibration:
         return self.source == "val"
 
 
-def _xtx_interceptor(store: dict, row_weight: jax.Array | None = None):
-    """Adds Σ xᵀx of each Linear call to store; row_weight [B] ∈ {0,1} masks padded rows."""
+def _xtx_interceptor(store: dict, row_weight: jax.Array | None = None, tied_embed: bool = False):
+    """Adds Σ xᵀx of each Linear call (and, with tied_embed, of the LM head's input)
+    to store; row_weight [B] ∈ {0,1} masks padded rows."""
+
+    def add(key: str, x: jax.Array) -> None:
+        x = x.astype(jnp.float32)
+        if row_weight is not None:
+            x = x * row_weight.reshape((-1,) + (1,) * (x.ndim - 1))
+        x2 = x.reshape(-1, x.shape[-1])
+        h = jnp.einsum("ti,tj->ij", x2, x2, preferred_element_type=jnp.float32,
+                       precision=jax.lax.Precision.HIGHEST)
+        store[key] = store[key] + h if key in store else h
 
     def interceptor(next_fun, args, kwargs, context):
         mod = context.module
         if isinstance(mod, layers.Linear) and context.method_name == "__call__" and args:
-            x = jnp.asarray(args[0]).astype(mod.dtype).astype(jnp.float32)
-            if row_weight is not None:
-                x = x * row_weight.reshape((-1,) + (1,) * (x.ndim - 1))
-            x2 = x.reshape(-1, x.shape[-1])
-            h = jnp.einsum("ti,tj->ij", x2, x2, preferred_element_type=jnp.float32,
-                           precision=jax.lax.Precision.HIGHEST)
-            key = "/".join(mod.path) + "/kernel"
-            store[key] = store[key] + h if key in store else h
+            add("/".join(mod.path) + "/kernel", jnp.asarray(args[0]).astype(mod.dtype))
+        elif tied_embed and context.method_name == HEAD_METHOD and not mod.path and args:
+            # What multiplies the table: h in the model's compute dtype (when it names one).
+            h = jnp.asarray(args[0])
+            dtype = getattr(getattr(mod, "cfg", None), "compute_dtype", None)
+            add(TIED_EMBED_KEY, h.astype(dtype) if dtype else h)
         return next_fun(*args, **kwargs)
 
     return interceptor
 
 
 def xtx_forward(model: nn.Module, params, tokens_BxT: jax.Array,
-                row_weight: jax.Array | None = None) -> dict[str, jax.Array]:
-    """{kernel path: Σ_tokens xᵀx} of one forward (traceable; use inside jit)."""
+                row_weight: jax.Array | None = None, tied_embed: bool = False) -> dict[str, jax.Array]:
+    """{kernel path: Σ_tokens xᵀx} of one forward (traceable; use inside jit); with
+    tied_embed also {"tok_emb/embedding": Σ hᵀh} of the LM head's input."""
     store: dict[str, jax.Array] = {}
-    with nn.intercept_methods(_xtx_interceptor(store, row_weight)):
+    with nn.intercept_methods(_xtx_interceptor(store, row_weight, tied_embed)):
         model.apply({"params": params}, tokens_BxT)
+    if tied_embed and TIED_EMBED_KEY not in store:
+        raise ValueError(f"export.embed_quant='gptq': the model's forward never called its top-level "
+                         f"`{HEAD_METHOD}`, so there is no Hessian for {TIED_EMBED_KEY}; give the model that "
+                         "method or set export.embed_quant='rowquant'")
     return store
 
 
 def collect_hessians(model: nn.Module, params, seqs_NxT: np.ndarray, mesh: Mesh,
-                     batch_seqs: int = 8) -> dict[str, np.ndarray]:
-    """H = Σ XᵀX / N over N calibration sequences, as fp32 numpy [in, in] per kernel.
+                     batch_seqs: int = 8, tied_embed: bool = False) -> dict[str, np.ndarray]:
+    """H = Σ XᵀX / N over N calibration sequences, as fp32 numpy [in, in] per kernel
+    (and per tied table with tied_embed, see xtx_forward).
 
     Batches of `batch_seqs` rows (rounded up to a multiple of the device count) are
     sharded over the data axis; the last batch is zero-padded and its padded rows get
@@ -96,12 +125,13 @@ def collect_hessians(model: nn.Module, params, seqs_NxT: np.ndarray, mesh: Mesh,
     rep, dat = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
 
     def step(acc, p, x, w):
-        store = xtx_forward(model, p, x, w)
+        store = xtx_forward(model, p, x, w, tied_embed)
         return {k: acc[k] + store[k] for k in store}
 
     if n == 0:
         raise ValueError("collect_hessians: no calibration sequences (export.calib_seqs must be > 0)")
-    shapes = jax.eval_shape(lambda p, x: xtx_forward(model, p, x), params, jax.ShapeDtypeStruct((bs, T), jnp.int32))
+    shapes = jax.eval_shape(lambda p, x: xtx_forward(model, p, x, tied_embed=tied_embed), params,
+                            jax.ShapeDtypeStruct((bs, T), jnp.int32))
     acc = jax.device_put({k: np.zeros(v.shape, v.dtype) for k, v in shapes.items()}, rep)
     accumulate = jax.jit(step, in_shardings=(rep, rep, dat, dat), out_shardings=rep, donate_argnums=(0,))
     for start in range(0, n, bs):
@@ -177,7 +207,20 @@ def calibrate(cfg, model, params, mesh: Mesh, *, data_dir=None, val_tokens=None,
             "does); this is NOT compliant with the rules, and the summary flags calibration_on_val")
     seqs = calibration_sequences(cfg, e.calib_source, int(e.calib_seqs), T, data_dir=data_dir,
                                  val_tokens=val_tokens, model=model, params=params, mesh=mesh, bos_id=bos_id)
-    hs = collect_hessians(model, params, seqs, mesh)
+    hs = collect_hessians(model, params, seqs, mesh, tied_embed=e.embed_quant == "gptq")
     dt = time.perf_counter() - t0
     log(f"calibration: {len(hs)} Hessians from {len(seqs)} {e.calib_source} sequences × {T} in {dt:.1f}s")
+    log(reserve_line(dt, float(e.reserve_seconds), e.calib_source))
     return Calibration(hs, e.calib_source, len(seqs), T, dt)
+
+
+def reserve_line(seconds: float, reserve_seconds: float, source: str = "train") -> str:
+    """One log line: did calibration fit export.reserve_seconds? (an overrun is loud)."""
+    after = "read training data after the training clock" if source == "train" else "ran after the training clock"
+    if reserve_seconds <= 0:
+        return f"calibration: {seconds:.1f}s with no reserve (export.reserve_seconds=0): it {after}"
+    if fits_reserve(seconds, reserve_seconds):
+        return f"calibration: {seconds:.1f}s fits the {reserve_seconds:.1f}s reserve (export.reserve_seconds)"
+    return (f"WARNING: calibration took {seconds:.1f}s, OVER the {reserve_seconds:.1f}s reserve "
+            f"(export.reserve_seconds) by {seconds - reserve_seconds:.1f}s: it {after}; raise "
+            "export.reserve_seconds or lower export.calib_seqs")

@@ -26,8 +26,9 @@ import jax
 import orbax.checkpoint as ocp
 
 # The config fields that fix the TrainState's shapes; named in mismatch errors.
-SHAPE_KEYS = ("name", "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult",
-              "bigram_vocab_size", "bigram_dim", "ve_dim", "ve_layers", "mtp_num_heads")
+SHAPE_KEYS = ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult",
+              "bigram_vocab_size", "bigram_dim", "ve_dim", "ve_layers", "mtp_num_heads", "smear_gate", "skip_gates",
+              "num_loops", "loop_start", "loop_end")
 
 
 class CheckpointError(RuntimeError):

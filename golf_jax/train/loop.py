@@ -28,6 +28,9 @@ from jax.experimental import multihost_utils
 from golf_jax import mesh as mesh_lib
 from golf_jax.data.coprime import CoprimeLoader
 from golf_jax.data.loader import SequentialLoader
+from golf_jax import model as model_lib
+from golf_jax.model import gpt
+from golf_jax.data.shuffled import ShuffledLoader
 from golf_jax.optim import schedule
 from golf_jax.rundir import RunDir
 from golf_jax.train import recipe as recipe_lib
@@ -45,10 +48,10 @@ def check_config(cfg, num_devices: int) -> None:
             f"train.batch_tokens={t.batch_tokens} must be a multiple of devices×seq_len = "
             f"{num_devices}×{t.seq_len}; change train.batch_tokens or train.seq_len"
         )
-    if cfg.model.model_dim % cfg.model.num_heads or cfg.model.num_heads % cfg.model.num_kv_heads:
-        raise ValueError("model.model_dim must divide by model.num_heads, and num_heads by num_kv_heads")
-    if cfg.data.loader not in ("sequential", "coprime"):
-        raise ValueError(f"data.loader={cfg.data.loader!r}: use 'sequential' or 'coprime'")
+    model_lib.check_config(cfg.model)
+    schedule.check_config(cfg.schedule)
+    if cfg.data.loader not in ("sequential", "coprime", "shuffled"):
+        raise ValueError(f"data.loader={cfg.data.loader!r}: use 'sequential', 'coprime' or 'shuffled'")
 
 
 def make_loader(cfg, data_dir: Path, mesh):
@@ -57,6 +60,9 @@ def make_loader(cfg, data_dir: Path, mesh):
     t = cfg.train
     if cfg.data.loader == "coprime":
         return CoprimeLoader(pattern, t.seq_len, t.batch_tokens // t.seq_len, world, ranks, cfg.model.vocab_size)
+    if cfg.data.loader == "shuffled":
+        return ShuffledLoader(pattern, t.seq_len, t.batch_tokens, world, ranks, cfg.model.vocab_size,
+                              seed=cfg.seed, rank_seed=cfg.compat.loader_rank_seed)
     return SequentialLoader(pattern, t.seq_len, t.batch_tokens, world, ranks, cfg.model.vocab_size)
 
 
@@ -125,15 +131,25 @@ def fit(cfg, model, tx, recipe, state, loader, mesh, run: RunDir, validate: Call
     first, batch_loader_state = prefetch.next()
     schedule_args = step_lib.schedule_inputs(1.0, cfg.opt.muon_momentum)
     t_compile = time.perf_counter()
-    train_step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, recipe), mesh).lower(state, {**first, **schedule_args}).compile()
-    run.log(f"compiled train step in {time.perf_counter() - t_compile:.1f}s")
+
+    def compiled(m):
+        return step_lib.jit_train_step(step_lib.make_train_step(m, tx, recipe), mesh).lower(state, {**first, **schedule_args}).compile()
+
+    looped_step = compiled(model)
+    # Depth recurrence switches on at a fraction of training: both graphs compile now, so
+    # the timed loop never stalls on a recompile (the reference warms both up too).
+    unlooped_step = compiled(model.clone(looping=False)) if recurrence_delayed(cfg.model) else None
+    run.log(f"compiled train step{'s (without and with the layer loop)' if unlooped_step else ''} "
+            f"in {time.perf_counter() - t_compile:.1f}s")
     tokens_per_step = t.batch_tokens
     # export.reserve_seconds: stop early so calibration fits inside the training budget.
     cap_s = max(t.max_wallclock_seconds - cfg.export.reserve_seconds, 0.0) if t.max_wallclock_seconds > 0 else None
     profile = _parse_profile(t.profile_steps)
     train_time, step, stop_after, pending, val_bpb = float(meta["train_time_s"]), int(meta["step"]), None, None, float("nan")
     qat_on_step = meta["late_qat_step"]
-    save_meta = lambda seconds: {"step": step, "train_time_s": seconds, "late_qat_step": qat_on_step, "loader": batch_loader_state}  # noqa: E731
+    loop_on_step = meta.get("loop_on_step") if unlooped_step is not None else 0
+    save_meta = lambda seconds: {"step": step, "train_time_s": seconds, "late_qat_step": qat_on_step,  # noqa: E731
+                                 "loop_on_step": loop_on_step, "loader": batch_loader_state}
     t0 = time.perf_counter()
     clock = lambda: train_time + time.perf_counter() - t0  # noqa: E731 (training seconds so far)
     batch = first
@@ -154,7 +170,12 @@ def fit(cfg, model, tx, recipe, state, loader, mesh, run: RunDir, validate: Call
         lr = schedule.lr_scale(
             step, elapsed, iterations=t.iterations, warmdown_iters=cfg.schedule.warmdown_iters,
             max_wallclock_seconds=cap_s or 0.0, mode=cfg.schedule.mode, warmdown_frac=cfg.schedule.warmdown_frac,
+            min_lr=cfg.schedule.min_lr,
         )
+        if loop_on_step is None and schedule.training_fraction(step, elapsed, t.iterations, cap_s or 0.0) >= cfg.model.loop_enable_frac:
+            loop_on_step = step
+            encoder, decoder = gpt.layer_order(cfg.model, looping=True)
+            run.log(f"layer loop on at step {step}: encoder {encoder} decoder {decoder}")
         if recipe.qat_mask is not None and qat_on_step is None and lr < t.late_qat_threshold:
             qat_on_step = step
             run.log(f"late QAT on at step {step} (lr_scale {lr:.3f} < {t.late_qat_threshold})")
@@ -164,7 +185,7 @@ def fit(cfg, model, tx, recipe, state, loader, mesh, run: RunDir, validate: Call
             recipe_lib.qat_alpha(lr, t.late_qat_threshold, qat_on_step is not None),
         ))
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            state, metrics = train_step(state, batch)
+            state, metrics = (unlooped_step if loop_on_step is None else looped_step)(state, batch)
         step += 1
         if profile and step == profile[1]:
             jax.block_until_ready(state)
@@ -187,7 +208,14 @@ def fit(cfg, model, tx, recipe, state, loader, mesh, run: RunDir, validate: Call
         checkpointer.close()
         run.log(f"checkpoint of step {step} in {ckpt_lib.checkpoint_dir(run.path)}")
         extra["last_checkpoint_step"] = step
+    if unlooped_step is not None:
+        extra["loop_on_step"] = loop_on_step
     return FitResult(state, step, train_time, val_bpb, qat_on_step, extra)
+
+
+def recurrence_delayed(model_cfg) -> bool:
+    """Whether training starts without the layer loop and switches it on later."""
+    return model_cfg.num_loops > 0 and model_cfg.loop_enable_frac > 0
 
 
 def _report(run: RunDir, pending, t, tokens_per_step: int, clock, force: bool = False) -> None:

@@ -1,15 +1,25 @@
-"""The PR #1318 record GPT (spec reference-pr1318.md §3) and its optimizer labels.
+"""The one GPT of golf_jax: every model is a config of this module.
 
-11 layers, d=512, 8/4 heads, partial NTK RoPE (16 of 64 dims), QK RMS-norm, q gain 4,
-XSA on every layer, LeakyReLU(0.5)² MLP ×3, ln scale 1/√(i+1), resid_mix with x0,
-SmearGate, BigramHash 3072×112, ValueEmbedding on layers 9–10, U-Net skips, MTP
-heads (train loss only), tied embeddings with softcap 30.
+The skeleton is the upstream one (tied embeddings, RMSNorm'd input, resid_mix with
+x0, a U-Net of blocks with skip connections, softcap 30). Features are `model.*` keys:
 
-Pytree (all fp32 masters; matmul weights are `(in, out)` `kernel`s):
-`tok_emb/embedding`, `bigram/{embed, proj/kernel, scale}`, `smear/gate`,
-`skip_weights`, `blocks_i/{resid_mix, attn_scale, mlp_scale}`,
+* the PR #1318 record (spec reference-pr1318.md §3): partial NTK RoPE, XSA,
+  LeakyReLU² MLP, the 1/√(i+1) norm scale, SmearGate, BigramHash, value embeddings,
+  MTP heads (train loss only), orthogonal init, a residual stream in the compute dtype;
+* the SP8192 stack of #1735/#1758 (variants-and-compliance §1.2): sigmoid-gated skips
+  (`skip_gates`), GPT-J parallel residuals from layer `parallel_residual_start`, and
+  depth recurrence: layers loop_start..loop_end run `num_loops` extra times, giving
+  e.g. the virtual order [0,1,2,3,4,5,3,4,5,3,4,5,6,7,8,9,10] with shared weights.
+  Training switches the loop on at a wallclock fraction (`loop_enable_frac`); the
+  module attribute `looping` selects the graph, so both compile before the clock.
+
+`configs/baseline.py`, `configs/record.py` and `configs/sp8192_*.py` are the presets.
+
+Pytree (fp32 masters; matmul weights are `(in, out)` `kernel`s): `tok_emb/embedding`,
+`skip_weights` [S, D], `skip_gates` [S, D], `blocks_i/{resid_mix, attn_scale, mlp_scale}`,
 `blocks_i/attn/{c_q, c_k, c_v, proj}/kernel`, `blocks_i/attn/q_gain`,
-`blocks_i/mlp/{fc, proj}/kernel`, `ve_shared/{embed, proj/kernel, scale}`,
+`blocks_i/mlp/{fc, proj}/kernel`, and with the record features `bigram/{embed,
+proj/kernel, scale}`, `smear/gate`, `ve_shared/{embed, proj/kernel, scale}`,
 `ve_layer_scales` [n_ve], `mtp_heads_k/kernel`.
 """
 
@@ -24,70 +34,92 @@ from flax import linen as nn
 from flax import traverse_util
 
 from golf_jax.model import layers
-from golf_jax.model.record_layers import (
-    BigramHash,
-    RecordBlock,
-    SmearGate,
-    ValueEmbedding,
-)
+from golf_jax.model.blocks import Block
+from golf_jax.model.embeddings import BigramHash, SmearGate, ValueEmbedding
 
 
 def ve_layer_indices(cfg: Any) -> tuple[int, ...]:
     return tuple(int(x) for x in str(cfg.ve_layers).split(",") if x.strip())
 
 
-class RecordGPT(nn.Module):
+def layer_order(cfg: Any, looping: bool) -> tuple[list[int], list[int]]:
+    """(encoder, decoder) physical block indices in the order they run.
+
+    Without recurrence: the first L//2 blocks encode, the rest decode. With it
+    (num_loops > 0 and `looping`), the segment loop_start..loop_end repeats
+    num_loops+1 times and the virtual sequence is split in half the same way.
+    """
+    L = int(cfg.num_layers)
+    if cfg.num_loops > 0 and looping:
+        seg = list(range(cfg.loop_start, cfg.loop_end + 1))
+        order = list(range(cfg.loop_start)) + seg * (cfg.num_loops + 1) + list(range(cfg.loop_end + 1, L))
+    else:
+        order = list(range(L))
+    half = len(order) // 2
+    return order[:half], order[half:]
+
+
+def num_skips(cfg: Any) -> int:
+    """U-Net skip connections: one per encoder output the decoder can take (of the looped order)."""
+    enc, dec = layer_order(cfg, looping=True)
+    return min(len(enc), len(dec))
+
+
+class GPT(nn.Module):
     """`apply(params, tokens_BxT) -> logits_BxTxV` (softcapped); `loss` adds MTP."""
 
     cfg: Any
+    looping: bool = True  # depth recurrence on (the trained model's graph); training starts with it off
 
     def setup(self):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.compute_dtype)
         D, L = cfg.model_dim, cfg.num_layers
         kv_dim = cfg.num_kv_heads * (D // cfg.num_heads)
+        self.residual_dtype = dtype if cfg.residual_dtype == "compute" else jnp.dtype(jnp.float32)
         self.tok_emb = nn.Embed(
             cfg.vocab_size,
             D,
             embedding_init=nn.initializers.normal(cfg.tied_embed_init_std),
             param_dtype=jnp.float32,
-            dtype=dtype,
+            dtype=self.residual_dtype,
         )
         self.bigram = (
             BigramHash(cfg.bigram_vocab_size, cfg.bigram_dim, D, dtype, name="bigram")
             if cfg.bigram_vocab_size > 0
             else None
         )
-        self.smear = SmearGate(D)
-        self.num_encoder = L // 2
-        num_skips = min(self.num_encoder, L - self.num_encoder)
-        self.skip_weights = self.param("skip_weights", nn.initializers.ones, (num_skips, D))
+        self.smear = SmearGate(D) if cfg.smear_gate else None
+        S = num_skips(cfg)
+        self.skip_weights = self.param("skip_weights", nn.initializers.ones, (S, D))
+        self.skip_gates = self.param("skip_gates", nn.initializers.zeros, (S, D)) if cfg.skip_gates else None
         xsa_from = max(0, L - cfg.xsa_last_n) if cfg.xsa_last_n > 0 else L
-        self.blocks = [RecordBlock(cfg, i, i >= xsa_from, name=f"blocks_{i}") for i in range(L)]
+        par_from = cfg.parallel_residual_start if cfg.parallel_residual_start >= 0 else L
+        self.blocks = [Block(cfg, i, i >= xsa_from, i >= par_from, name=f"blocks_{i}") for i in range(L)]
         self.ve_layers = ve_layer_indices(cfg)
         if self.ve_layers:
             self.ve_shared = ValueEmbedding(cfg.vocab_size, cfg.ve_dim, kv_dim, dtype)
-            self.ve_layer_scales = self.param(
-                "ve_layer_scales", nn.initializers.ones, (len(self.ve_layers),)
-            )
+            self.ve_layer_scales = self.param("ve_layer_scales", nn.initializers.ones, (len(self.ve_layers),))
         self.mtp_heads = [
             layers.Linear(cfg.vocab_size, dtype, nn.initializers.zeros, name=f"mtp_heads_{k}")
             for k in range(cfg.mtp_num_heads)
         ]
 
     def hidden(self, tokens_BxT: jax.Array, embed_delta_BxTxD: jax.Array | None = None) -> jax.Array:
-        """Final-normed hidden states [B, T, D] in the compute dtype.
+        """Final-normed hidden states [B, T, D] in the residual dtype.
 
         `embed_delta_BxTxD` (tests only) is added to the token+bigram embedding before
         the first norm: a continuous input through which causality can be checked.
         """
-        dtype = jnp.dtype(self.cfg.compute_dtype)
+        dtype = self.residual_dtype
         x = self.tok_emb(tokens_BxT).astype(dtype)
         if self.bigram is not None:
             x = x + self.bigram(tokens_BxT).astype(dtype)
         if embed_delta_BxTxD is not None:
             x = x + embed_delta_BxTxD.astype(dtype)
-        x = self.smear(layers.rms_norm(x))
+        x = layers.rms_norm(x)
+        if self.smear is not None:
+            x = self.smear(x)
         x0 = x
         ve_base = self.ve_shared(tokens_BxT) if self.ve_layers else None
 
@@ -97,14 +129,20 @@ class RecordGPT(nn.Module):
             scale = self.ve_layer_scales[self.ve_layers.index(i)]
             return ve_base * scale.astype(ve_base.dtype)
 
+        encoder, decoder = layer_order(self.cfg, self.looping)
         skips = []
-        for i in range(self.num_encoder):
+        for i in encoder:
             x = self.blocks[i](x, x0, ve_for(i))
             skips.append(x)
-        for j, block in enumerate(self.blocks[self.num_encoder :]):
-            if skips:
-                x = x + self.skip_weights[j].astype(x.dtype) * skips.pop()
-            x = block(x, x0, ve_for(self.num_encoder + j))
+        for j, i in enumerate(decoder):
+            if j < self.skip_weights.shape[0] and skips:
+                scaled_skip = self.skip_weights[j].astype(x.dtype) * skips.pop()
+                if self.skip_gates is None:
+                    x = x + scaled_skip
+                else:  # torch.lerp(scaled_skip, x, g): g = 1 keeps x, g = 0 takes the skip
+                    g = jax.nn.sigmoid(self.skip_gates[j].astype(x.dtype))
+                    x = scaled_skip + g * (x - scaled_skip)
+            x = self.blocks[i](x, x0, ve_for(i))
         return layers.rms_norm(x)
 
     def logits_from_hidden(self, h_BxTxD: jax.Array, bias_V: jax.Array | None = None) -> jax.Array:
@@ -138,7 +176,7 @@ class RecordGPT(nn.Module):
                 logits = layers.softcap(head(h[:, :valid]), cfg.logit_softcap)
                 mtp_terms.append(jnp.mean(layers.cross_entropy_BxT(logits, targets_BxT[:, k + 1 :])))
         if not mtp_terms:
-            return main, {"main_loss": main}
+            return main, {}
         mtp = sum(mtp_terms) / len(mtp_terms)
         return main + cfg.mtp_loss_weight * mtp, {"main_loss": main, "mtp_loss": mtp}
 
@@ -147,9 +185,10 @@ EMBED_PATHS = (("tok_emb", "embedding"), ("bigram", "embed"), ("ve_shared", "emb
 
 
 def make_param_labels(mtp_untrained: bool = False):
-    """Labels per spec §4.1: Muon for block matrices, the three tables 'embed', the rest
-    'scalar' (incl. bigram.proj and ve_shared.proj); MTP heads 'head', or 'frozen' with
-    `compat.mtp_untrained` (the reference never trains them, §8.1)."""
+    """Labels per spec §4.1 (the record's optimizer groups): Muon for block matrices, the
+    three tables 'embed', the rest 'scalar' (incl. skip weights and gates, bigram.proj and
+    ve_shared.proj); MTP heads 'head', or 'frozen' with `compat.mtp_untrained` (the
+    reference never trains them, §8.1). The baseline and SP8192 groups are the same rule."""
 
     def param_labels(params: dict) -> dict:
         def label(path: tuple[str, ...], leaf) -> str:
@@ -199,6 +238,7 @@ def params_from_reference(state_dict: Mapping[str, np.ndarray]) -> dict:
         "bigram.scale": ("bigram", "scale"),
         "smear.gate": ("smear", "gate"),
         "skip_weights": ("skip_weights",),
+        "skip_gates": ("skip_gates",),
         "ve_shared.embed.weight": ("ve_shared", "embed"),
         "ve_shared.scale": ("ve_shared", "scale"),
     }
