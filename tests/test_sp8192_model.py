@@ -75,8 +75,8 @@ def test_recurrence_shares_weights_and_sums_gradients(looping):
     tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 12), 0, cfg.vocab_size)
     order = sum(gpt.layer_order(cfg, looping), [])
     copies = [params[f"blocks_{i}"] for i in order]
-    ours = model.apply({"params": params}, tokens)
-    ref = unrolled_logits(cfg, params, copies, tokens, looping)
+    ours = jax.jit(model.apply)({"params": params}, tokens)
+    ref = jax.jit(lambda p, cs: unrolled_logits(cfg, p, cs, tokens, looping))(params, copies)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
     # d loss / d blocks_i of the shared model == Σ over i's uses of d loss / d copy.
@@ -86,8 +86,8 @@ def test_recurrence_shares_weights_and_sums_gradients(looping):
     def loss_unrolled(cs):
         return jnp.mean(unrolled_logits(cfg, params, cs, tokens, looping) ** 2)
 
-    g_shared = jax.grad(loss_shared)(params)
-    g_copies = jax.grad(loss_unrolled)(copies)
+    g_shared = jax.jit(jax.grad(loss_shared))(params)
+    g_copies = jax.jit(jax.grad(loss_unrolled))(copies)
     for i in range(cfg.num_layers):
         uses = [u for u, b in enumerate(order) if b == i]
         assert len(uses) == (3 if looping and 2 <= i <= 3 else 1)
@@ -121,7 +121,8 @@ def test_recurrent_model_is_causal():
     params = noisy_params(model)
     tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 12), 0, cfg.vocab_size)
     changed = tokens.at[:, 7:].set((tokens[:, 7:] + 5) % cfg.vocab_size)
-    a, b = (np.asarray(model.apply({"params": params}, t)) for t in (tokens, changed))
+    fwd = jax.jit(model.apply)
+    a, b = (np.asarray(fwd({"params": params}, t)) for t in (tokens, changed))
     np.testing.assert_array_equal(a[:, :7], b[:, :7])
     assert not np.allclose(a[:, 7:], b[:, 7:])
 

@@ -17,16 +17,11 @@ import time
 
 import jax
 import numpy as np
-from absl import app
 from flax import traverse_util
-from ml_collections import config_flags
 
 from golf_jax import codebytes
 from golf_jax import model as model_lib
 from golf_jax.quant import container, export
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
-
 
 def gaussian_params(cfg, seed: int = 0) -> dict:
     """The model's params with every leaf of > PASSTHROUGH_MAX_NUMEL entries drawn i.i.d. N(0, 0.02²)."""
@@ -61,17 +56,24 @@ def estimate(cfg, seed: int = 0) -> dict:
             "budget_bytes": int(ex.budget_bytes), "seconds": time.perf_counter() - t0}
 
 
-def main(argv) -> None:
-    del argv
-    cfg = _CONFIG.value
+def report(cfg) -> str:
     r = estimate(cfg)
     over = r["total_bytes"] - r["budget_bytes"]
-    print(f"config: {cfg.name}  params: {r['params']:,}  export: {cfg.export.format} / "
-          f"{cfg.export.compressor or 'default codec'}")
-    print(f"estimated artifact: weights {r['weight_bytes']:,} B + code {r['code_bytes']:,} B = {r['total_bytes']:,} B "
-          f"({'over' if over > 0 else 'under'} the {r['budget_bytes']:,} B budget by {abs(over):,} B; "
-          f"Gaussian weights, round to nearest, {r['seconds']:.0f} s)")
+    return (f"config: {cfg.name}  params: {r['params']:,}  export: {cfg.export.format} / "
+            f"{cfg.export.compressor or 'default codec'}\n"
+            f"estimated artifact: weights {r['weight_bytes']:,} B + code {r['code_bytes']:,} B = {r['total_bytes']:,} B "
+            f"({'over' if over > 0 else 'under'} the {r['budget_bytes']:,} B budget by {abs(over):,} B; "
+            f"Gaussian weights, round to nearest, {r['seconds']:.0f} s)")
+
+
+def main() -> None:
+    """The CLI; its flag is defined here, not at import, so importing this module defines none."""
+    from absl import app
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+    app.run(lambda argv: print(report(config.value)))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()
