@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import sp8192_legal
+from configs import baseline, sp8192_legal
 from golf_jax import model as model_lib
 from golf_jax.model import gpt, layers
 from golf_jax.model.blocks import MLP, Attention, Block
@@ -134,9 +134,6 @@ def test_recurrent_model_is_causal():
     ("parallel_residual_start", 11, "model.parallel_residual_start=11"),
 ])
 def test_model_config_rejects_unused_and_out_of_range_keys(key, value, match):
-    m = model_lib.gpt  # noqa: F841 (the module under test is golf_jax.model)
-    from configs import baseline
-
     cfg = baseline.get_config().model if key in ("bigram_dim", "loop_start") else sp8192_legal.get_config().model
     cfg[key] = value
     with pytest.raises(ValueError, match=match):

@@ -25,17 +25,6 @@ def test_target_bytes_hand_example():
     np.testing.assert_array_equal(target_bytes(HAND_LUT, prev, tgt), [3, 2, 4, 0])
 
 
-def test_target_bytes_jax_jit():
-    import jax
-    import jax.numpy as jnp
-
-    lut = HAND_LUT.to(jnp)
-    f = jax.jit(lambda p, t: target_bytes(lut, p, t, xp=jnp))
-    got = f(jnp.array([[1, 2], [3, 4]]), jnp.array([[2, 4], [2, 1]]))
-    assert got.dtype == jnp.int32
-    np.testing.assert_array_equal(np.asarray(got), [[3, 2], [4, 0]])
-
-
 def test_bpb_hand_example():
     acc = BpbAccumulator("unit")
     acc.add(6.0, 3, 5)

@@ -27,6 +27,8 @@ EXPECTED = {
     "causal_slot_1350": "FAIL", "causal_slot_1306": "FAIL",  # batched SLOTs + pre-quant TTT
     "lbfgs_slot": "FAIL",  # #675: δ fitted on the scored targets
     "discriminative_ttt": "FAIL",  # #6: pre-quant TTT
+    "sp8192_legal": "PASS",  # the SP8192 stack with score-first TTT; calibration in the reserve
+    "sp8192_prequant_ttt": "FAIL",  # #1758: parallel pre-quant TTT on val
 }
 
 INTRO = """# Compliance verdicts

@@ -88,6 +88,18 @@ class TokenStream:
         self.tokens_taken = int(state["tokens_taken"])
 
 
+def check_batch_geometry(seq_len: int, global_batch_tokens: int, world_size: int) -> None:
+    """Each rank must get whole sequences of the global batch."""
+    if seq_len <= 0 or world_size <= 0:
+        raise ValueError(f"seq_len ({seq_len}) and world_size ({world_size}) must be > 0")
+    if global_batch_tokens <= 0 or global_batch_tokens % (world_size * seq_len):
+        raise ValueError(
+            f"train.batch_tokens={global_batch_tokens} must be a positive multiple of "
+            f"world_size * seq_len = {world_size} * {seq_len} = {world_size * seq_len}; "
+            "change train.batch_tokens or the sequence length"
+        )
+
+
 def _check_ranks(ranks: Iterable[int], world_size: int) -> tuple[int, ...]:
     out = tuple(int(r) for r in ranks)
     if not out:
@@ -114,14 +126,7 @@ class SequentialLoader:
         ranks: Iterable[int],
         vocab_size: int | None = None,
     ) -> None:
-        if seq_len <= 0 or world_size <= 0:
-            raise ValueError(f"seq_len ({seq_len}) and world_size ({world_size}) must be > 0")
-        if global_batch_tokens <= 0 or global_batch_tokens % (world_size * seq_len):
-            raise ValueError(
-                f"train.batch_tokens={global_batch_tokens} must be a positive multiple of "
-                f"world_size * seq_len = {world_size} * {seq_len} = {world_size * seq_len}; "
-                "change train.batch_tokens or the sequence length"
-            )
+        check_batch_geometry(seq_len, global_batch_tokens, world_size)
         self.seq_len = seq_len
         self.world_size = world_size
         self.ranks = _check_ranks(ranks, world_size)

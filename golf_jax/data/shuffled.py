@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from golf_jax.data.loader import _check_ranks
+from golf_jax.data.loader import _check_ranks, check_batch_geometry
 from golf_jax.data.shards import check_vocab, read_header, read_shard, shard_files
 
 
@@ -121,14 +121,7 @@ class ShuffledLoader:
         seed: int = 0,
         rank_seed: bool = False,
     ) -> None:
-        if seq_len <= 0 or world_size <= 0:
-            raise ValueError(f"seq_len ({seq_len}) and world_size ({world_size}) must be > 0")
-        if global_batch_tokens <= 0 or global_batch_tokens % (world_size * seq_len):
-            raise ValueError(
-                f"train.batch_tokens={global_batch_tokens} must be a positive multiple of "
-                f"world_size * seq_len = {world_size} * {seq_len} = {world_size * seq_len}; "
-                "change train.batch_tokens or the sequence length"
-            )
+        check_batch_geometry(seq_len, global_batch_tokens, world_size)
         self.pattern = pattern
         self.seq_len = seq_len
         self.world_size = world_size

@@ -51,10 +51,9 @@ def load_tokenizer(path: str | os.PathLike, vocab_size: int) -> spm.SentencePiec
 class ByteLUT:
     """Per-token byte tables (size T = max(sp vocab, model vocab)), or a val byte sidecar.
 
-    The arrays may be numpy or jax arrays (see `to`), so the same tables serve the
-    host-side accounting and a jitted eval step. `sidecar`, when set, holds the bytes of
-    each token of the one val stream this LUT is used with (cut exactly as that stream),
-    and `target_bytes` reads it instead of the tables.
+    Every stage counts bytes on the host, per batch. `sidecar`, when set, holds the bytes
+    of each token of the one val stream this LUT is used with (cut exactly as that
+    stream), and `target_bytes` reads it instead of the tables.
     """
 
     base_bytes: Any  # int16 [T]: UTF-8 bytes of the piece without its leading "▁"
@@ -65,15 +64,6 @@ class ByteLUT:
     @property
     def size(self) -> int:
         return int(self.base_bytes.shape[0])
-
-    def to(self, xp: Any) -> ByteLUT:
-        """The same tables as `xp` arrays (e.g. xp=jax.numpy for device-side use)."""
-        return ByteLUT(
-            xp.asarray(self.base_bytes),
-            xp.asarray(self.has_leading_space),
-            xp.asarray(self.is_boundary),
-            None if self.sidecar is None else xp.asarray(self.sidecar),
-        )
 
     @property
     def source(self) -> str:
@@ -103,20 +93,19 @@ def build_byte_luts(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteLUT:
     return ByteLUT(base, lead, boundary)
 
 
-def target_bytes(lut: ByteLUT, prev_ids: Any, target_ids: Any, xp: Any = np, target_index: Any = None) -> Any:
+def target_bytes(lut: ByteLUT, prev_ids: Any, target_ids: Any, target_index: Any = None) -> np.ndarray:
     """Bytes credited to each target y given the token x before it (reference §2.3).
 
     bytes = base_bytes[y] + (has_leading_space[y] and not is_boundary[x]); int32.
     With a sidecar: bytes = sidecar[t + 1] for target index t (the target is val[t + 1]),
     as #1738 credits bytes[target position]; callers pass `target_index` for that.
-    Works with numpy or jax.numpy (pass xp=jnp), inside jit as well.
     """
     if lut.sidecar is not None:
         if target_index is None:
             raise ValueError("target_bytes: this ByteLUT carries a val byte sidecar, so the targets' positions "
                              "(target_index) are needed")
-        return xp.asarray(lut.sidecar)[xp.asarray(target_index) + 1].astype(xp.int32)
-    base = xp.asarray(lut.base_bytes)[target_ids].astype(xp.int32)
-    lead = xp.asarray(lut.has_leading_space)[target_ids]
-    after_text = ~xp.asarray(lut.is_boundary)[prev_ids]
-    return base + (lead & after_text).astype(xp.int32)
+        return np.asarray(lut.sidecar)[np.asarray(target_index) + 1].astype(np.int32)
+    base = np.asarray(lut.base_bytes)[target_ids].astype(np.int32)
+    lead = np.asarray(lut.has_leading_space)[target_ids]
+    after_text = ~np.asarray(lut.is_boundary)[prev_ids]
+    return base + (lead & after_text).astype(np.int32)
