@@ -26,7 +26,7 @@ def get_config(variant: str = "legal"):
 
     m = c.model
     m.matrix_init, m.mlp_activation, m.residual_dtype = "orthogonal", "leaky_relu2", "compute"
-    m.smear_gate = True
+    m.smear_gate = "record"
     m.vocab_size = 1024
     m.num_layers = 11
     m.model_dim = 512

@@ -42,7 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.residual_dtype = "float32"  # residual stream: "float32" (torch autocast) | "compute" (PR #1318 parity)
     c.model.rope_dims = 0  # rotated dims per head; 0 = the whole head
     c.model.rope_train_seq_len = 0  # NTK base rescale for T > this; 0 = never (PR #1318 hard-codes 1024)
-    c.model.smear_gate = False  # SmearGate on the normed embedding (PR #1318)
+    c.model.smear_gate = "off"  # "off" | "record" (on the normed embedding, PR #1318) | "window" (raw embedding, BOS-masked, #1855)
+    c.model.gate_window = 12  # input dims of the window SmearGate and of the sparse attention gate
+    c.model.attn_gate = "off"  # "off" | "sparse": per-head output gate from the first gate_window dims (#1787)
+    c.model.attn_gate_scale = 1.0  # the sparse gate's logit scale (#1855: 0.5)
     c.model.bigram_vocab_size = 0  # 0 = no BigramHash
     c.model.bigram_dim = 128
     c.model.ve_dim = 128
@@ -52,7 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.mtp_num_heads = 0
     c.model.mtp_loss_weight = 0.0
     c.model.skip_gates = False  # sigmoid-gated U-Net skips: lerp(skip, x, σ(gate)) (SP8192 stack)
-    c.model.parallel_residual_start = -1  # GPT-J parallel attention+MLP from this layer on; -1 = off
+    c.model.parallel_residual_start = -1  # parallel attention+MLP from this layer on; -1 = off
+    c.model.parallel_mode = "gptj"  # "gptj" (both read x_in, #1735) | "two_lane" (an attention and an MLP lane, #1787)
     c.model.num_loops = 0  # depth recurrence: extra passes over layers loop_start..loop_end (SP8192: 2)
     c.model.loop_start = 3
     c.model.loop_end = 5
@@ -77,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.opt.adam_weight_decay = 0.0
     c.opt.embed_weight_decay = 0.0
     c.opt.grad_clip_norm = 0.0  # 0 = off; applied after the cross-device average
+    c.opt.muon_ns_coeffs = "standard"  # "standard" (3.4445, −4.775, 2.0315) | "polar_express" (per-iteration, #1787)
     c.opt.muon_variant = "muon"  # "muon" | "muoneq_r": rows L2-normalised before Newton–Schulz (SP8192 stack)
 
     c.schedule = ml_collections.ConfigDict()
@@ -113,16 +118,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.export = ml_collections.ConfigDict()
     c.export.format = "int8_zlib"  # "int8_zlib" | "gptq_int6" (the record) | "rtn_int6"
     c.export.budget_bytes = 16_000_000  # decimal bytes: compressed weights + code bytes
-    c.export.compressor = ""  # "" = the format's default (lzma for *_int6); "lzma" | "brotli" | "zstd"
+    # "" = the format's default (lzma for *_int6); "lzma" | "brotli" | "zstd" | "pergroup_brotli" |
+    # "pergroup_zpaq" (*_int6 only: matrices grouped by role, rows L1-sorted, each group compressed on
+    # its own; zpaq needs `pip install zpaq`; #1855's COMPRESSOR=pergroup ran lrzip's ZPAQ)
+    c.export.compressor = ""
     c.export.int6_storage = "auto"  # "int8" | "packed6" | "auto" (the smaller after compression)
     c.export.embed_bits = 8  # large non-Muon tables (tok_emb, bigram/VE embed): 8 or 7
     c.export.gptq_damp = 0.005
     c.export.gptq_clip = "percentile"  # "percentile" (reference) | "sdclip"
     c.export.sdclip_k = 12.85  # gptq_clip="sdclip": row scale = k·std(row)/31 for the int6 matrices (#1735)
+    c.export.sdclip_k_mlp = 0.0  # k for blocks_i/mlp/* int6 matrices; 0 = sdclip_k (#1855: 11.5)
+    c.export.sdclip_k_attn = 0.0  # k for blocks_i/attn/* int6 matrices; 0 = sdclip_k (#1855: 13.0)
     # tok_emb/embedding in gptq_int6 / rtn_int6: "rowquant" (percentile int8/int7 rows, no Hessian) |
     # "gptq" (GPTQ with the Hessian of the tied LM head's input, the final-norm output; #1735)
     c.export.embed_quant = "rowquant"
     c.export.embed_sdclip_k = 20.0  # embed_quant="gptq" with gptq_clip="sdclip": k for the int8 (int7) table
+    # LQER (*_int6; golf_jax/quant/lqer.py): the top_k quantized matrices by ‖W - q·s‖_F also store a
+    # rank-r factorization of that error (#1855: rank 4, top 3, int4 B in groups of 64, int2 A)
+    c.export.lqer_rank = 0  # 0 = off
+    c.export.lqer_top_k = 3
+    c.export.lqer_bits = 4  # B's bits (both factors' in the symmetric packing)
+    c.export.lqer_group = 64  # > 0: asymmetric packing, B scaled per group of this many; 0: symmetric per row
+    c.export.gate_int8 = False  # *_int6: params named */attn_gate_w as int8 rows (absmax/127), not fp16 (#1855)
     c.export.gptq_block = 128
     c.export.calib_source = "train"  # "train" | "val" (PR #1318; non-compliant) | "selfgen"
     c.export.calib_seqs = 256

@@ -231,3 +231,28 @@ def test_muon_rejects_vectors_and_needs_momentum():
         tx.update(p, tx.init(p), p)
     u, state = tx.update(p, tx.init(p), p, muon_momentum=0.9)
     assert int(state.count) == 1 and state.momentum_buffer["w"].dtype == jnp.float32
+
+
+def test_polar_express_ns_matches_numpy_float64():
+    """Polar Express (#1787): five (a, b, c) triples, one per iteration, written out here
+    from the PR's table in float64; the fp32 run agrees to fp32 roundoff."""
+    from golf_jax.optim.muon import POLAR_EXPRESS_COEFFS, newton_schulz5
+
+    table = [(8.156554524902461, -22.48329292557795, 15.878769915207462),
+             (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+             (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+             (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+             (2.3465413258596377, -1.7097828382687081, 0.42323551169305323)]
+    g = np.random.default_rng(5).standard_normal((24, 40))  # wide: no transpose
+    x = g / (np.linalg.norm(g) + 1e-7)
+    for a, b, c in table:
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    ours = np.asarray(newton_schulz5(jnp.asarray(g, jnp.float32), coeffs=POLAR_EXPRESS_COEFFS,
+                                     dtype=jnp.float32), np.float64)
+    np.testing.assert_allclose(ours, x, rtol=0, atol=2e-5 * np.abs(x).max())
+    standard = np.asarray(newton_schulz5(jnp.asarray(g, jnp.float32), dtype=jnp.float32), np.float64)
+    assert np.abs(standard - x).max() > 1e-2  # a different iteration
+    # Polar Express lands closer to the orthogonal polar factor than the fixed triple.
+    u, _, vt = np.linalg.svd(g, full_matrices=False)
+    assert np.linalg.norm(ours - u @ vt) < np.linalg.norm(standard - u @ vt)

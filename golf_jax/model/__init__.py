@@ -21,6 +21,9 @@ ENUMS = {
     "mlp_activation": MLP_ACTIVATIONS,
     "residual_dtype": ("float32", "compute"),
     "compute_dtype": ("float32", "bfloat16", "float16"),
+    "smear_gate": ("off", "record", "window"),
+    "attn_gate": ("off", "sparse"),
+    "parallel_mode": ("gptj", "two_lane"),
 }
 
 # key -> (is its feature on?, the setting that switches it on)
@@ -31,6 +34,10 @@ DEPENDENT_KEYS = {
     "loop_start": (lambda m: m.num_loops > 0, "model.num_loops > 0"),
     "loop_end": (lambda m: m.num_loops > 0, "model.num_loops > 0"),
     "loop_enable_frac": (lambda m: m.num_loops > 0, "model.num_loops > 0"),
+    "gate_window": (lambda m: m.smear_gate == "window" or m.attn_gate == "sparse",
+                    "model.smear_gate='window' or model.attn_gate='sparse'"),
+    "attn_gate_scale": (lambda m: m.attn_gate == "sparse", "model.attn_gate='sparse'"),
+    "parallel_mode": (lambda m: m.parallel_residual_start >= 0, "model.parallel_residual_start >= 0"),
 }
 
 
@@ -57,6 +64,11 @@ def check_config(m: Any) -> None:
     if m.num_loops < 0 or (m.num_loops > 0 and not 0 <= m.loop_start <= m.loop_end < L):
         raise ValueError(f"model.num_loops={m.num_loops}, loop_start={m.loop_start}, loop_end={m.loop_end}: "
                          f"need num_loops >= 0 and 0 <= loop_start <= loop_end < {L} (model.num_layers)")
+    if not 1 <= m.gate_window <= m.model_dim:
+        raise ValueError(f"model.gate_window={m.gate_window}: use 1..{m.model_dim} (model.model_dim)")
+    if m.parallel_mode == "two_lane" and m.parallel_residual_start == 0:
+        raise ValueError("model.parallel_residual_start=0 with parallel_mode='two_lane': the lanes start after "
+                         "at least one block (the reference requires a start layer > 0)")
     if not 0.0 <= m.loop_enable_frac <= 1.0:
         raise ValueError(f"model.loop_enable_frac={m.loop_enable_frac}: use a fraction of training in [0, 1]")
     defaults = base_config().model

@@ -43,32 +43,41 @@ def xsa(y_BxTxNxH: jax.Array, v_BxTxKxH: jax.Array) -> jax.Array:
 
 class Attention(nn.Module):
     """GQA causal attention: QK RMS-norm, (partial, NTK-rescaled) RoPE, per-head q gain,
-    optional value embedding added to v and optional XSA."""
+    optional value embedding added to v, optional XSA, and the optional sparse head-output
+    gate of #1787: y_h ← σ(scale · W_h · h[:gate_window]) · y_h, from the first
+    `gate_window` dims of the block's normed input (W zero-init, so σ = ½ at init)."""
 
     cfg: Any
     use_xsa: bool
 
     @nn.compact
-    def __call__(self, h_BxTxD: jax.Array, ve_BxTxKH: jax.Array | None) -> jax.Array:
+    def __call__(self, h_BxTxD: jax.Array, ve_BxTxKH: jax.Array | None, segment_ids_BxT: jax.Array | None = None,
+                 lora: dict | None = None) -> jax.Array:
         cfg = self.cfg
         dtype = jnp.dtype(cfg.compute_dtype)
         init = layers.MATRIX_INITS[cfg.matrix_init]
         B, T, D = h_BxTxD.shape
         N, K = cfg.num_heads, cfg.num_kv_heads
         H = D // N
-        q = layers.Linear(D, dtype, init, name="c_q")(h_BxTxD).reshape(B, T, N, H)
-        k = layers.Linear(K * H, dtype, init, name="c_k")(h_BxTxD).reshape(B, T, K, H)
-        v = layers.Linear(K * H, dtype, init, name="c_v")(h_BxTxD)
+        q = layers.Linear(D, dtype, init, name="c_q")(h_BxTxD) + layers.lora_delta(h_BxTxD, lora, "q")
+        k = layers.Linear(K * H, dtype, init, name="c_k")(h_BxTxD) + layers.lora_delta(h_BxTxD, lora, "k")
+        v = layers.Linear(K * H, dtype, init, name="c_v")(h_BxTxD) + layers.lora_delta(h_BxTxD, lora, "v")
+        q, k = q.reshape(B, T, N, H), k.reshape(B, T, K, H)
         if ve_BxTxKH is not None:
             v = v + ve_BxTxKH.astype(v.dtype)
         v = v.reshape(B, T, K, H)
         rope_dims = cfg.rope_dims if cfg.rope_dims > 0 else H
         base = rope_base_for(T, cfg.rope_base, rope_dims, cfg.rope_train_seq_len)
         q_gain = self.param("q_gain", nn.initializers.constant(cfg.qk_gain_init), (N,), jnp.float32)
-        y = layers.normed_rotary_attention(q, k, v, q_gain, rope_dims, base, cfg.attention_impl)
+        y = layers.normed_rotary_attention(q, k, v, q_gain, rope_dims, base, cfg.attention_impl, segment_ids_BxT)
         if self.use_xsa:
             y = xsa(y, v)
-        return layers.Linear(D, dtype, nn.initializers.zeros, name="proj")(y.reshape(B, T, D))
+        if cfg.attn_gate == "sparse":
+            gate_w = self.param("attn_gate_w", nn.initializers.zeros, (N, cfg.gate_window), jnp.float32)
+            logits = h_BxTxD[..., : cfg.gate_window] @ gate_w.astype(h_BxTxD.dtype).T
+            y = y * jax.nn.sigmoid(cfg.attn_gate_scale * logits)[..., None].astype(y.dtype)
+        out = layers.Linear(D, dtype, nn.initializers.zeros, name="proj")(y.reshape(B, T, D))
+        return out + layers.lora_delta(h_BxTxD, lora, "o")
 
 
 class MLP(nn.Module):
@@ -94,7 +103,10 @@ class Block(nn.Module):
 
     Sequential: the MLP reads the post-attention stream. `parallel` (GPT-J, the SP8192
     stack from layer `parallel_residual_start`): both read `x_in` and both outputs are
-    added to it.
+    added to it. Two-lane (#1787 / #1855, `parallel_mode="two_lane"`): called with
+    `lane1` and the layer's lambdas, attention reads lane 0 (mixed with x0), the MLP
+    reads lane 1, and each lane is `resid·lane + post_attn·attn + post_mlp·mlp`; it
+    returns both lanes. `lora` holds this use's per-document adapters (phased TTT).
     """
 
     cfg: Any
@@ -103,7 +115,9 @@ class Block(nn.Module):
     parallel: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, x0: jax.Array, ve: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, x0: jax.Array, ve: jax.Array | None, *, segment_ids: jax.Array | None = None,
+                 lora: dict | None = None, lane1: jax.Array | None = None, lane_resid: jax.Array | None = None,
+                 lane_post: jax.Array | None = None):
         D = x.shape[-1]
         ones = nn.initializers.ones
         resid_mix = self.param("resid_mix", lambda _, s: jnp.stack([jnp.ones(s), jnp.zeros(s)]), (D,))
@@ -115,11 +129,20 @@ class Block(nn.Module):
             h = layers.rms_norm(h)
             return h if s is None else h * s
 
+        def mlp_out(h):
+            return mlp(h) + layers.lora_delta(h, lora, "mlp")
+
         mix = resid_mix.astype(x.dtype)
         x_in = mix[0] * x + mix[1] * x0
-        attn = Attention(self.cfg, self.use_xsa, name="attn")(normed(x_in), ve)
+        attn = Attention(self.cfg, self.use_xsa, name="attn")(normed(x_in), ve, segment_ids, lora)
         mlp = MLP(self.cfg, name="mlp")
+        if lane1 is not None:
+            a = attn_scale.astype(x.dtype) * attn
+            m = mlp_scale.astype(x.dtype) * mlp_out(normed(lane1))
+            resid, post = lane_resid.astype(x.dtype), lane_post.astype(x.dtype)
+            return (resid[0] * x + post[0, 0] * a + post[1, 0] * m,
+                    resid[1] * lane1 + post[0, 1] * a + post[1, 1] * m)
         if self.parallel:
-            return x_in + attn_scale.astype(x.dtype) * attn + mlp_scale.astype(x.dtype) * mlp(normed(x_in))
+            return x_in + attn_scale.astype(x.dtype) * attn + mlp_scale.astype(x.dtype) * mlp_out(normed(x_in))
         x_out = x_in + attn_scale.astype(x.dtype) * attn
-        return x_out + mlp_scale.astype(x.dtype) * mlp(normed(x_out))
+        return x_out + mlp_scale.astype(x.dtype) * mlp_out(normed(x_out))

@@ -1,7 +1,9 @@
-"""Token-level input features of the GPT: BigramHash, SmearGate, ValueEmbedding.
+"""Token-level input features of the GPT: BigramHash, SmearGate, ValueEmbedding, and
+the frontier's windowed, BOS-masked SmearGate.
 
-All three come from the standard SP1024 record stack (PR #1318 and its lineage; the
-SP8192 stack drops them). Each is switched on by a `model.*` key of golf_jax.model.gpt.
+The first three come from the standard SP1024 record stack (PR #1318 and its lineage;
+the SP8192 stack drops them); the windowed SmearGate from the final leaderboard
+(#1797 / #1855). Each is switched on by a `model.*` key of golf_jax.model.gpt.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from flax import linen as nn
 
 from golf_jax.model import layers
 
+BOS_ID = 1  # every document starts with it (the shards' convention, golf_jax.data.prepare)
 BIGRAM_MUL_CUR = 36313
 BIGRAM_MUL_PREV = 27191
 
@@ -74,3 +77,23 @@ class ValueEmbedding(nn.Module):
             h = layers.Linear(self.kv_dim, self.dtype, layers.linear_override_init, name="proj")(h)
         scale = self.param("scale", nn.initializers.constant(0.1), (), jnp.float32)
         return h * scale.astype(h.dtype)
+
+
+class WindowSmearGate(nn.Module):
+    """#1667 / #1855's SmearGate on the raw embedding: x_t ← x_t + λ·σ(w·x_t[:window])·x_{t−1}.
+
+    w and λ start at 0, so it is the identity at init. At a document's BOS the
+    previous token (the last of the document before) is not smeared in (#1855's
+    "BOS fix"), so packed documents stay independent.
+    """
+
+    window: int
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, tokens_BxT: jax.Array) -> jax.Array:
+        w = self.param("gate", nn.initializers.zeros, (self.window,), jnp.float32)
+        lam = self.param("lam", nn.initializers.zeros, (), jnp.float32)
+        cur = x_BxTxD[:, 1:]
+        g = lam.astype(cur.dtype) * jax.nn.sigmoid(cur[..., : self.window] @ w.astype(cur.dtype))[..., None]
+        not_bos = (tokens_BxT[:, 1:] != BOS_ID).astype(cur.dtype)[..., None]
+        return jnp.concatenate([x_BxTxD[:, :1], cur + g * x_BxTxD[:, :-1] * not_bos], axis=1)

@@ -35,7 +35,7 @@ from flax import traverse_util
 
 from golf_jax.model import layers
 from golf_jax.model.blocks import Block
-from golf_jax.model.embeddings import BigramHash, SmearGate, ValueEmbedding
+from golf_jax.model.embeddings import BigramHash, SmearGate, ValueEmbedding, WindowSmearGate
 
 
 def ve_layer_indices(cfg: Any) -> tuple[int, ...]:
@@ -65,6 +65,21 @@ def num_skips(cfg: Any) -> int:
     return min(len(enc), len(dec))
 
 
+def lora_slots(cfg: Any) -> int:
+    """Block calls per forward (the looped order's length): one LoRA slot each."""
+    encoder, decoder = layer_order(cfg, looping=True)
+    return len(encoder) + len(decoder)
+
+
+def slot_lora(lora: dict | None, u: int) -> dict | None:
+    """Slot u's adapters (A/B of q, k, v, o, mlp) from the stacked LoRA pytree."""
+    if lora is None:
+        return None
+    out = {k: v[u] for k, v in lora.items() if k.endswith(("_A", "_B")) and not k.startswith("head_")}
+    out["scale"] = lora["scale"]
+    return out
+
+
 class GPT(nn.Module):
     """`apply(params, tokens_BxT) -> logits_BxTxV` (softcapped); `loss` adds MTP."""
 
@@ -89,13 +104,20 @@ class GPT(nn.Module):
             if cfg.bigram_vocab_size > 0
             else None
         )
-        self.smear = SmearGate(D) if cfg.smear_gate else None
+        smear = {"record": lambda: SmearGate(D), "window": lambda: WindowSmearGate(cfg.gate_window)}
+        self.smear = smear[cfg.smear_gate]() if cfg.smear_gate in smear else None
         S = num_skips(cfg)
         self.skip_weights = self.param("skip_weights", nn.initializers.ones, (S, D))
         self.skip_gates = self.param("skip_gates", nn.initializers.zeros, (S, D)) if cfg.skip_gates else None
         xsa_from = max(0, L - cfg.xsa_last_n) if cfg.xsa_last_n > 0 else L
         par_from = cfg.parallel_residual_start if cfg.parallel_residual_start >= 0 else L
-        self.blocks = [Block(cfg, i, i >= xsa_from, i >= par_from, name=f"blocks_{i}") for i in range(L)]
+        gptj = cfg.parallel_mode == "gptj"
+        self.blocks = [Block(cfg, i, i >= xsa_from, gptj and i >= par_from, name=f"blocks_{i}") for i in range(L)]
+        if cfg.parallel_mode == "two_lane" and cfg.parallel_residual_start >= 0:
+            # per layer: lane residual weights [attn lane, mlp lane] (init 1.1) and the
+            # [attn, mlp] outputs' weights into [lane 0, lane 1] (init 1), as #1787
+            self.lane_resid = self.param("parallel_resid_lambdas", nn.initializers.constant(1.1), (L, 2))
+            self.lane_post = self.param("parallel_post_lambdas", nn.initializers.ones, (L, 2, 2))
         self.ve_layers = ve_layer_indices(cfg)
         if self.ve_layers:
             self.ve_shared = ValueEmbedding(cfg.vocab_size, cfg.ve_dim, kv_dim, dtype)
@@ -105,11 +127,15 @@ class GPT(nn.Module):
             for k in range(cfg.mtp_num_heads)
         ]
 
-    def hidden(self, tokens_BxT: jax.Array, embed_delta_BxTxD: jax.Array | None = None) -> jax.Array:
+    def hidden(self, tokens_BxT: jax.Array, embed_delta_BxTxD: jax.Array | None = None, *,
+               segment_ids_BxT: jax.Array | None = None, lora: dict | None = None) -> jax.Array:
         """Final-normed hidden states [B, T, D] in the residual dtype.
 
         `embed_delta_BxTxD` (tests only) is added to the token+bigram embedding before
         the first norm: a continuous input through which causality can be checked.
+        `segment_ids_BxT` keeps packed documents apart in attention. `lora` (phased TTT)
+        holds per-use adapters stacked on a leading slot axis, slot u = the u-th block
+        call of the layer order (see `lora_slots`), plus `scale` and the head's adapter.
         """
         dtype = self.residual_dtype
         x = self.tok_emb(tokens_BxT).astype(dtype)
@@ -117,24 +143,29 @@ class GPT(nn.Module):
             x = x + self.bigram(tokens_BxT).astype(dtype)
         if embed_delta_BxTxD is not None:
             x = x + embed_delta_BxTxD.astype(dtype)
+        if self.cfg.smear_gate == "window":
+            x = self.smear(x, tokens_BxT)
         x = layers.rms_norm(x)
-        if self.smear is not None:
+        if self.cfg.smear_gate == "record":
             x = self.smear(x)
         x0 = x
         ve_base = self.ve_shared(tokens_BxT) if self.ve_layers else None
 
-        def ve_for(i: int) -> jax.Array | None:
-            if i not in self.ve_layers:
-                return None
-            scale = self.ve_layer_scales[self.ve_layers.index(i)]
-            return ve_base * scale.astype(ve_base.dtype)
+        def block(u: int, i: int, h: jax.Array, **lanes):
+            ve = None
+            if i in self.ve_layers:
+                ve = ve_base * self.ve_layer_scales[self.ve_layers.index(i)].astype(ve_base.dtype)
+            return self.blocks[i](h, x0, ve, segment_ids=segment_ids_BxT, lora=slot_lora(lora, u), **lanes)
 
         encoder, decoder = layer_order(self.cfg, self.looping)
-        skips = []
-        for i in encoder:
-            x = self.blocks[i](x, x0, ve_for(i))
+        skips, lane1 = [], None
+        for u, i in enumerate(encoder):
+            x = block(u, i, x)
             skips.append(x)
         for j, i in enumerate(decoder):
+            two_lane = self.cfg.parallel_mode == "two_lane" and 0 < self.cfg.parallel_residual_start <= i
+            if two_lane and lane1 is None:
+                lane1 = x  # both lanes start from the stream (x is lane 0 from here on)
             if j < self.skip_weights.shape[0] and skips:
                 scaled_skip = self.skip_weights[j].astype(x.dtype) * skips.pop()
                 if self.skip_gates is None:
@@ -142,24 +173,37 @@ class GPT(nn.Module):
                 else:  # torch.lerp(scaled_skip, x, g): g = 1 keeps x, g = 0 takes the skip
                     g = jax.nn.sigmoid(self.skip_gates[j].astype(x.dtype))
                     x = scaled_skip + g * (x - scaled_skip)
-            x = self.blocks[i](x, x0, ve_for(i))
+            if two_lane:
+                x, lane1 = block(len(encoder) + j, i, x, lane1=lane1, lane_resid=self.lane_resid[i],
+                                 lane_post=self.lane_post[i])
+            else:
+                x = block(len(encoder) + j, i, x)
+        if lane1 is not None:
+            x = 0.5 * (x + lane1)  # the reference's final lane "mean"
         return layers.rms_norm(x)
 
-    def logits_from_hidden(self, h_BxTxD: jax.Array, bias_V: jax.Array | None = None) -> jax.Array:
-        """Softcapped logits; `bias_V` (PR #675's SLOT logit bias) is added before the softcap."""
+    def logits_from_hidden(self, h_BxTxD: jax.Array, bias_V: jax.Array | None = None,
+                           lora: dict | None = None) -> jax.Array:
+        """Softcapped logits; `bias_V` (PR #675's SLOT logit bias) and the head's LoRA
+        (phased TTT) are added before the softcap."""
         dtype = jnp.dtype(self.cfg.compute_dtype)
         logits = jnp.dot(h_BxTxD.astype(dtype), self.tok_emb.embedding.astype(dtype).T)
+        if lora is not None and "head_A" in lora:
+            logits = logits + layers.lora_delta(h_BxTxD.astype(dtype), {k: lora[k] for k in ("head_A", "head_B", "scale")},
+                                                "head")
         if bias_V is not None:
             logits = logits.astype(jnp.float32) + bias_V
         return layers.softcap(logits, self.cfg.logit_softcap)
 
-    def __call__(self, tokens_BxT: jax.Array, embed_delta_BxTxD: jax.Array | None = None) -> jax.Array:
+    def __call__(self, tokens_BxT: jax.Array, embed_delta_BxTxD: jax.Array | None = None, *,
+                 segment_ids_BxT: jax.Array | None = None, lora: dict | None = None) -> jax.Array:
         if self.is_initializing():  # create the MTP heads' params too
             h = self.hidden(tokens_BxT)
             for head in self.mtp_heads:
                 head(h)
             return self.logits_from_hidden(h)
-        return self.logits_from_hidden(self.hidden(tokens_BxT, embed_delta_BxTxD))
+        h = self.hidden(tokens_BxT, embed_delta_BxTxD, segment_ids_BxT=segment_ids_BxT, lora=lora)
+        return self.logits_from_hidden(h, lora=lora)
 
     def loss(self, tokens_BxT: jax.Array, targets_BxT: jax.Array) -> tuple[jax.Array, dict]:
         """Training loss: mean CE + mtp_loss_weight · mean_k CE_k (head k predicts y[t+k+1])."""

@@ -92,25 +92,49 @@ def default_attention_impl() -> str | None:
     return "cudnn" if jax.default_backend() == "gpu" else None
 
 
-def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, implementation: str | None = "auto"):
-    """Causal GQA attention through jax.nn.dot_product_attention (scale 1/√H)."""
+def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, implementation: str | None = "auto",
+                     segment_ids_BxT: jax.Array | None = None):
+    """Causal GQA attention through jax.nn.dot_product_attention (scale 1/√H).
+
+    `segment_ids_BxT` (documents packed in one row) also masks attention across
+    segments, so each document sees only itself; that path uses XLA's kernel.
+    """
     if implementation == "auto":
         implementation = default_attention_impl()
+    mask = None
+    if segment_ids_BxT is not None:
+        mask = (segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :])[:, None, :, :]
+        implementation = None
     return jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, implementation=implementation
+        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask, is_causal=True, implementation=implementation
     )
 
 
-def normed_rotary_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, q_gain_N, rot_dims: int, rope_base: float, implementation):
-    """The attention core both GPTs share: QK RMS-norm, RoPE, per-head q gain, causal GQA.
+def normed_rotary_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, q_gain_N, rot_dims: int, rope_base: float, implementation,
+                            segment_ids_BxT: jax.Array | None = None):
+    """The attention core every block shares: QK RMS-norm, RoPE, per-head q gain, causal GQA.
 
     With unit-norm q and k the attention logit is q_gain·cos(q, k)·√H, bounded by the gain.
+    RoPE is relative, so a document packed at any offset of a segmented row attends
+    exactly as it would alone.
     """
     q, k = rms_norm(q_BxTxNxH), rms_norm(k_BxTxKxH)
     cos, sin = rotary_cos_sin(q.shape[1], rot_dims, rope_base, q.dtype)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     q = q * q_gain_N.astype(q.dtype)[None, None, :, None]
-    return causal_attention(q, k, v_BxTxKxH, implementation)
+    return causal_attention(q, k, v_BxTxKxH, implementation, segment_ids_BxT)
+
+
+def lora_delta(x: jax.Array, lora: dict | None, name: str) -> jax.Array | float:
+    """`scale · (x Aᵀ) Bᵀ` of the adapter `name` (A [r, in], B [out, r]), or 0 without one.
+
+    The per-document LoRA of phased TTT (#1855): B starts at 0, so a fresh adapter
+    leaves the model unchanged.
+    """
+    if lora is None or name + "_A" not in lora:
+        return 0.0
+    a, b = lora[name + "_A"].astype(x.dtype), lora[name + "_B"].astype(x.dtype)
+    return (x @ a.T) @ b.T * lora["scale"].astype(x.dtype)
 
 
 def softcap(logits: jax.Array, cap: float) -> jax.Array:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from golf_jax.optim.muon import scale_by_muon
+from golf_jax.optim.muon import NS_COEFFS, scale_by_muon
 
 LABELS = ("muon", "embed", "scalar", "head", "frozen")
 MUON_VARIANTS = ("muon", "muoneq_r")
@@ -121,6 +121,9 @@ def build_optimizer(
     variant = _get(opt_cfg, "muon_variant", "muon", required=False)
     if variant not in MUON_VARIANTS:
         raise ValueError(f"opt.muon_variant={variant!r}: use one of {', '.join(map(repr, MUON_VARIANTS))}")
+    ns_coeffs = _get(opt_cfg, "muon_ns_coeffs", "standard", required=False)
+    if ns_coeffs not in NS_COEFFS:
+        raise ValueError(f"opt.muon_ns_coeffs={ns_coeffs!r}: use one of {', '.join(map(repr, NS_COEFFS))}")
 
     muon_parts: list[optax.GradientTransformation] = [
         scale_by_muon(
@@ -132,6 +135,7 @@ def build_optimizer(
                 _get(opt_cfg, "muon_momentum_dtype", "float32", required=False)
             ),
             row_normalize=variant == "muoneq_r",
+            ns_coeffs=NS_COEFFS[ns_coeffs],
         )
     ]
     if muon_wd:

@@ -20,23 +20,42 @@ import jax.numpy as jnp
 import optax
 
 NS5_COEFFS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
+# Polar Express (PR #1344, used by #1787 / #1855): per-iteration minimax coefficients
+# for 5 steps; steps past the table reuse its last (converged) triple.
+POLAR_EXPRESS_COEFFS: tuple[tuple[float, float, float], ...] = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+NS_COEFFS = {"standard": NS5_COEFFS, "polar_express": POLAR_EXPRESS_COEFFS}
+
+
+def iteration_coeffs(coeffs, steps: int) -> list[tuple[float, float, float]]:
+    """One (a, b, c) per iteration: a single triple repeats; a per-iteration table is
+    used in order and its last triple repeats past its end."""
+    if isinstance(coeffs[0], (int, float)):
+        return [tuple(coeffs)] * steps
+    return [tuple(coeffs[min(i, len(coeffs) - 1)]) for i in range(steps)]
 
 
 def newton_schulz5(
     g: jax.Array,
     steps: int = 5,
     eps: float = 1e-7,
-    coeffs: tuple[float, float, float] = NS5_COEFFS,
+    coeffs: Any = NS5_COEFFS,
     dtype: Any = jnp.bfloat16,
 ) -> jax.Array:
     """Approximately orthogonalize each trailing matrix of `g` (spec §4.2 NS5).
+
+    `coeffs` is one (a, b, c) for every iteration or a per-iteration table (Polar Express).
 
     Leading axes are batch axes (stacked "banks"); each matrix is handled
     independently. Returns an array of `dtype` with the shape of `g`.
     """
     if g.ndim < 2:
         raise ValueError(f"newton_schulz5 needs an array with ndim >= 2, got shape {g.shape}")
-    a, b, c = coeffs
     dtype = jnp.dtype(dtype)
     # The Frobenius norm is taken in at least fp32 so that a bf16 run only rounds X.
     norm_dtype = jnp.promote_types(dtype, jnp.float32)
@@ -56,7 +75,7 @@ def newton_schulz5(
     def mm(u: jax.Array, v: jax.Array) -> jax.Array:
         return jnp.matmul(u, v, precision=precision, preferred_element_type=norm_dtype)
 
-    for _ in range(steps):
+    for a, b, c in iteration_coeffs(coeffs, steps):
         gram = mm(x, jnp.swapaxes(x, -1, -2))
         poly = b * gram + c * mm(gram.astype(dtype), gram.astype(dtype))
         x = (a * x.astype(norm_dtype) + mm(poly.astype(dtype), x)).astype(dtype)
@@ -110,10 +129,12 @@ def scale_by_muon(
     momentum_dtype: Any = jnp.float32,
     eps: float = 1e-7,
     row_normalize: bool = False,
+    ns_coeffs: Any = NS5_COEFFS,
 ) -> optax.GradientTransformationExtraArgs:
     """Muon direction `sqrt(max(1, out/in)) · NS5(g + μ·buf)`, without lr or decay.
 
     `row_normalize` is MuonEq-R: NS5 sees `normalize_rows(g + μ·buf)` instead.
+    `ns_coeffs`: NS5_COEFFS or a per-iteration table (POLAR_EXPRESS_COEFFS).
 
     μ is the extra arg `muon_momentum` when given to `update` (a traced scalar, so a
     warmup does not recompile), else `momentum`. Weight decay and the (negative)
@@ -155,7 +176,7 @@ def scale_by_muon(
             u = g.astype(jnp.float32) + mu * buf32 if nesterov else buf32
             if row_normalize:
                 u = normalize_rows(u)
-            o = newton_schulz5(u, steps=ns_steps, eps=eps, dtype=ns_dtype)
+            o = newton_schulz5(u, steps=ns_steps, eps=eps, coeffs=ns_coeffs, dtype=ns_dtype)
             return (o.astype(jnp.float32) * muon_shape_scale(g.shape)).astype(g.dtype)
 
         out = jax.tree.map(direction, updates, buffer)

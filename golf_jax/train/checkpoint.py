@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 # The config fields that fix the TrainState's shapes; named in mismatch errors.
 SHAPE_KEYS = ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult",
               "bigram_vocab_size", "bigram_dim", "ve_dim", "ve_layers", "mtp_num_heads", "smear_gate", "skip_gates",
-              "num_loops", "loop_start", "loop_end")
+              "num_loops", "loop_start", "loop_end", "gate_window", "attn_gate", "parallel_mode")
 
 
 class CheckpointError(RuntimeError):

@@ -1,0 +1,119 @@
+"""The #1855 frontier features of the one GPT: parameter count, the two-lane decoder,
+the sparse attention gate, the BOS-masked window SmearGate, document isolation through
+segment ids, and the LoRA hooks of phased TTT."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import frontier
+from golf_jax import model as model_lib
+from golf_jax.model import gpt, layers
+from golf_jax.model.blocks import MLP, Attention, Block
+from golf_jax.model.embeddings import WindowSmearGate
+
+
+def tiny_cfg():
+    """The frontier stack at 6 layers × 32: layers 2–3 loop, lanes from layer 4."""
+    m = frontier.get_config().model
+    m.vocab_size, m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads = 48, 6, 32, 4, 2
+    m.rope_dims, m.loop_start, m.loop_end, m.parallel_residual_start, m.xsa_last_n = 4, 2, 3, 4, 6
+    m.gate_window, m.compute_dtype, m.attention_impl = 6, "float32", None
+    return m
+
+
+def noisy(tree, seed, std=0.1):
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree.unflatten(treedef, [x + std * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+def test_full_size_param_count():
+    model = model_lib.build_model(frontier.get_config().model)
+    shapes = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32)), jax.random.PRNGKey(0))
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == 35_945_671  # #1855 log: model_params
+
+
+def test_two_lane_block_and_sparse_gate_equal_their_formulas():
+    cfg = tiny_cfg()
+    rng = np.random.default_rng(0)
+    x, lane1, x0 = (jnp.asarray(rng.standard_normal((2, 7, 32)), jnp.float32) for _ in range(3))
+    resid, post = jnp.asarray([1.1, 0.9]), jnp.asarray([[1.0, 0.3], [0.7, 1.2]])
+    block = Block(cfg, 4, use_xsa=True)
+    p = noisy(block.init(jax.random.PRNGKey(0), x, x0, None)["params"], 1)
+    lane0_out, lane1_out = block.apply({"params": p}, x, x0, None, lane1=lane1, lane_resid=resid, lane_post=post)
+    s = 1 / np.sqrt(5)
+    h = layers.rms_norm(p["resid_mix"][0] * x + p["resid_mix"][1] * x0) * s
+    # the sparse gate by hand: the attention without it, times σ(0.5 · W h[:6]) per head
+    ungated = cfg.copy_and_resolve_references()
+    ungated.attn_gate = "off"
+    attn_p = {k: v for k, v in p["attn"].items() if k != "attn_gate_w"}
+    y_proj = Attention(ungated, True).apply({"params": {**attn_p, "proj": {"kernel": jnp.eye(32)}}}, h, None)
+    g = jax.nn.sigmoid(0.5 * h[..., :6] @ p["attn"]["attn_gate_w"].T)
+    gated = (y_proj.reshape(2, 7, 4, 8) * g[..., None]).reshape(2, 7, 32)
+    attn = Attention(cfg, True).apply({"params": p["attn"]}, h, None)
+    np.testing.assert_allclose(np.asarray(attn), np.asarray(gated @ p["attn"]["proj"]["kernel"]), rtol=1e-5, atol=1e-5)
+    a = p["attn_scale"] * attn
+    m = p["mlp_scale"] * MLP(cfg).apply({"params": p["mlp"]}, layers.rms_norm(lane1) * s)
+    np.testing.assert_allclose(np.asarray(lane0_out), np.asarray(1.1 * x + 1.0 * a + 0.7 * m), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(lane1_out), np.asarray(0.9 * lane1 + 0.3 * a + 1.2 * m), rtol=1e-5, atol=1e-5)
+
+
+def test_window_smear_gate_formula_and_bos_mask():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((1, 5, 8)), jnp.float32)
+    tokens = jnp.asarray([[1, 7, 9, 1, 4]])  # a BOS at position 3 starts a new document
+    smear = WindowSmearGate(3)
+    p = {"gate": jnp.asarray([0.5, -1.0, 2.0]), "lam": jnp.asarray(0.7)}
+    out = np.asarray(smear.apply({"params": p}, x, tokens))
+    xs = np.asarray(x, np.float64)
+    want = xs.copy()
+    for t in (1, 2, 4):  # not position 0, not the BOS at 3
+        g = 0.7 / (1 + np.exp(-(xs[0, t, :3] @ np.asarray([0.5, -1.0, 2.0]))))
+        want[0, t] = xs[0, t] + g * xs[0, t - 1]
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+
+
+def test_packed_documents_score_as_if_alone():
+    cfg = tiny_cfg()
+    model = model_lib.build_model(cfg)
+    params = noisy(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32))["params"], 2, 0.05)
+    doc_a = np.asarray([1, 5, 9, 3, 22, 7, 30], np.int32)
+    doc_b = np.asarray([1, 11, 4, 4, 17, 40, 2, 8, 19], np.int32)
+    packed = np.concatenate([doc_a, doc_b])[None]
+    seg = np.cumsum(packed == 1, axis=1)
+    fwd = jax.jit(lambda t, s: model.apply({"params": params}, t, segment_ids_BxT=s))
+    both = np.asarray(fwd(packed, seg))
+    alone_a = np.asarray(jax.jit(model.apply)({"params": params}, doc_a[None]))
+    alone_b = np.asarray(jax.jit(model.apply)({"params": params}, doc_b[None]))
+    np.testing.assert_allclose(both[:, : len(doc_a)], alone_a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(both[:, len(doc_a):], alone_b, rtol=1e-5, atol=1e-5)
+    unsegmented = np.asarray(jax.jit(model.apply)({"params": params}, packed))
+    assert not np.allclose(unsegmented[:, len(doc_a):], alone_b, atol=1e-3)  # without segments doc b sees doc a
+
+
+def test_lora_hooks():
+    cfg = tiny_cfg()
+    model = model_lib.build_model(cfg)
+    params = noisy(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32))["params"], 3, 0.05)
+    S, r, D, KH, V = gpt.lora_slots(cfg), 2, 32, 16, 48
+    assert S == 10  # [0,1,2,3,2,3,2,3,4,5]
+    rng = np.random.default_rng(2)
+    shapes = {"q": (D, D), "k": (KH, D), "v": (KH, D), "o": (D, D), "mlp": (D, D)}
+    lora = {f"{n}_A": jnp.asarray(rng.standard_normal((S, r, i)), jnp.float32) for n, (o, i) in shapes.items()}
+    lora.update({f"{n}_B": jnp.zeros((S, o, r)) for n, (o, i) in shapes.items()})
+    lora.update(head_A=jnp.asarray(rng.standard_normal((r, D)), jnp.float32), head_B=jnp.zeros((V, r)),
+                scale=jnp.asarray(72.0))
+    tokens = jnp.asarray(rng.integers(0, V, (2, 9)), jnp.int32)
+    fwd = jax.jit(lambda lo: model.apply({"params": params}, tokens, lora=lo))
+    base = np.asarray(jax.jit(model.apply)({"params": params}, tokens))
+    # B = 0: the model unchanged (another compiled graph: fp32 roundoff only)
+    np.testing.assert_allclose(np.asarray(fwd(lora)), base, rtol=1e-5, atol=1e-5)
+    head_b = jnp.asarray(rng.standard_normal((V, r)) * 1e-3, jnp.float32)
+    h = model.apply({"params": params}, tokens, method=model.hidden)
+    raw = h @ params["tok_emb"]["embedding"].T + 72.0 * (h @ lora["head_A"].T) @ head_b.T
+    np.testing.assert_allclose(np.asarray(fwd({**lora, "head_B": head_b})), np.asarray(layers.softcap(raw, 30.0)),
+                               rtol=1e-5, atol=1e-5)
+    for name in shapes:  # every adapter reaches the logits
+        b = lora[f"{name}_B"].at[1].set(jnp.asarray(rng.standard_normal(lora[f"{name}_B"].shape[1:]), jnp.float32))
+        assert not np.allclose(np.asarray(fwd({**lora, f"{name}_B": b})), base, atol=1e-4), name
