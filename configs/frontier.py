@@ -4,7 +4,7 @@ The SP8192 stack of configs/sp8192_legal.py plus what #1736 → #1787 → #1797 
 QK gain 5, a two-lane parallel decoder from layer 8 (attention and MLP lanes mixed by
 learned per-layer weights, averaged at the end) instead of GPT-J residuals, the sparse
 per-head attention output gate (from the first 12 dims, scale 0.5), the windowed
-BOS-masked SmearGate, Polar-Express Newton–Schulz coefficients in MuonEq-R, momentum
+BOS-masked SmearGate, attention isolated per document (segments start at each BOS), Polar-Express Newton–Schulz coefficients in MuonEq-R, momentum
 0.97, matrix LR 0.026, Adam β2 0.99, and a warmdown over the last 85% to an LR floor of
 0.10. Training stops 0.5 s early for calibration (16 batches), as its run command does.
 
@@ -29,6 +29,7 @@ def get_config():
     m.parallel_residual_start, m.parallel_mode = 8, "two_lane"
     m.attn_gate, m.attn_gate_scale, m.gate_window = "sparse", 0.5, 12
     m.smear_gate = "window"
+    m.doc_isolation = True  # the reference packs documents with varlen attention (cu_seqlens at each BOS)
 
     o = c.opt
     o.muon_ns_coeffs = "polar_express"

@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.mtp_loss_weight = 0.0
     c.model.skip_gates = False  # sigmoid-gated U-Net skips: lerp(skip, x, σ(gate)) (SP8192 stack)
     c.model.parallel_residual_start = -1  # parallel attention+MLP from this layer on; -1 = off
+    c.model.doc_isolation = False  # attention never crosses a BOS: each document sees only itself (#1530 VarLen, #1855)
     c.model.parallel_mode = "gptj"  # "gptj" (both read x_in, #1735) | "two_lane" (an attention and an MLP lane, #1787)
     c.model.num_loops = 0  # depth recurrence: extra passes over layers loop_start..loop_end (SP8192: 2)
     c.model.loop_start = 3

@@ -88,8 +88,12 @@ def test_packed_documents_score_as_if_alone():
     alone_b = np.asarray(jax.jit(model.apply)({"params": params}, doc_b[None]))
     np.testing.assert_allclose(both[:, : len(doc_a)], alone_a, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(both[:, len(doc_a):], alone_b, rtol=1e-5, atol=1e-5)
-    unsegmented = np.asarray(jax.jit(model.apply)({"params": params}, packed))
-    assert not np.allclose(unsegmented[:, len(doc_a):], alone_b, atol=1e-3)  # without segments doc b sees doc a
+    # model.doc_isolation takes the segments from the tokens (a new one at every BOS) ...
+    np.testing.assert_allclose(np.asarray(jax.jit(model.apply)({"params": params}, packed)), both, rtol=1e-5, atol=1e-5)
+    # ... and without it doc b sees doc a.
+    cfg.doc_isolation = False
+    mixed = np.asarray(jax.jit(model_lib.build_model(cfg).apply)({"params": params}, packed))
+    assert not np.allclose(mixed[:, len(doc_a):], alone_b, atol=1e-3)
 
 
 def test_lora_hooks():

@@ -35,7 +35,7 @@ from flax import traverse_util
 
 from golf_jax.model import layers
 from golf_jax.model.blocks import Block
-from golf_jax.model.embeddings import BigramHash, SmearGate, ValueEmbedding, WindowSmearGate
+from golf_jax.model.embeddings import BOS_ID, BigramHash, SmearGate, ValueEmbedding, WindowSmearGate
 
 
 def ve_layer_indices(cfg: Any) -> tuple[int, ...]:
@@ -133,11 +133,15 @@ class GPT(nn.Module):
 
         `embed_delta_BxTxD` (tests only) is added to the token+bigram embedding before
         the first norm: a continuous input through which causality can be checked.
-        `segment_ids_BxT` keeps packed documents apart in attention. `lora` (phased TTT)
-        holds per-use adapters stacked on a leading slot axis, slot u = the u-th block
-        call of the layer order (see `lora_slots`), plus `scale` and the head's adapter.
+        `segment_ids_BxT` keeps packed documents apart in attention; with
+        `model.doc_isolation` they come from the tokens (a new segment at every BOS).
+        `lora` (phased TTT) holds per-use adapters stacked on a leading slot axis, slot
+        u = the u-th block call of the layer order (see `lora_slots`), plus `scale`
+        and the head's adapter.
         """
         dtype = self.residual_dtype
+        if self.cfg.doc_isolation and segment_ids_BxT is None:  # segment = documents begun so far (causal)
+            segment_ids_BxT = jnp.cumsum(tokens_BxT == BOS_ID, axis=1)
         x = self.tok_emb(tokens_BxT).astype(dtype)
         if self.bigram is not None:
             x = x + self.bigram(tokens_BxT).astype(dtype)
