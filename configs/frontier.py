@@ -41,6 +41,15 @@ def get_config():
 
     e = c.export
     e.embed_bits, e.embed_sdclip_k = 7, 14.0
+    e.sdclip_k_mlp, e.sdclip_k_attn = 11.5, 13.0
+    e.gate_int8 = True
+    e.lqer_rank, e.lqer_top_k, e.lqer_bits, e.lqer_group = 4, 3, 4, 64
+    e.compressor = "pergroup_zpaq"  # L1-sorted rows, groups by role, ZPAQ (the reference: lrzip's ZPAQ); needs `zpaq`
+
+    v = c.eval
+    v.stages = "roundtrip,ttt"
+    v.ttt.mode = "phased"  # eval.phased.* defaults are #1855's run values (chunks of 48, LoRA 80, 3 phases, 2,500 docs)
+    v.phased.batch_docs = 64 * 8  # 64 documents per GPU on 8 GPUs
     e.calib_seqs = 16 * 48  # 16 batches of 48 sequences
     e.reserve_seconds = 0.5
     return c

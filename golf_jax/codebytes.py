@@ -1,63 +1,49 @@
-"""The counted code of a submission: one self-extracting script of golf_jax's sources.
+"""The counted code of a submission: the bytes of its self-extracting script.
 
-A leaf module (it imports only golf_jax.paths): the export stage takes the code
-bytes as a number, the packer writes the same bytes to a file, and the run
-directory's code version hashes the same sources.
-
-The script embeds golf_jax/**/*.py as lzma + base85 JSON {relative path: source}
-and a bootstrap that unpacks it into a temp dir, puts that dir first on sys.path
-(ahead of any installed golf_jax) and calls `golf_jax.pack.submission_main`.
-Code bytes = len(build_script()): the script is the whole code.
+A leaf module (it imports only golf_jax.paths and golf_jax.packset, and golf_jax.packer
+inside functions): the export stage takes the code bytes as a number, `python -m
+golf_jax.pack` writes the same bytes to a file, and the run directory's code version
+hashes the repository's sources (`package_sources`). golf_jax/packer.py builds the
+script from the modules golf_jax/packset.py lists for the config. This module is packed
+itself, so it holds only what a packed run needs: a packed run counts its own script.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import json
-import lzma
+import os
 from pathlib import Path
 
+from golf_jax.packset import gates_on
 from golf_jax.paths import REPO_ROOT
 
-_BOOTSTRAP = '''#!/usr/bin/env python3
-"""golf_jax submission (self-extracting): python submission.py {{eval,train}} --help"""
-import atexit, base64, json, lzma, os, shutil, sys, tempfile
-_D = b"""{data}"""
-def _main():
-    d = tempfile.mkdtemp(prefix="golf_jax_sub_")
-    atexit.register(shutil.rmtree, d, True)
-    for p, s in json.loads(lzma.decompress(base64.b85decode(_D))).items():
-        f = os.path.join(d, p)
-        os.makedirs(os.path.dirname(f), exist_ok=True)
-        with open(f, "w", encoding="utf-8") as fh:
-            fh.write(s)
-    sys.path.insert(0, d)
-    from golf_jax.pack import submission_main
-    sys.exit(submission_main(sys.argv[1:]))
-if __name__ == "__main__":
-    _main()
-'''
+SCRIPT: str | None = None  # set by the bootstrap: the running submission script, whose length is the code bytes
 
 
 def package_sources() -> list[Path]:
-    """The golf_jax source files, sorted: what the code version and code bytes cover."""
+    """Every golf_jax source file, sorted: what the run directory's code version hashes."""
     return sorted((REPO_ROOT / "golf_jax").rglob("*.py"))
 
 
-def package_files() -> dict[str, str]:
-    """{path relative to the repo root: source} of every golf_jax/**/*.py, sorted."""
-    return {str(p.relative_to(REPO_ROOT)): p.read_text(encoding="utf-8") for p in package_sources()}
+def script(cfg=None) -> bytes:
+    """The submission script for `cfg`: the running one when packed, else built (golf_jax/packer.py)."""
+    if SCRIPT is not None:
+        return Path(SCRIPT).read_bytes()
+    from golf_jax.packer import build_script
+
+    return build_script(cfg)
 
 
-def build_script() -> bytes:
-    """The submission script's bytes (deterministic for fixed sources; independent of its file name)."""
-    payload = json.dumps(package_files(), sort_keys=True, separators=(",", ":")).encode("utf-8")
-    data = base64.b85encode(lzma.compress(payload, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME))
-    return _BOOTSTRAP.format(data=data.decode("ascii")).encode("utf-8")
+@functools.lru_cache(maxsize=8)
+def _counted(branches: tuple[bool, ...]) -> int:
+    from golf_jax.packer import script_for
+
+    return len(script_for(branches, REPO_ROOT))
 
 
-@functools.lru_cache(maxsize=1)
-def code_bytes() -> int:
-    """len(build_script()), built in memory once per process."""
-    return len(build_script())
+def code_bytes(cfg=None) -> int:
+    """Bytes of the submission script for `cfg` (None: with every gated module): the running
+    script's when packed, else the built one's (once per set of gated branches and process)."""
+    if SCRIPT is not None:
+        return os.path.getsize(SCRIPT)
+    return _counted(gates_on(cfg))

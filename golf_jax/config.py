@@ -169,6 +169,7 @@ def audit_config() -> ml_collections.ConfigDict:
     a.stride = 32  # sliding stride in the audit; 0 = the config's
     a.chunk_tokens = 512  # TTT chunk (and pre-quant TTT's parallel chunk) in the audit; 0 = the config's
     a.batch_windows = 8  # windows per forward in the audit
+    a.phased_docs = 2  # phased TTT: documents per round in the audit (its global phases follow rounds 1, 2, ...)
     a.flips = 8  # flip-test positions (each reruns the whole procedure)
     a.probes = 2  # counterfactual-sum positions (each reruns a short stream once per vocabulary entry)
     a.probe_vocab = 32  # the counterfactual sum's random model has this vocabulary (token ids mod it); 0 = the config's
@@ -204,7 +205,7 @@ def eval_config() -> ml_collections.ConfigDict:
     e.sliding.window_rule = "merged"  # "merged": each target once | "reference": PR #1318's re-scored tail
 
     e.ttt = ml_collections.ConfigDict()
-    e.ttt.mode = "score_first"  # "score_first" (the merged 1.0828 record) | "pr1318" (the reference's TTT pass)
+    e.ttt.mode = "score_first"  # "score_first" (merged 1.0828) | "pr1318" (the reference's pass) | "phased" (eval.phased)
     e.ttt.chunk_tokens = 32_768  # targets per chunk: scored, then trained on
     e.ttt.optimizer = "sgd"  # "sgd" (with momentum) | "adamw"
     e.ttt.lr = 0.005  # cosine across chunks to 0 at the last trained chunk
@@ -220,6 +221,33 @@ def eval_config() -> ml_collections.ConfigDict:
     e.ttt.freeze_scope = "blocks"  # "blocks": whole blocks | "scalars": only their scalars (the banked reference)
     e.ttt.lookahead = False  # pr1318 only: the last sequence of a chunk reaches 1 target into the next (non-compliant)
     e.ttt.carry = False  # pr1318 only: later stages score with the TTT-adapted weights (a second pass; non-compliant)
+
+    # Phased score-first TTT (eval.ttt.mode="phased", golf_jax/eval/phased_ttt.py; #1855, the
+    # 1.0611 record): documents split at BOS, scored alone in chunks by the base weights plus
+    # a per-document LoRA that steps on each chunk after it is scored (never on the last),
+    # and global SGD phases on the base weights over already-scored documents.
+    # #1855's run values are the defaults; its code's defaults where they differ in [].
+    e.phased = ml_collections.ConfigDict()
+    e.phased.chunk_size = 48  # targets per chunk, scored then trained on (TTT_CHUNK_SIZE)
+    e.phased.batch_docs = 512  # documents scored together, one per row: #1855's 64 per GPU × 8 (use 64 × your GPUs)
+    e.phased.lora_rank = 80  # [96]
+    e.phased.lora_alpha = 144.0  # delta scaled by alpha/rank
+    e.phased.lora_modules = "q,k,v,o,mlp,head"  # adapters (one set per virtual layer, and the LM head)
+    e.phased.warm_start_a = True  # A carries over to the next round's document in its row; B and AdamW reset
+    e.phased.lora_lr = 1e-4  # the LoRA's AdamW, one step per chunk
+    e.phased.beta1 = 0.0
+    e.phased.beta2 = 0.99  # [0.999]
+    e.phased.eps = 1e-10
+    e.phased.weight_decay = 0.5  # [1.0]
+    e.phased.prefix_docs = 2500  # documents over which the global phases run [2000]; 0 = none
+    e.phased.num_phases = 3  # cumulative boundaries prefix·(p+1)/num_phases [1]
+    e.phased.global_lr = 1e-3  # SGD on the base weights, cosine over the phase's chunks
+    e.phased.global_momentum = 0.9
+    e.phased.global_epochs = 1
+    e.phased.global_chunk_tokens = 32_768  # the last chunk of a phase is not trained
+    e.phased.global_batch_seqs = 32  # eval-seq_len sequences per step
+    e.phased.global_grad_clip = 1.0  # global norm; 0 = off
+    e.phased.seed = 0  # the LoRA's A
 
     # Pre-quant TTT on the validation set (non-compliant, reproduction only): after
     # averaging, before calibration; it trains on every val token before any is scored.

@@ -20,12 +20,11 @@ from flax import serialization
 from jax.experimental import multihost_utils
 
 from golf_jax import codebytes
-from golf_jax.audit.run import run_audit
 from golf_jax import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax.data import source
 from golf_jax.data.tokenizer import load_tokenizer
-from golf_jax.eval import plain, prequant_ttt, stages as eval_stages
+from golf_jax.eval import plain, stages as eval_stages
 from golf_jax.optim.build import build_optimizer, count_by_label
 from golf_jax.quant import export, hessian
 from golf_jax.rundir import RunDir
@@ -61,7 +60,10 @@ def check_config(cfg, num_devices: int) -> None:
     """The whole config's ranges, before anything is compiled or trained."""
     loop.check_config(cfg, num_devices)
     eval_stages.check_config(cfg)
-    prequant_ttt.check_config(cfg.eval.prequant_ttt)
+    if cfg.eval.prequant_ttt.mode != "off":  # imported on its branch only: golf_jax/packset.py GATES
+        from golf_jax.eval import prequant_ttt
+
+        prequant_ttt.check_config(cfg.eval.prequant_ttt)
     export.check_config(cfg.export)
 
 
@@ -139,6 +141,8 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict) -
     prior_reads, prior_notes = [], []
     pq = cfg.eval.prequant_ttt
     if pq.mode != "off":
+        from golf_jax.eval import prequant_ttt
+
         with stage("prequant_ttt"):
             params, report = prequant_ttt.run(model, params, data.val_tokens, L, pq, mesh, log=run.log)
             post_bpb = validate(params, fitted.steps)
@@ -157,7 +161,10 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict) -
             calib = hessian.calibrate(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)), mesh,
                                       data_dir=data.data_dir, val_tokens=data.val_tokens, bos_id=data.bos_id, log=run.log)
     with stage("export"):
-        info = export.export_artifact(params, labels, cfg, run.path, codebytes.code_bytes(), calib=calib)
+        script = codebytes.script(cfg)  # the counted code, kept beside the artifact
+        if run.is_writer:
+            (run.path / "submission.py").write_bytes(script)
+        info = export.export_artifact(params, labels, cfg, run.path, len(script), calib=calib)
     run.log(f"export: {info.report}")
     run.log(f"artifact: {info.path.name} weights {info.weight_bytes:,} B + code {info.code_bytes:,} B = "
             f"{info.total_bytes:,} B (budget {cfg.export.budget_bytes:,})")
@@ -174,6 +181,8 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict) -
     post_s = time.perf_counter() - t_post
     summary.update(evaluation_summary(cfg, results, post_s, stage.seconds))
     if cfg.audit.enabled:
+        from golf_jax.audit.run import run_audit  # not packed: golf_jax/packset.py NOT_PACKED
+
         with stage("audit"):
             report = run_audit(cfg, mesh, artifact=info.path, trained=(model, rt_params), summary=summary,
                                log=run.log)

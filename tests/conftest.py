@@ -97,3 +97,22 @@ def tiny_lm(fineweb_tokens):
         float(metrics["loss"])  # one step in flight: CPU collectives of queued steps can deadlock
     val = np.asarray(stream[-8193:], np.int32)
     return cfg, model, jax.device_get(state.params), val, lut
+
+
+@pytest.fixture(scope="session")
+def sp8192_shards(shared_data, tmp_path_factory):
+    """FineWeb-200 in SP8192 shards: 12 docs of val, the rest cut into ≥ 8 train shards."""
+    import json
+
+    from golf_jax.data import prepare
+    from golf_jax.data.prepare import iter_documents
+
+    root = tmp_path_factory.mktemp("sp8192")
+    docs = list(iter_documents(shared_data / "text" / "fineweb_val_200.jsonl"))
+    for name, part in (("val.jsonl", docs[:12]), ("train.jsonl", docs[12:])):
+        (root / name).write_text("".join(json.dumps({"text": d}) + "\n" for d in part))
+    tokenizer = shared_data / "tokenizers" / "fineweb_8192_bpe.model"
+    out = root / "shards"
+    assert prepare.main(["--tokenizer", str(tokenizer), "--val", str(root / "val.jsonl"), "--train",
+                         str(root / "train.jsonl"), "--out", str(out), "--shard-tokens", "20000"]) == 0
+    return out, tokenizer

@@ -1,7 +1,7 @@
 """The import graph follows the pipeline: no circles, and no import from a stage back up to a later one.
 
-Layers, bottom to top: foundations (paths, config, mesh, codebytes, rundir) → data →
-model → optim → train → quant → eval → audit → report → pipeline → the entry points
+Layers, bottom to top: foundations (paths, config, mesh, codebytes, packset, packer,
+rundir) → data → model → optim → train → quant → eval → audit → report → pipeline → the entry points
 (evaluate, pack, bench). `__main__` modules are command-line shims and sit outside.
 Function-level imports count too.
 """
@@ -14,7 +14,8 @@ from golf_jax.paths import REPO_ROOT
 
 PKG = REPO_ROOT / "golf_jax"
 LAYERS = [
-    {"golf_jax", "golf_jax.paths", "golf_jax.config", "golf_jax.mesh", "golf_jax.codebytes", "golf_jax.rundir"},
+    {"golf_jax", "golf_jax.paths", "golf_jax.config", "golf_jax.mesh", "golf_jax.codebytes", "golf_jax.packer",
+     "golf_jax.packset", "golf_jax.rundir"},
     "data", "model", "optim", "train", "quant", "eval", "audit", "report",
     {"golf_jax.pipeline"},
     {"golf_jax.evaluate", "golf_jax.pack", "golf_jax.bench"},

@@ -37,8 +37,10 @@ def test_readme_train_command_runs_and_lowers_the_loss(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["audit"]["verdict"] == "PASS"
     assert 0 < summary["roundtrip_val_bpb"] < 5 and summary["artifact_bytes"] > summary["weight_bytes"] > 0
+    assert summary["code_bytes"] == (run_dir / "submission.py").stat().st_size  # the counted code, kept
     losses = [json.loads(l)["loss"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
     assert losses[0] > 6.5  # ≈ ln(1024) at init
     assert losses[-1] < losses[0] - 1.5
-    for name in ("config.json", "code_version.json", "env.json", "log.txt", "model.golfjax", "params.msgpack"):
+    for name in ("config.json", "code_version.json", "env.json", "log.txt", "model.golfjax", "params.msgpack",
+                 "submission.py"):
         assert (run_dir / name).exists(), name

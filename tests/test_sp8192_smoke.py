@@ -2,30 +2,12 @@
 SP8192 tokenizer: shuffled loader, depth recurrence switched on mid-run, MuonEq-R, SDClip
 GPTQ with the tied embedding's LM-head Hessian, brotli, the round trip and their eval."""
 
-import json
-
 import pytest
 
 from configs import sp8192_legal, sp8192_prequant_ttt
 from golf_jax import pipeline
-from golf_jax.data import prepare
-from golf_jax.data.prepare import iter_documents
 
 pytestmark = pytest.mark.shared_data
-
-
-@pytest.fixture(scope="module")
-def sp8192_shards(shared_data, tmp_path_factory):
-    """FineWeb-200 in SP8192 shards: 12 docs of val, the rest cut into ≥ 8 train shards."""
-    root = tmp_path_factory.mktemp("sp8192")
-    docs = list(iter_documents(shared_data / "text" / "fineweb_val_200.jsonl"))
-    for name, part in (("val.jsonl", docs[:12]), ("train.jsonl", docs[12:])):
-        (root / name).write_text("".join(json.dumps({"text": d}) + "\n" for d in part))
-    tokenizer = shared_data / "tokenizers" / "fineweb_8192_bpe.model"
-    out = root / "shards"
-    assert prepare.main(["--tokenizer", str(tokenizer), "--val", str(root / "val.jsonl"), "--train",
-                         str(root / "train.jsonl"), "--out", str(out), "--shard-tokens", "20000"]) == 0
-    return out, tokenizer
 
 
 def tiny(cfg, shards, tmp_path):

@@ -24,11 +24,12 @@ TRAIN_SECONDS = 600.0
 EVAL_SECONDS = 600.0
 
 
-def artifact(path: str | Path | None) -> Check:
+def artifact(path: str | Path | None, cfg=None) -> Check:
+    """Weights + the submission script packed for `cfg` (None: with every gated module)."""
     if path is None:
         return Check("artifact bytes", SKIP, "no artifact given (--artifact RUN_DIR/model.golfjax)")
     weights = Path(path).stat().st_size
-    code = codebytes.code_bytes()
+    code = codebytes.code_bytes(cfg)
     total = weights + code
     details = {"weight_bytes": weights, "code_bytes": code, "total_bytes": total, "limit": ARTIFACT_BYTES}
     line = f"{total:,} B = weights {weights:,} + code {code:,} (limit {ARTIFACT_BYTES:,})"

@@ -7,7 +7,10 @@ which token), and details for the JSON report.
 * noise floor (T0): the same stream twice must give bit-identical scores; otherwise
   the flip test's tolerance is 10× the largest difference seen.
 * flip test (C1, causality): replace every token after t; every score of a target
-  ≤ t (a target index < t) must stay bit-identical, in every stage.
+  ≤ t (a target index < t) must stay bit-identical, in every stage — every such score
+  made before the first score of a target after t in evaluation order (the base run's
+  ledger): an evaluator that permutes documents (phased TTT) may legally score an
+  earlier document after a later one and adapt on the later one first (§5.2 C1).
 * normalization (C2): at sampled targets the full distribution is finite, sums to 1
   within fp32 rounding, and the recorded NLL is −log p(target) of it.
 * counterfactual sum (C3): put every vocabulary entry v in turn at token i (on a
@@ -100,9 +103,16 @@ def flip_positions(tokens: np.ndarray, seq_len: int, stride: int, rows: int, chu
     return sorted(out[:count])
 
 
+def _before_exposure(rank: np.ndarray, t: int) -> np.ndarray:
+    """Of targets < t, those scored no later than the first score event of a target ≥ t."""
+    later = rank[t:][rank[t:] >= 0]
+    return rank[:t] <= (later.min() if later.size else np.iinfo(np.int64).max)
+
+
 def flip_test(proc, tokens: np.ndarray, base: dict, positions: list[int], vocab: int, tol: float,
               rng: np.random.Generator, sp=None) -> Check:
-    stats = {s: {"compared": 0, "violations": 0, "worst": 0.0} for s in base}
+    stats = {s: {"compared": 0, "violations": 0, "worst": 0.0, "scored_after_exposure": 0} for s in base}
+    ranks = {s: r.ledger.score_rank() for s, r in base.items()}
     worst = None  # (|Δ|, stage, t, target)
     for t in positions:
         flipped = tokens.copy()
@@ -110,9 +120,12 @@ def flip_test(proc, tokens: np.ndarray, base: dict, positions: list[int], vocab:
         flipped[t + 1 :] = (tokens[t + 1 :].astype(np.int64) + rng.integers(1, vocab, n)) % vocab
         res = proc(flipped)
         for stage, r in res.items():
-            d = _diff(base[stage].nll[:t], r.nll[:t])
+            keep = _before_exposure(ranks[stage], t)
+            d = np.where(keep, _diff(base[stage].nll[:t], r.nll[:t]), 0.0)
             scored = ~np.isnan(base[stage].nll[:t])
             st = stats[stage]
+            st["scored_after_exposure"] += int((scored & ~keep).sum())
+            scored &= keep
             st["compared"] += int(scored.sum())
             bad = d > tol
             st["violations"] += int(bad.sum())
@@ -124,6 +137,9 @@ def flip_test(proc, tokens: np.ndarray, base: dict, positions: list[int], vocab:
     compared = sum(s["compared"] for s in stats.values())
     details = {"positions": positions, "tolerance": tol, "stages": stats}
     head = f"{len(positions)} flips × {len(stats)} stage(s), {compared:,} earlier scores compared"
+    reordered = sum(s["scored_after_exposure"] for s in stats.values())
+    if reordered:
+        head += f" ({reordered:,} more were scored after a later target, in evaluation order)"
     if worst is None:
         same = "bit-identical" if tol == 0 else f"within {tol:.3g}"
         return Check("flip test", PASS, f"{head}: all {same}", details)

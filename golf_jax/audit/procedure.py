@@ -41,7 +41,7 @@ def check_config(a) -> None:
         raise ValueError(f"audit.source={a.source!r}: use one of {SOURCES}")
     if a.weights not in WEIGHTS:
         raise ValueError(f"audit.weights={a.weights!r}: use one of {WEIGHTS}")
-    for key in ("tokens", "batch_windows", "model_dim"):
+    for key in ("tokens", "batch_windows", "model_dim", "phased_docs"):
         if a[key] < 1:
             raise ValueError(f"audit.{key}={a[key]} must be >= 1")
     for key in ("seq_len", "stride", "chunk_tokens", "flips", "probes", "probe_vocab", "normalization_positions",
@@ -71,6 +71,12 @@ def scaled_config(cfg, num_devices: int):
     if a.chunk_tokens:
         e.ttt.chunk_tokens = e.prequant_ttt.chunk_tokens = int(a.chunk_tokens)
     e.slot.focal = max(1, round(int(e.slot.focal) * stride / s0))
+    p = e.phased  # phased TTT: small rounds, so that its global phases come between rounds of the slice
+    p.batch_docs = min(int(p.batch_docs), int(a.phased_docs))
+    p.prefix_docs = min(int(p.prefix_docs), int(p.num_phases) * int(p.batch_docs))
+    p.chunk_size = min(int(p.chunk_size), L)
+    if a.chunk_tokens:
+        p.global_chunk_tokens = int(a.chunk_tokens)
     seqs = max(1, int(a.tokens) // L)
     e.prequant_ttt.batch_seqs = min(int(e.prequant_ttt.batch_seqs), max(1, -(-seqs // num_devices)))
     stages.check_config(c)
@@ -95,7 +101,8 @@ def small_model_config(m, a, vocab_size: int | None = None):
             s.ve_layers = ",".join(str(i) for i in kept if i >= 0)
         s.xsa_last_n = min(int(s.xsa_last_n), n)
         if s.parallel_residual_start >= 0:  # the same number of parallel layers at the end, at least one
-            s.parallel_residual_start = min(max(0, n - (L - int(s.parallel_residual_start))), n - 1)
+            first = 1 if s.parallel_mode == "two_lane" and n > 1 else 0  # two lanes start after a block
+            s.parallel_residual_start = min(max(first, n - (L - int(s.parallel_residual_start))), n - 1)
         if s.num_loops > 0:  # the looped segment clipped to the kept layers
             s.loop_start, s.loop_end = min(int(s.loop_start), n - 1), min(int(s.loop_end), n - 1)
     if s.bigram_vocab_size > 0:
@@ -183,6 +190,10 @@ class Procedure:
     lut: object
     mesh: object
     custom: object = None  # a factory of stages.EvalContext (a user's evaluator) in place of eval.stages
+    # Declared document starts (the slice's BOS positions) that every rerun keeps: phased TTT's
+    # order follows document lengths and is part of its protocol (variants §4.2), so a flip or
+    # counterfactual is judged under the order it declared, not a re-split of the changed stream.
+    documents: np.ndarray | None = None
     runs: int = field(default=0, init=False)
 
     def __call__(self, tokens: np.ndarray, probe_targets=None) -> dict:
@@ -196,7 +207,7 @@ class Procedure:
             prior_notes = [f"eval.prequant_ttt.mode={pq.mode}: the weights were trained on all of val before scoring"]
         return stages.run_stages(cfg, self.model, params, tokens, self.lut, self.mesh, log=_quiet,
                                  prior_reads=prior_reads, prior_notes=prior_notes, record_nll=True, enforce=False,
-                                 probe_targets=probe_targets, custom=self.custom)
+                                 probe_targets=probe_targets, custom=self.custom, documents=self.documents)
 
 
 def _quiet(*_args, **_kwargs) -> None:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from golf_jax import mesh as mesh_lib
 from golf_jax.audit import budgets, checks, procedure
 from golf_jax.audit.checks import FAIL, PASS, Check
-from golf_jax.eval import harness, stages
+from golf_jax.eval import harness, phased_plan, stages
 
 
 def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, custom=None,
@@ -45,14 +45,15 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
     L = stages.eval_seq_len(procedure.scaled_config(cfg, mesh.devices.size))
     data = procedure.data_slice(cfg, L)
     proc = procedure.build(cfg, mesh, data.lut, artifact=weights, params=params, model=model, custom=custom)
+    bos = max(int(data.sp.bos_id()), 0)
+    proc.documents = phased_plan.find_documents(data.tokens, bos).start  # the slice's, kept by every rerun
     e = proc.cfg.eval
     stride = int(e.sliding.stride)
     tokens, T, V = data.tokens, len(data.tokens) - 1, int(proc.cfg.model.vocab_size)
     random_model = params is None and weights is None
     rng = np.random.default_rng(int(a.seed))
     rows = harness.batch_rows(int(e.sliding.batch_windows), mesh)
-    flips = checks.flip_positions(tokens, L, stride, rows, int(e.ttt.chunk_tokens), max(int(data.sp.bos_id()), 0),
-                                  int(a.flips), rng)
+    flips = checks.flip_positions(tokens, L, stride, rows, int(e.ttt.chunk_tokens), bos, int(a.flips), rng)
     cf_vocab = int(a.probe_vocab) if random_model and 1 < int(a.probe_vocab) < V else V
     probes = checks.probe_positions(T, L, stride, int(e.ttt.chunk_tokens), int(a.probes), rng)
     norm_targets = np.sort(rng.choice(T, size=min(int(a.normalization_positions), T), replace=False))
@@ -78,6 +79,7 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
         cf_proc, cf_tokens = proc, tokens
         if cf_vocab != V:  # the random model rebuilt with a small vocabulary: V reruns per probe
             cf_proc = procedure.build(cfg, mesh, data.lut, custom=custom, vocab_size=cf_vocab)
+            cf_proc.documents = proc.documents
             cf_tokens = (tokens % cf_vocab).astype(np.int32)
         result.append(checks.counterfactual(cf_proc, cf_tokens, probes, cf_vocab, L, data.sp if cf_vocab == V else None,
                                             progress=bar.update))
@@ -85,7 +87,7 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
     finally:
         bar.close()
     result.append(_flags(cfg, base, custom is not None))
-    result.append(budgets.artifact(artifact))
+    result.append(budgets.artifact(artifact, cfg))
     result.append(budgets.timings(cfg, summary))
     result.append(budgets.data_access(cfg, summary))
     result.append(budgets.prequant_ttt(cfg))

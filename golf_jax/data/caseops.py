@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from golf_jax.data.tokenizer import CASEOPS_OPERATOR_IDS as OPERATOR_IDS, CASEOPS_OPERATORS as OPERATORS
+from golf_jax.data.tokenizer import is_caseops_tokenizer  # noqa: F401 (lives there so runs need not pack this module)
+
 TRANSFORM = "lossless_caps_caseops_v1"
-TITLE, ALLCAPS, CAPNEXT, ESC = "\ue001", "\ue002", "\ue003", "\ue004"
-OPERATORS = (TITLE, ALLCAPS, CAPNEXT, ESC)  # ids 4..7 of a CaseOps tokenizer, in this order
-OPERATOR_IDS = (4, 5, 6, 7)
+TITLE, ALLCAPS, CAPNEXT, ESC = OPERATORS  # U+E001..U+E004, ids 4..7 of a CaseOps tokenizer, in this order
 _NAMES = {TITLE: "TITLE (U+E001)", ALLCAPS: "ALLCAPS (U+E002)", CAPNEXT: "CAPNEXT (U+E003)", ESC: "ESC (U+E004)"}
 _OP_BYTES = len(TITLE.encode("utf-8"))  # 3: what an acting operator adds to a surface's UTF-8 length
 
@@ -202,12 +203,6 @@ def train_tokenizer(texts: Iterable[str], model_path: str | os.PathLike, vocab_s
         max_sentence_length=1 << 30, num_threads=num_threads or os.cpu_count() or 1, minloglevel=2,
         **TRAINER_SETTINGS)
     return model_path
-
-
-def is_caseops_tokenizer(sp: Any) -> bool:
-    """Whether ids 4-7 hold the four operators (a tokenizer trained by train_tokenizer)."""
-    n = int(sp.vocab_size())
-    return n > max(OPERATOR_IDS) and [sp.id_to_piece(i) for i in OPERATOR_IDS] == list(OPERATORS)
 
 
 def check_tokenizer(sp: Any, path: str | os.PathLike) -> None:

@@ -20,7 +20,6 @@ to the val shards, that bpb divides by instead of the byte look-up tables.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import lzma
 import os
@@ -33,19 +32,11 @@ from typing import Any, TextIO
 import numpy as np
 
 from golf_jax.data import caseops
-from golf_jax.data.shards import MAGIC, VERSION, write_shard
+from golf_jax.data.shards import MAGIC, VERSION, sha256_file, write_shard
 from golf_jax.data.tokenizer import load_tokenizer
 
 BOS_ID = 1
 ENCODE_BATCH = 256  # documents per sp.encode call
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _open_text(path: Path) -> TextIO:

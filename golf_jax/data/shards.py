@@ -10,6 +10,7 @@ a half-written build or a tokenizer / vocab-size mismatch.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,14 @@ TOKEN_BYTES = 2
 
 _REBUILD = "rebuild it with `python -m golf_jax.data.prepare`"
 SIDECAR_TAG = "_bytes_"  # fineweb_val_bytes_%06d.bin: a CaseOps byte sidecar, never a token shard
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class ShardError(ValueError):

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from golf_jax.data import caseops, shards, shuffled
-from golf_jax.data.prepare import sha256_file
-from golf_jax.data.synthetic import ensure_default_corpus
-from golf_jax.data.tokenizer import ByteLUT, build_byte_luts
+from golf_jax.data import shards
+from golf_jax.data.shards import sha256_file
+from golf_jax.data.tokenizer import ByteLUT, build_byte_luts, is_caseops_tokenizer
 
 
 def resolve_data(cfg) -> tuple[Path, Path]:
     """The shard directory and tokenizer of the run (building the default corpus if asked)."""
-    if cfg.data.source == "default":
+    if cfg.data.source == "default":  # imported on its branch only: golf_jax/packset.py GATES
+        from golf_jax.data.synthetic import ensure_default_corpus
+
         corpus = ensure_default_corpus()
         if corpus.vocab_size != cfg.model.vocab_size:
             raise ValueError(
@@ -44,7 +45,7 @@ def val_byte_lut(sp, vocab_size: int, data_dir: Path, val_tokens: np.ndarray) ->
     lut = build_byte_luts(sp, vocab_size)
     sidecar = shards.load_byte_sidecar(str(Path(data_dir) / "fineweb_val_*.bin"))
     if sidecar is None:
-        if caseops.is_caseops_tokenizer(sp):
+        if is_caseops_tokenizer(sp):
             raise ValueError(f"{data_dir}: the tokenizer is a CaseOps tokenizer but there is no val byte sidecar "
                              "(fineweb_val_bytes_*.bin); build the shards with `python -m golf_jax.data.prepare "
                              "--caseops`")
@@ -55,6 +56,8 @@ def val_byte_lut(sp, vocab_size: int, data_dir: Path, val_tokens: np.ndarray) ->
 def loader_seed_rule(cfg) -> str:
     """What seeds the training loader's order, so data.json says whether `seed` moves it."""
     if cfg.data.loader == "shuffled":
+        from golf_jax.data import shuffled
+
         return shuffled.seed_rule(cfg.seed, cfg.compat.loader_rank_seed)
     if cfg.data.loader == "coprime":
         return "PCG64(FNV hash of the sorted shard paths); independent of seed"

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from golf_jax.data.prepare import ShardWriter, encode_documents, sha256_file
+from golf_jax.data.prepare import ShardWriter, encode_documents
+from golf_jax.data.shards import sha256_file
 from golf_jax.paths import cache_dir
 
 GENERATOR_VERSION = 2

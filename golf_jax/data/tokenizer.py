@@ -20,6 +20,17 @@ import numpy as np
 import sentencepiece as spm
 
 _SPACE = "\u2581"  # SentencePiece's "▁" word-boundary marker
+# CaseOps (golf_jax/data/caseops.py): TITLE, ALLCAPS, CAPNEXT, ESC and the ids a CaseOps tokenizer holds them at
+CASEOPS_OPERATORS = ("\ue001", "\ue002", "\ue003", "\ue004")
+CASEOPS_OPERATOR_IDS = (4, 5, 6, 7)
+
+
+def is_caseops_tokenizer(sp: Any) -> bool:
+    """Whether ids 4-7 hold the four CaseOps operators (a tokenizer caseops.train_tokenizer trained).
+    Here rather than in caseops.py, so that a run need not pack the case transform."""
+    n = int(sp.vocab_size())
+    return n > max(CASEOPS_OPERATOR_IDS) and [sp.id_to_piece(i) for i in CASEOPS_OPERATOR_IDS] == list(
+        CASEOPS_OPERATORS)
 
 
 def load_tokenizer(path: str | os.PathLike, vocab_size: int) -> spm.SentencePieceProcessor:

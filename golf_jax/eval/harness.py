@@ -103,6 +103,20 @@ class Reveal:
         self.reads.append((a, b))
         return self._val[a : b + 1].copy()  # a copy: an evaluator that edits what it read cannot edit val
 
+    def read_many(self, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+        """read(a[i], b[i]) for every i, checked in one vectorised pass (phased TTT reads
+        hundreds of document chunks per block)."""
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        if a.size and (a.min() < 0 or b.max() > len(self._val) - 1 or (b <= a).any()):
+            raise ValueError(f"Reveal.read_many: every range must be non-empty and lie in [0, {len(self._val) - 1})")
+        if self._compliant and a.size and not np.all(self._scored(a, b)):
+            k = int(np.flatnonzero(~np.broadcast_to(self._scored(a, b), a.shape))[0])
+            raise ComplianceError(
+                f"evaluator read targets [{a[k]}, {b[k]}) before they were scored; only scored targets may be "
+                "trained on (mark the evaluator non-compliant to reproduce such a procedure)")
+        self.reads.extend(zip(a.tolist(), b.tolist()))
+        return [self._val[x : y + 1].copy() for x, y in zip(a.tolist(), b.tolist())]
+
 
 @dataclass
 class HarnessResult:

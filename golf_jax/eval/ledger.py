@@ -13,6 +13,9 @@ ledger is a few lines. `verify` checks two of the challenge's conditions from it
   must lie before its own first scored target, in targets scored earlier (by earlier
   batches or by earlier units of the same batch). Per-unit columns are stored as runs
   of arithmetic progressions, so a batch of windows is a few numbers.
+
+Range sets are sorted numpy arrays: phased TTT scores ~10^6 short document chunks in
+~10^3 blocks, and every check (scored?, covered?, counts) is a vectorised search.
 """
 
 from __future__ import annotations
@@ -34,19 +37,21 @@ class Ledger:
     notes: list[str] = field(default_factory=list)
     prior_reads: list[tuple[int, int]] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
-    _scored: list[tuple[int, int]] = field(default_factory=list, repr=False)  # union of scored ranges so far
+    _scored: _Ranges = field(default_factory=lambda: _Ranges(), repr=False)  # union of scored ranges so far
 
     def score(self, ranges) -> None:
         ranges = merge_ranges(ranges)
-        self._scored = _union(self._scored + ranges)
+        self._scored.add(ranges)
         if self.events and "score" in self.events[-1]:
             self.events[-1]["score"] = merge_ranges(self.events[-1]["score"] + ranges)
         elif ranges:
             self.events.append({"score": ranges})
 
-    def scored(self, a: int, b: int) -> bool:
-        """Are targets [a, b) all scored so far?"""
-        return _covers(self._scored, a, b)
+    def scored(self, a, b):
+        """Are targets [a, b) all scored so far? (ints, or arrays of ranges: a bool array)"""
+        if np.ndim(a) == 0:
+            return self._scored.covers(int(a), int(b))
+        return self._scored.covers_many(np.asarray(a, np.int64), np.asarray(b, np.int64))
 
     def update(self, reads, **info) -> None:
         self.events.append({"update": _union(reads), **info})
@@ -92,14 +97,13 @@ class Ledger:
         fits = _FitCheck()
         for i, e in enumerate(self.events):
             if "score" in e:
-                for a, b in e["score"]:
-                    count.add(a, b)
+                count.add(e["score"])
             elif "fit" in e:
                 following = self.events[i + 1].get("score", []) if i + 1 < len(self.events) else []
-                fits.add(*(_expand(e["fit"][k]) for k in ("a", "b", "first")), count._merged, following)
+                fits.add(*(_expand(e["fit"][k]) for k in ("a", "b", "first")), count.merged, following)
             else:
-                bad = [(a, b) for a, b in e["update"] if not count.covered(a, b)]
-                if bad:
+                bad = _pairs(e["update"])[~count.merged.covers_many(*_columns(e["update"]))]
+                if len(bad):
                     a, b = bad[0]
                     problems.append(
                         f"score before update: an update ({_describe(e)}) read targets [{a}, {b}) before all "
@@ -111,7 +115,7 @@ class Ledger:
         if missing:
             problems.append(f"single pass: {missing} of {T} targets were never scored")
         for a, b in self.prior_reads:
-            overlap = count.scored_in(a, b)
+            overlap = count.merged.overlap(a, b)
             if overlap:
                 problems.append(
                     f"score before update: {overlap} targets scored here were read by an adaptation before "
@@ -122,6 +126,45 @@ class Ledger:
         """Every range this stage's updates read (what carried weights have seen)."""
         return _union(r for e in self.events if "update" in e for r in e["update"])
 
+    def score_rank(self) -> np.ndarray:
+        """Per target, the index of the score event that scored it (−1: never), i.e. its place
+        in evaluation order; an update between two score events separates them."""
+        rank = np.full(self.num_targets, -1, np.int64)
+        k = 0
+        for e in self.events:
+            if "score" in e:
+                for a, b in e["score"]:
+                    rank[max(a, 0) : min(b, self.num_targets)] = k
+                k += 1
+        return rank
+
+
+class _Ranges:
+    """A union of half-open ranges: sorted, disjoint, touching ones merged (numpy arrays)."""
+
+    def __init__(self, starts=(), ends=()) -> None:
+        self.starts, self.ends = _union_arrays(np.asarray(starts, np.int64), np.asarray(ends, np.int64))
+
+    def add(self, ranges) -> None:
+        a, b = _columns(ranges)
+        self.starts, self.ends = _union_arrays(np.concatenate([self.starts, a]), np.concatenate([self.ends, b]))
+
+    def covers_many(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Per range [a, b): does one range of the union contain it?"""
+        k = np.searchsorted(self.starts, a, side="right") - 1
+        inside = b <= self.ends[np.maximum(k, 0)] if len(self.ends) else np.zeros(len(a), bool)
+        return (k >= 0) & inside
+
+    def covers(self, a: int, b: int) -> bool:
+        return bool(self.covers_many(np.asarray([a], np.int64), np.asarray([b], np.int64))[0])
+
+    def overlap(self, a: int, b: int) -> int:
+        """How many targets of [a, b) the union holds."""
+        return int(np.sum(np.maximum(0, np.minimum(b, self.ends) - np.maximum(a, self.starts))))
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return list(zip(self.starts.tolist(), self.ends.tolist()))
+
 
 class _FitCheck:
     """Score before fit, summed over every fit event (one line per kind of violation)."""
@@ -130,15 +173,15 @@ class _FitCheck:
         self.units = self.own = self.unscored = 0
         self.example_own = self.example_unscored = ""
 
-    def add(self, a: np.ndarray, b: np.ndarray, first: np.ndarray, scored: list, following) -> None:
-        """Units' reads [a, b) and first targets; `scored`: the disjoint union scored before
-        the fit; `following`: the batch's scores."""
+    def add(self, a: np.ndarray, b: np.ndarray, first: np.ndarray, scored: _Ranges, following) -> None:
+        """Units' reads [a, b) and first targets; `scored`: the targets scored before the fit;
+        `following`: the batch's scores."""
         read = b > a
         later_first = np.minimum.accumulate(first[::-1])[::-1]  # the first target of this unit or any later one
         own = read & (b > later_first)
-        union = np.asarray(_union(list(scored) + [tuple(r) for r in following]), np.int64).reshape(-1, 2)
-        k = np.searchsorted(union[:, 0], a, side="right") - 1
-        covered = (k >= 0) & (b <= union[np.maximum(k, 0), 1]) if len(union) else np.zeros_like(read)
+        union = _Ranges(scored.starts, scored.ends)
+        union.add([tuple(r) for r in following])
+        covered = union.covers_many(a, b)
         unscored = read & ~covered & ~own
         self.units += int(read.sum())
         if own.any() and not self.example_own:
@@ -187,29 +230,29 @@ def _describe(event: dict) -> str:
 
 
 class _Coverage:
-    """Scored-count per target, stored as a difference array over [0, T]."""
+    """How often each target was scored, from every scored range (a difference array at the end)."""
 
     def __init__(self, num_targets: int) -> None:
         self.T = num_targets
-        self.ranges: list[tuple[int, int]] = []
-        self._merged: list[tuple[int, int]] = []  # disjoint sorted union, for `covered`
+        self._a: list[np.ndarray] = []
+        self._b: list[np.ndarray] = []
+        self.merged = _Ranges()  # the union scored so far, for `covers_many`
 
-    def add(self, a: int, b: int) -> None:
-        self.ranges.append((a, b))
-        self._merged = _union(self._merged + [(a, b)])
-
-    def covered(self, a: int, b: int) -> bool:
-        return _covers(self._merged, a, b)
+    def add(self, ranges) -> None:
+        a, b = _columns(ranges)
+        self._a.append(a)
+        self._b.append(b)
+        self.merged.add(ranges)
 
     def _counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Breakpoints and the scored count on each elementary interval."""
-        pts = sorted({0, self.T, *(p for r in self.ranges for p in r)})
-        diff = {p: 0 for p in pts}
-        for a, b in self.ranges:
-            diff[a] += 1
-            diff[b] -= 1
-        counts = np.cumsum([diff[p] for p in pts])[:-1]
-        return np.asarray(pts), counts
+        a = np.concatenate(self._a) if self._a else np.zeros(0, np.int64)
+        b = np.concatenate(self._b) if self._b else np.zeros(0, np.int64)
+        pts = np.unique(np.concatenate([[0, self.T], a, b]).astype(np.int64))
+        diff = np.zeros(len(pts), np.int64)
+        np.add.at(diff, np.searchsorted(pts, a), 1)
+        np.add.at(diff, np.searchsorted(pts, b), -1)
+        return pts, np.cumsum(diff)[:-1]
 
     def duplicates(self) -> int:
         pts, counts = self._counts()
@@ -220,20 +263,31 @@ class _Coverage:
         inside = (pts[:-1] >= 0) & (pts[1:] <= self.T)
         return int(np.sum(((counts == 0) & inside) * np.diff(pts)))
 
-    def scored_in(self, a: int, b: int) -> int:
-        return sum(max(0, min(b, y) - max(a, x)) for x, y in self._merged)
+
+def _columns(ranges) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) int64 arrays of a list of (a, b) pairs."""
+    arr = np.asarray(list(ranges), np.int64).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
 
 
-def _covers(union: list[tuple[int, int]], a: int, b: int) -> bool:
-    """Does one range of the disjoint, sorted `union` contain [a, b)?"""
-    return any(x <= a and b <= y for x, y in union)
+def _pairs(ranges) -> np.ndarray:
+    return np.asarray(list(ranges), np.int64).reshape(-1, 2)
+
+
+def _union_arrays(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted disjoint union of ranges [a_i, b_i) (empty ones dropped, touching ones merged)."""
+    keep = b > a
+    a, b = a[keep], b[keep]
+    if not len(a):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.argsort(a, kind="stable")
+    a, b = a[order], b[order]
+    reach = np.maximum.accumulate(b)
+    new = np.concatenate([[True], a[1:] > reach[:-1]])  # a range that starts past every earlier end
+    last = np.concatenate([new[1:], [True]])
+    return a[new], reach[last]
 
 
 def _union(ranges) -> list[tuple[int, int]]:
-    out: list[list[int]] = []
-    for a, b in sorted(ranges):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
+    a, b = _columns(ranges)
+    return _Ranges(a, b).pairs()

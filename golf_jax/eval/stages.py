@@ -5,7 +5,8 @@ The train pipeline, `python -m golf_jax.evaluate` and the packed submission scri
 
 * roundtrip: the plain non-overlapping eval (reference §6.1);
 * sliding: sliding windows, stride eval.sliding.stride (§6.2; merged rule by default);
-* ttt: score-first chunked TTT (§6.3, variants §4.3);
+* ttt: score-first chunked TTT (§6.3, variants §4.3), or with eval.ttt.mode=phased
+  #1855's phased TTT (per-document LoRA + global SGD phases; golf_jax/eval/phased_ttt.py);
 * slot: a δ per window fitted by L-BFGS and added to the logits (§6.4; golf_jax/eval/slot.py).
 
 Each stage writes `ledger_<stage>.json` (golf_jax/eval/ledger.py) and reports its
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from golf_jax.eval import harness, plain, slot, ttt
+from golf_jax.eval import harness, plain, ttt
 from golf_jax.eval.ledger import Ledger
 from golf_jax.eval.windows import WINDOW_RULES, check_geometry, chunk_of, num_chunks, sliding_units
 
@@ -57,7 +58,14 @@ def check_config(cfg) -> None:
         raise ValueError(f"eval.sliding.window_rule={e.sliding.window_rule!r}: use one of {WINDOW_RULES}")
     check_geometry(L, e.sliding.stride)
     ttt.check_config(e.ttt, L, e.sliding.stride, used="ttt" in names)
-    slot.check_config(e.slot, L, e.sliding.stride)
+    if e.ttt.mode == "phased":  # imported here only: a submission without phased TTT need not pack it
+        from golf_jax.eval import phased_ttt
+
+        phased_ttt.check_config(e.phased, L, used="ttt" in names)
+    if "slot" in names:  # imported here only: a submission without SLOT need not pack it
+        from golf_jax.eval import slot
+
+        slot.check_config(e.slot, L, e.sliding.stride)
 
 
 def noncompliance(cfg) -> list[str]:
@@ -72,8 +80,11 @@ def noncompliance(cfg) -> list[str]:
         why.append("eval.ttt.lookahead: TTT trains on a target before it is scored")
     if "ttt" in names and e.ttt.carry and names.index("ttt") < len(names) - 1:
         why.append("eval.ttt.carry: later stages rescore targets with weights trained on them")
-    if "slot" in names and e.slot.mode in slot.WHY:
-        why.append(slot.WHY[e.slot.mode])
+    if "slot" in names:
+        from golf_jax.eval import slot
+
+        if e.slot.mode in slot.WHY:
+            why.append(slot.WHY[e.slot.mode])
     if cfg.export.calib_source == "val":
         why.append("export.calib_source=val: GPTQ calibration reads val")
     return why
@@ -115,14 +126,15 @@ class StageResult:
 
 def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, log=print,
                prior_reads=(), prior_notes=(), record_nll: bool = False, plain_eval=None, enforce: bool = True,
-               probe_targets=None, custom=None) -> dict[str, StageResult]:
+               probe_targets=None, custom=None, documents=None) -> dict[str, StageResult]:
     """Run cfg.eval's stages in order on `params`; returns {stage: StageResult}.
 
     `run` (a golf_jax.rundir.RunDir) receives the ledgers; `plain_eval` is an already
     compiled plain.make_evaluator over the same val stream (the train loop's). For the
     audit (golf_jax/audit): `record_nll` keeps every target's NLL, `probe_targets` the
     full distribution at those targets, `enforce=False` lets evaluators read ahead
-    (the ledger shows it), and `custom` (a factory of EvalContext) replaces the stages.
+    (the ledger shows it), `custom` (a factory of EvalContext) replaces the stages, and
+    `documents` declares phased TTT's document starts (default: the BOS positions).
     """
     check_config(cfg)
     e, L = cfg.eval, eval_seq_len(cfg)
@@ -169,11 +181,19 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
             res = score(harness.FixedModel(predict, params), units, [np.arange(len(units))], ledger)
             acc, nll, extra = res.acc, res.nll, {"windows": len(units)}
         elif name == "slot":
+            from golf_jax.eval import slot
+
             units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
             evaluator = slot.Slot(model, params, mesh, e.slot, L, e.sliding.stride)
             res = score(evaluator, units, [np.arange(len(units))], ledger)
             acc, nll = res.acc, res.nll
             extra = _slot_summary(e.slot, units, res, evaluator.diagnostics(), run)
+        elif e.ttt.mode == "phased":
+            from golf_jax.eval import phased_ttt
+
+            res, extra = phased_ttt.evaluate(cfg, model, params, val_tokens, lut, mesh, ledger, L, record_nll,
+                                             enforce, probe_targets, documents)
+            acc, nll = res.acc, res.nll
         else:
             units = sliding_units(T, L, e.sliding.stride, "merged")
             K = num_chunks(T, e.ttt.chunk_tokens)

@@ -29,7 +29,7 @@ from golf_jax.eval.compiled import settings_key
 from golf_jax.eval.harness import Reveal
 from golf_jax.optim.build import build_adaptation_optimizer
 
-MODES = ("score_first", "pr1318")
+MODES = ("score_first", "pr1318", "phased")  # phased: golf_jax/eval/phased_ttt.py (keys eval.phased.*)
 
 
 def check_config(t, seq_len: int, stride: int, used: bool = True) -> None:
@@ -42,14 +42,16 @@ def check_config(t, seq_len: int, stride: int, used: bool = True) -> None:
         raise ValueError(f"eval.ttt.freeze_scope={t.freeze_scope!r}: use one of {adapt.SCOPES}")
     if not used:
         return
+    if (t.lookahead or t.carry) and t.mode != "pr1318":
+        raise ValueError("eval.ttt.lookahead and eval.ttt.carry reproduce PR #1318; set eval.ttt.mode=pr1318 to use them")
+    if t.mode == "phased":  # its own geometry: golf_jax/eval/phased_ttt.check_config
+        return
     if seq_len % stride:
         raise ValueError(f"eval.ttt needs eval.sliding.stride={stride} to divide the eval seq_len={seq_len}, "
                          "so that every scored span lies inside one chunk")
     if t.chunk_tokens <= 0 or t.chunk_tokens % stride:
         raise ValueError(f"eval.ttt.chunk_tokens={t.chunk_tokens} must be a positive multiple of "
                          f"eval.sliding.stride={stride}, so that no window's scored span straddles two chunks")
-    if (t.lookahead or t.carry) and t.mode != "pr1318":
-        raise ValueError("eval.ttt.lookahead and eval.ttt.carry reproduce PR #1318; set eval.ttt.mode=pr1318 to use them")
     if t.epochs < 1 or t.batch_seqs < 1 or t.lr < 0:
         raise ValueError("eval.ttt.epochs and eval.ttt.batch_seqs must be >= 1 and eval.ttt.lr >= 0")
     if t.chunk_tokens < seq_len:

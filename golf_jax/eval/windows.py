@@ -16,6 +16,10 @@ forward gathers the same number of positions: window 0 (which scores all its
 positions) becomes seq_len/stride units over the same inputs. A unit is
 (window start, first scored position, count) and scores targets
 [start + pos, start + pos + count).
+
+Phased TTT's units (golf_jax/eval/phased_plan.py) also carry `wlen`, each window's
+own input length (a document chunk and its document's context before it): the
+inputs past it are zeros, and a batch's width is `bucket_width` of its longest.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Units:
     seq_len: int
     stride: int
     num_targets: int
+    wlen: np.ndarray | None = None  # per-unit input length (phased TTT); None: min(seq_len, T - start)
 
     def __len__(self) -> int:
         return int(self.start.size)
@@ -52,7 +57,7 @@ class Units:
 
     def take(self, idx) -> Units:
         return Units(self.start[idx], self.pos[idx], self.count[idx], self.window_pos[idx], self.seq_len, self.stride,
-                     self.num_targets)
+                     self.num_targets, None if self.wlen is None else self.wlen[idx])
 
 
 def check_geometry(seq_len: int, stride: int) -> None:
@@ -102,17 +107,27 @@ def num_chunks(num_targets: int, chunk_tokens: int) -> int:
     return max(-(-num_targets // chunk_tokens), 1)
 
 
+def bucket_width(n: int, seq_len: int) -> int:
+    """The forward width for windows of up to n inputs: the next power of two, at least
+    seq_len/8 (and 16), at most seq_len; so a pass compiles for at most four widths."""
+    floor = max(16, seq_len // 8)
+    return min(seq_len, max(floor, 1 << max(int(n) - 1, 0).bit_length()))
+
+
 def gather_batch(val_tokens: np.ndarray, units: Units, rows: int) -> dict:
     """Arrays of one forward over `units`, padded to `rows` rows (padding is masked).
 
     Inputs (what an evaluator may see): x_BxL (window tokens, zero past wlen) and
     pos_BxS (the positions to score). Targets (the harness's): y_BxS, prev_BxS (the token
     before each target, for the byte LUT), mask_BxS and target_BxS (global indices).
+    With per-unit `wlen`, L is bucket_width of the batch's longest window.
     """
     n, L, S = len(units), units.seq_len, units.stride
     if n > rows:
         raise ValueError(f"gather_batch: {n} units do not fit in {rows} rows")
     num_targets = units.num_targets
+    if units.wlen is not None:
+        L = bucket_width(int(units.wlen.max(initial=1)), units.seq_len)
     x = np.zeros((rows, L), np.int32)
     pos = np.zeros((rows, S), np.int32)
     mask = np.zeros((rows, S), bool)
@@ -120,6 +135,8 @@ def gather_batch(val_tokens: np.ndarray, units: Units, rows: int) -> dict:
     offs = np.arange(L)
     idx = units.start[:, None] + offs[None, :]
     valid = idx < num_targets  # the window's inputs: val[ws : ws + wlen]
+    if units.wlen is not None:
+        valid &= offs[None, :] < units.wlen[:, None]
     x[:n] = np.where(valid, val_tokens[np.minimum(idx, num_targets - 1)], 0)
     k = np.arange(S)
     p = units.pos[:, None] + k[None, :]

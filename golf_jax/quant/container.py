@@ -27,6 +27,20 @@ quantized kinds, one fp16 scale per row (shape[0] rows). Values:
 * fp16 / fp32: IEEE little-endian. bf16raw: the raw bfloat16 bit patterns (u16 LE).
 
 Dequantization: W = q * scale[row] in fp32, then cast to orig_dtype.
+
+Version 2 (written only when some tensor carries one) adds an optional low-rank
+correction of the quantization error to a 2-D quantized entry (LQER, #1797 / #1855;
+golf_jax.quant.lqer)::
+
+    entry["lqer"] = [fa, fb]      # factor A [rows, r], then B [r, cols]
+    f = {"shape": [..], "bits": b, "group": g, "offset": o, "nbytes": n,
+         "scale_offset": o2, "scale_nbytes": n2}
+
+placed after the entry's scales: the values packed at 2, 4 or 8 bits each (the
+smallest width that holds b; golf_jax.quant.lowrank.pack_bits), then one fp16 scale
+per g consecutive values of the factor's row-major flattening. Dequantization then
+adds Â·B̂ (Â = q_A·s_A, B̂ = q_B·s_B per group) in fp32 as r rank-1 terms in order,
+before the cast. Version-1 containers read as before.
 """
 
 from __future__ import annotations
@@ -41,7 +55,9 @@ import numpy as np
 from golf_jax.quant.compress import compress, decompress
 
 MAGIC = b"GOLFJAX1"
-VERSION = 1
+VERSION = 1  # written when no tensor has a low-rank correction
+VERSION_LQER = 2
+PERGROUP_MAGIC = b"GOLFPGR1"  # a per-group artifact (golf_jax.quant.pergroup), not a container
 QUANT_KINDS = {"int6": (-32, 31), "int7": (-64, 63), "int8": (-128, 127)}
 RAW_KINDS = {"fp16": "<f2", "fp32": "<f4", "bf16raw": "<u2"}
 _PRE = struct.Struct("<8sII")
@@ -67,6 +83,9 @@ class QuantTensor:
     data: np.ndarray  # int8 for int6/int7/int8; fp16 / fp32 / bfloat16 for passthroughs
     scale: np.ndarray | None = None  # fp16 [shape[0]] for the quantized kinds
     orig_dtype: str = "float32"
+    # (A, B) golf_jax.quant.lowrank.Factor: W += Â·B̂ at dequantization (2-D quantized only). lowrank and
+    # lqer are imported where a correction is met, so submissions without LQER need not pack them.
+    lqer: tuple | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -116,6 +135,8 @@ def _check(name: str, t: QuantTensor) -> None:
             raise ValueError(f"tensor {name!r}: {t.kind} values must lie in [{lo}, {hi}]")
         if t.scale is None or t.scale.shape != (t.shape[0],):
             raise ValueError(f"tensor {name!r}: needs fp16 scales of shape ({t.shape[0]},)")
+        if t.lqer is not None:
+            _check_lqer(name, t)
     elif t.kind not in RAW_KINDS:
         kinds = sorted(QUANT_KINDS) + sorted(RAW_KINDS)
         raise ValueError(f"tensor {name!r}: unknown kind {t.kind!r}; use one of {kinds}")
@@ -124,6 +145,47 @@ def _check(name: str, t: QuantTensor) -> None:
         if t.data.dtype.name not in ok:
             raise ValueError(f"tensor {name!r}: kind {t.kind} stores {ok[0]} data, got {t.data.dtype} "
                              "(convert with container.passthrough(x, kind))")
+
+
+def _check_lqer(name: str, t: QuantTensor) -> None:
+    from golf_jax.quant import lowrank
+
+    a, b = t.lqer
+    if t.data.ndim != 2 or a.q.ndim != 2 or b.q.ndim != 2 or a.q.shape[0] != t.shape[0] \
+            or b.q.shape[1] != t.shape[1] or a.q.shape[1] != b.q.shape[0]:
+        raise ValueError(f"tensor {name!r}: a low-rank correction needs A [rows, r] and B [r, cols] of a 2-D "
+                         f"tensor {t.shape}, got {a.q.shape} and {b.q.shape}")
+    for f in (a, b):
+        lo, hi = lowrank.signed_range(f.bits)
+        if f.q.dtype != np.int8 or (f.q.size and (f.q.min() < lo or f.q.max() > hi)):
+            raise ValueError(f"tensor {name!r}: {f.bits}-bit factor values must be int8 in [{lo}, {hi}]")
+        if f.group <= 0 or f.q.size % f.group or f.scale.shape != (f.q.size // f.group,):
+            raise ValueError(f"tensor {name!r}: a factor of {f.q.size} values needs one fp16 scale per "
+                             f"group of {f.group}, got {f.scale.shape}")
+
+
+def _pack_factor(f, off: int) -> tuple[dict, list[bytes]]:
+    from golf_jax.quant import lowrank
+
+    vals = lowrank.pack_bits(f.q, lowrank.storage_width(f.bits))
+    sc = np.asarray(f.scale).astype("<f2").tobytes()
+    e = {"shape": list(f.q.shape), "bits": int(f.bits), "group": int(f.group), "offset": off,
+         "nbytes": len(vals), "scale_offset": off + len(vals), "scale_nbytes": len(sc)}
+    return e, [vals, sc]
+
+
+def _parse_factor(name: str, e: dict, payload: bytes):
+    from golf_jax.quant import lowrank
+
+    shape, bits, group = tuple(e["shape"]), int(e["bits"]), int(e["group"])
+    n = int(np.prod(shape, dtype=np.int64))
+    if (group <= 0 or n % group or e["nbytes"] != lowrank.packed_nbytes(n, bits)
+            or e["scale_nbytes"] != 2 * (n // group)):
+        raise ContainerError(f"tensor {name!r}: low-rank factor {shape} ({bits} bits, group {group}) has "
+                             f"{e['nbytes']} + {e['scale_nbytes']} bytes")
+    q = lowrank.unpack_bits(payload[e["offset"] : e["offset"] + e["nbytes"]], lowrank.storage_width(bits), n)
+    sb = payload[e["scale_offset"] : e["scale_offset"] + e["scale_nbytes"]]
+    return lowrank.Factor(q.reshape(shape), np.frombuffer(sb, dtype="<f2").astype(np.float16), group, bits)
 
 
 def pack(tensors: dict[str, QuantTensor], int6_storage: str = "int8") -> bytes:
@@ -150,18 +212,27 @@ def pack(tensors: dict[str, QuantTensor], int6_storage: str = "int8") -> bytes:
             e["scale_offset"], e["scale_nbytes"] = off, len(sc)
             chunks.append(sc)
             off += len(sc)
+        if t.kind in QUANT_KINDS and t.lqer is not None:
+            e["lqer"] = []
+            for f in t.lqer:
+                fe, parts = _pack_factor(f, off)
+                e["lqer"].append(fe)
+                chunks += parts
+                off += sum(len(p) for p in parts)
         entries.append(e)
     payload = b"".join(chunks)
+    version = VERSION_LQER if any("lqer" in e for e in entries) else VERSION
     header = json.dumps(
-        {"version": VERSION, "int6_storage": int6_storage, "payload_bytes": len(payload),
+        {"version": version, "int6_storage": int6_storage, "payload_bytes": len(payload),
          "payload_crc32": zlib.crc32(payload), "tensors": entries},
         separators=(",", ":"),
     ).encode("utf-8")
     return _PRE.pack(MAGIC, len(header), zlib.crc32(header)) + header + payload
 
 
-def unpack(raw: bytes) -> dict[str, QuantTensor]:
-    """Parse an uncompressed container, checking sizes and checksums."""
+def read_header(raw: bytes) -> tuple[dict, int]:
+    """(header, offset of the payload) of an uncompressed container (or a prefix that
+    holds its whole header), the header's checksum verified."""
     raw = bytes(raw)
     if len(raw) < _PRE.size or raw[:8] != MAGIC:
         raise ContainerError(f"not a GOLFJAX1 container (first bytes {raw[:8]!r}, {len(raw)} bytes)")
@@ -170,7 +241,17 @@ def unpack(raw: bytes) -> dict[str, QuantTensor]:
     if len(header_b) != hlen or zlib.crc32(header_b) != hcrc:
         raise ContainerError(f"GOLFJAX1 header truncated or corrupted ({len(raw)} bytes, header says {hlen})")
     try:
-        return _parse(json.loads(header_b.decode("utf-8")), raw[_PRE.size + hlen :])
+        return json.loads(header_b.decode("utf-8")), _PRE.size + hlen
+    except ValueError as exc:
+        raise ContainerError(f"GOLFJAX1 header is malformed: {exc!r}") from exc
+
+
+def unpack(raw: bytes) -> dict[str, QuantTensor]:
+    """Parse an uncompressed container, checking sizes and checksums."""
+    raw = bytes(raw)
+    header, start = read_header(raw)
+    try:
+        return _parse(header, raw[start:])
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, ContainerError):
             raise
@@ -178,8 +259,9 @@ def unpack(raw: bytes) -> dict[str, QuantTensor]:
 
 
 def _parse(header: dict, payload: bytes) -> dict[str, QuantTensor]:
-    if header.get("version") != VERSION:
-        raise ContainerError(f"GOLFJAX1 version {header.get('version')} is not supported (expected {VERSION})")
+    if header.get("version") not in (VERSION, VERSION_LQER):
+        raise ContainerError(f"GOLFJAX1 version {header.get('version')} is not supported "
+                             f"(expected {VERSION} or {VERSION_LQER})")
     if len(payload) != header["payload_bytes"] or zlib.crc32(payload) != header["payload_crc32"]:
         raise ContainerError(
             f"GOLFJAX1 payload truncated or corrupted: {len(payload)} bytes, expected {header['payload_bytes']}"
@@ -203,7 +285,13 @@ def _parse(header: dict, payload: bytes) -> dict[str, QuantTensor]:
         if len(sb) != 2 * shape[0]:
             raise ContainerError(f"tensor {e['name']!r}: scale bytes {len(sb)} != 2 * {shape[0]} rows")
         scale = np.frombuffer(sb, dtype="<f2").astype(np.float16)
-        out[e["name"]] = QuantTensor(kind, data.reshape(shape), scale, e["orig_dtype"])
+        lq = None
+        if "lqer" in e:
+            if header["version"] < VERSION_LQER or len(e["lqer"]) != 2:
+                raise ContainerError(f"tensor {e['name']!r}: a low-rank correction needs version {VERSION_LQER} "
+                                     "and two factors")
+            lq = tuple(_parse_factor(e["name"], fe, payload) for fe in e["lqer"])
+        out[e["name"]] = QuantTensor(kind, data.reshape(shape), scale, e["orig_dtype"], lq)
     return out
 
 
@@ -226,6 +314,9 @@ def serialize(
 def deserialize(blob: bytes) -> dict[str, QuantTensor]:
     """Inverse of ``serialize`` (raw or compressed; the stream names its codec)."""
     blob = bytes(blob)
+    if blob[:8] == PERGROUP_MAGIC:
+        raise ContainerError("a per-group artifact (export.compressor='pergroup_*'): read it with "
+                             "golf_jax.quant.export.read_tensors")
     return unpack(blob if blob[:8] == MAGIC else decompress(blob))
 
 
@@ -237,12 +328,16 @@ def int6_storage_of(blob: bytes) -> str:
 
 
 def dequantize_all(tensors: dict[str, QuantTensor], cast: bool = True) -> dict[str, np.ndarray]:
-    """W = q * scale[row] in fp32 (passthroughs as stored), cast to orig_dtype if ``cast``."""
+    """W = q * scale[row] (+ Â·B̂) in fp32 (passthroughs as stored), cast to orig_dtype if ``cast``."""
     out = {}
     for name, t in tensors.items():
         if t.kind in QUANT_KINDS:
             s = t.scale.astype(np.float32).reshape((t.shape[0],) + (1,) * (t.data.ndim - 1))
             w = t.data.astype(np.float32) * s
+            if t.lqer is not None:
+                from golf_jax.quant import lqer
+
+                w += lqer.correction(*t.lqer)
         else:
             w = t.data
         out[name] = w.astype(_np_dtype(t.orig_dtype)) if cast else w

@@ -47,10 +47,10 @@ def estimate(cfg, seed: int = 0) -> dict:
         blob = container.serialize(export.quantize_int8(arrays), compressor="zlib")
     elif ex.format in export.INT6_FORMATS:
         tensors, _ = export.quantize_int6(arrays, labels, ex, hessians=None)
-        blob = container.serialize(tensors, ex.int6_storage, ex.compressor or "lzma")
+        blob = export.serializer(tensors, ex, ex.compressor or "lzma")[2]
     else:
         raise ValueError(f"export.format={ex.format!r}: known formats are 'int8_zlib', {export.INT6_FORMATS}")
-    code = codebytes.code_bytes()
+    code = codebytes.code_bytes(cfg)
     n_params = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
     return {"params": n_params, "weight_bytes": len(blob), "code_bytes": code, "total_bytes": len(blob) + code,
             "budget_bytes": int(ex.budget_bytes), "seconds": time.perf_counter() - t0}

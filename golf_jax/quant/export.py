@@ -14,7 +14,13 @@ Formats (export.format):
   table tok_emb/embedding [V, D] is GPTQ-quantized instead (int8/int7 rows; with
   export.gptq_clip="sdclip" the k is export.embed_sdclip_k), with the Hessian of the
   LM head's input, as in the SP8192 reference (#1735). MTP heads are not exported (5.1).
-  Then selective +-1 pruning toward the budget; lzma by default.
+  With export.gptq_clip="sdclip", blocks_i/mlp/* and blocks_i/attn/* matrices may have
+  their own k (export.sdclip_k_mlp / sdclip_k_attn, #1855's MLP_/ATTN_CLIP_SIGMAS).
+  export.gate_int8 stores */attn_gate_w as int8 rows instead of fp16 (#1855). With
+  export.lqer_rank > 0 the top_k quantized matrices by error norm carry a low-rank
+  correction (golf_jax.quant.lqer, #1797/#1855).
+  Then selective +-1 pruning toward the budget; lzma by default, or per-group
+  compression (export.compressor="pergroup_*", golf_jax.quant.pergroup, #1855).
 * "rtn_int6": as gptq_int6 but round-to-nearest with the same per-row clip rule
   (percentile search or SDClip; no Hessian), for comparisons.
 
@@ -26,6 +32,7 @@ submission needs to train and evaluate.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
@@ -81,7 +88,10 @@ def quantize_int8(arrays: dict[str, np.ndarray]) -> dict[str, container.QuantTen
 INT6_FORMATS = ("gptq_int6", "rtn_int6")
 EMBED_QUANTS = ("rowquant", "gptq")
 GPTQ_CLIPS = ("percentile", "sdclip")
+PERGROUP = ("pergroup_brotli", "pergroup_zpaq")
+COMPRESSORS = ("lzma", "brotli", "zstd", *PERGROUP)
 TIED_EMBED = hessian.TIED_EMBED_KEY  # "tok_emb/embedding": the tied table, [V, D] as stored
+GATE_NAME = "attn_gate_w"  # the sparse attention output gate, [num_heads, gate_window]
 
 
 def check_config(ex) -> None:
@@ -95,6 +105,55 @@ def check_config(ex) -> None:
         raise ValueError(f"export.embed_quant={ex.embed_quant!r}: use one of {EMBED_QUANTS}")
     if ex.gptq_clip not in GPTQ_CLIPS:
         raise ValueError(f"export.gptq_clip={ex.gptq_clip!r}: use one of {GPTQ_CLIPS}")
+    int6 = ex.format in INT6_FORMATS
+    for key in ("sdclip_k_mlp", "sdclip_k_attn"):
+        k = float(getattr(ex, key))
+        if not (np.isfinite(k) and k >= 0):
+            raise ValueError(f"export.{key}={k}: use a k > 0, or 0 for export.sdclip_k")
+        if k > 0 and ex.gptq_clip != "sdclip":
+            raise ValueError(f"export.{key}={k} needs export.gptq_clip='sdclip' (or set it to 0)")
+    if ex.compressor and ex.compressor not in COMPRESSORS:
+        raise ValueError(f"export.compressor={ex.compressor!r}: use '' (the format's default) or one of {COMPRESSORS}")
+    if ex.compressor in PERGROUP:
+        if not int6:
+            raise ValueError(f"export.compressor={ex.compressor!r} needs export.format in {INT6_FORMATS}")
+        if ex.int6_storage == "packed6":
+            raise ValueError(f"export.compressor={ex.compressor!r} stores int6 as bytes (rows are reordered); "
+                             "set export.int6_storage='auto' or 'int8'")
+        if ex.compressor == "pergroup_zpaq":
+            try:
+                import zpaq  # noqa: F401
+            except ImportError as exc:
+                raise ValueError("export.compressor='pergroup_zpaq' needs the zpaq package: pip install zpaq, "
+                                 "or use 'pergroup_brotli'") from exc
+    rank, top, bits, group = int(ex.lqer_rank), int(ex.lqer_top_k), int(ex.lqer_bits), int(ex.lqer_group)
+    if rank < 0:
+        raise ValueError(f"export.lqer_rank={rank}: use 0 (off) or a rank >= 1 (#1855: 4)")
+    if rank > 0:
+        if not int6:
+            raise ValueError(f"export.lqer_rank={rank} needs export.format in {INT6_FORMATS} (or lqer_rank=0)")
+        if top < 1:
+            raise ValueError(f"export.lqer_top_k={top}: use >= 1 (#1855: 3)")
+        if not 2 <= bits <= 8:
+            raise ValueError(f"export.lqer_bits={bits}: use 2..8 (#1855: 4)")
+        if group < 0:
+            raise ValueError(f"export.lqer_group={group}: use a group size > 0 (#1855: 64) or 0 (symmetric per row)")
+    if ex.gate_int8 and not int6:
+        raise ValueError(f"export.gate_int8=True needs export.format in {INT6_FORMATS}")
+
+
+def sdclip_k_for(name: str, ex) -> float:
+    """SDClip k of an int6 matrix: per role as #1855's gptq_mixed_quantize (mlp, attn, other)."""
+    parts = name.split("/")[:-1]
+    if "mlp" in parts and float(ex.sdclip_k_mlp) > 0:
+        return float(ex.sdclip_k_mlp)
+    if "attn" in parts and float(ex.sdclip_k_attn) > 0:
+        return float(ex.sdclip_k_attn)
+    return float(ex.sdclip_k)
+
+
+def is_gate(name: str) -> bool:
+    return name.rsplit("/", 1)[-1] == GATE_NAME
 
 
 NOT_EXPORTED_PREFIXES = ("mtp_heads_",)  # training-only heads (spec 5.1)
@@ -120,8 +179,8 @@ def quantize_int6(arrays: dict[str, np.ndarray], labels: dict[str, str], ex, hes
                   double_damp: bool = False) -> tuple[dict[str, container.QuantTensor], dict]:
     """gptq_int6 (hessians given) or rtn_int6 (hessians None) tensors, plus stats."""
     check_config(ex)
-    tensors, stats = {}, {"int6": 0, "embed": 0, "fp16": 0, "gptq_fallbacks": 0, "gptq_seconds": 0.0,
-                          "embed_quant": ex.embed_quant}
+    tensors, stats = {}, {"int6": 0, "embed": 0, "fp16": 0, "gate_int8": 0, "gptq_fallbacks": 0,
+                          "gptq_seconds": 0.0, "embed_quant": ex.embed_quant}
     embed_clip = {8: rowquant.INT8_CLIP, 7: rowquant.INT7_CLIP}[int(ex.embed_bits)]
     embed_kind = "int8" if embed_clip == rowquant.INT8_CLIP else "int7"
     embed_gptq = ex.embed_quant == "gptq"
@@ -138,9 +197,19 @@ def quantize_int6(arrays: dict[str, np.ndarray], labels: dict[str, str], ex, hes
             "Hessians come from intercepting golf_jax.model.layers.Linear; a model that stores these "
             "matrices another way (e.g. stacked banks) must route them through layers.Linear, or use "
             "export.format=rtn_int6")
+    quantized = []  # LQER candidates: the matrices quantized from their float values
     for name, arr in arrays.items():
+        if ex.gate_int8 and is_gate(name):
+            if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
+                raise ValueError(f"export.gate_int8: {name} has shape {arr.shape} ({arr.dtype}); int8 rows need a "
+                                 "2-D float [num_heads, gate_window] gate, or set export.gate_int8=False")
+            tensors[name] = container.QuantTensor("int8", *rowquant.quantize_rows_absmax(arr), arr.dtype.name)
+            stats["gate_int8"] += 1
+            continue
         kind = classify(name, arr, labels.get(name, ""))
         stats[kind] += 1
+        if kind != "fp16":
+            quantized.append(name)
         if kind == "fp16":
             tensors[name] = container.passthrough(arr, "fp16")
         elif kind == "embed" and not (embed_gptq and name == TIED_EMBED):
@@ -151,11 +220,36 @@ def quantize_int6(arrays: dict[str, np.ndarray], labels: dict[str, str], ex, hes
             t0 = time.perf_counter()
             res = _gptq_or_rtn(arr.astype(np.float32), None if hessians is None else hessians[name], ex,
                                clip_range=rowquant.INT6_CLIP if int6 else embed_clip,
-                               sdclip_k=float(ex.sdclip_k if int6 else ex.embed_sdclip_k), double_damp=double_damp)
+                               sdclip_k=sdclip_k_for(name, ex) if int6 else float(ex.embed_sdclip_k),
+                               double_damp=double_damp)
             stats["gptq_fallbacks"] += int(res.used_fallback and hessians is not None)
             stats["gptq_seconds"] += time.perf_counter() - t0
             tensors[name] = container.QuantTensor("int6" if int6 else embed_kind, res.q, res.scale, arr.dtype.name)
+    if ex.gate_int8 and not stats["gate_int8"]:
+        raise ValueError(f"export.gate_int8=True, but the model has no */{GATE_NAME} parameter (the sparse "
+                         "attention gate); turn the gate on in model.* or set export.gate_int8=False")
+    if int(ex.lqer_rank) > 0:
+        stats["lqer"] = add_lqer(tensors, {n: arrays[n] for n in quantized}, ex)
     return tensors, stats
+
+
+def add_lqer(tensors: dict[str, container.QuantTensor], arrays: dict[str, np.ndarray], ex) -> dict:
+    """Attach LQER corrections (in place) to the export.lqer_top_k candidates by ‖W - q·s‖_F;
+    returns {name: {mode, rank, err, err_lqer}} (Frobenius norms before / after)."""
+    from golf_jax.quant import lqer  # only configs with export.lqer_rank > 0 need it
+
+    errs = {n: lqer.quant_error(a, tensors[n].data, tensors[n].scale) for n, a in arrays.items()
+            if a.ndim == 2 and tensors[n].data.ndim == 2}
+    report = {}
+    for name in lqer.top_k(errs, int(ex.lqer_top_k)):
+        t = tensors[name]
+        a, b, mode = lqer.pack_factors(*lqer.factors(errs[name], int(ex.lqer_rank)), int(ex.lqer_bits),
+                                       int(ex.lqer_group))
+        tensors[name] = dataclasses.replace(t, lqer=(a, b))
+        after = errs[name] - lqer.correction(a, b)
+        report[name] = {"mode": mode, "rank": int(a.q.shape[1]), "err": float(np.linalg.norm(errs[name])),
+                        "err_lqer": float(np.linalg.norm(after))}
+    return report
 
 
 def _gptq_or_rtn(W: np.ndarray, H: np.ndarray | None, ex, *, clip_range: int, sdclip_k: float,
@@ -165,6 +259,23 @@ def _gptq_or_rtn(W: np.ndarray, H: np.ndarray | None, ex, *, clip_range: int, sd
         return gptq.rtn_quantize(W, clip_range=clip_range, clip=ex.gptq_clip, sdclip_k=sdclip_k)
     return gptq.gptq_quantize(W, H, clip_range=clip_range, block_size=int(ex.gptq_block), damp=float(ex.gptq_damp),
                               double_damp=double_damp, clip=ex.gptq_clip, sdclip_k=sdclip_k)
+
+
+def serializer(tensors: dict[str, container.QuantTensor], ex, compressor: str):
+    """(serialize_fn for the pruning probes, int6 storage, the unpruned blob). int6_storage
+    "auto" is decided once here, and the per-group row orders are sorted once on the
+    unpruned codes (pruning only zeroes ±1 entries; the stored order keeps loads exact)."""
+    if compressor in PERGROUP:
+        from golf_jax.quant import pergroup  # only configs with export.compressor="pergroup_*" need it
+
+        codec = compressor.split("_", 1)[1]
+        raw = container.pack(tensors, "int8")
+        orders = pergroup.row_orders(raw)
+        return (functools.partial(pergroup.serialize, codec=codec, orders=orders), "int8",
+                pergroup.encode(raw, codec, orders))
+    unpruned = container.serialize(tensors, ex.int6_storage, compressor)
+    storage = container.int6_storage_of(unpruned)
+    return functools.partial(container.serialize, int6_storage=storage, compressor=compressor), storage, unpruned
 
 
 def export_artifact(params, labels, cfg, out_dir: Path, code_bytes: int, calib=None) -> ArtifactInfo:
@@ -194,9 +305,7 @@ def export_artifact(params, labels, cfg, out_dir: Path, code_bytes: int, calib=N
                           calib_seq_len=calib.seq_len, calib_seconds=calib.seconds,
                           reserve_seconds=float(ex.reserve_seconds),
                           calibration_fits_reserve=hessian.fits_reserve(calib.seconds, float(ex.reserve_seconds)))
-        unpruned = container.serialize(tensors, ex.int6_storage, compressor)
-        storage = container.int6_storage_of(unpruned)  # "auto" decides once, not at every pruning probe
-        ser = functools.partial(container.serialize, int6_storage=storage, compressor=compressor)
+        ser, storage, unpruned = serializer(tensors, ex, compressor)
         try:
             tensors, pr = prune.prune_to_budget(tensors, ex.budget_bytes, code_bytes, ser, log=print, unpruned_blob=unpruned)
         except ArtifactBudgetError:
@@ -204,6 +313,10 @@ def export_artifact(params, labels, cfg, out_dir: Path, code_bytes: int, calib=N
             raise
         blob = pr.blob
         report.update(int6_storage=storage, pruned=pr.n_pruned, prune_candidates=pr.n_candidates, unpruned_weight_bytes=pr.unpruned_bytes)
+        if compressor in PERGROUP:
+            from golf_jax.quant import pergroup
+
+            report["pergroup_bytes"] = pergroup.stream_bytes(blob)
     else:
         raise ValueError(f"export.format={fmt!r}: known formats are 'int8_zlib', 'gptq_int6', 'rtn_int6'")
     report["compressor"] = compressor
@@ -218,9 +331,18 @@ def export_artifact(params, labels, cfg, out_dir: Path, code_bytes: int, calib=N
     return info
 
 
+def read_tensors(blob: bytes) -> dict[str, container.QuantTensor]:
+    """The tensors of any artifact: a (compressed) GOLFJAX1 container or a per-group blob."""
+    if bytes(blob[:8]) == container.PERGROUP_MAGIC:
+        from golf_jax.quant import pergroup
+
+        return pergroup.deserialize(blob)
+    return container.deserialize(blob)
+
+
 def load_artifact(path: Path, like_params) -> dict:
     """Rebuild a params pytree (structure and dtypes of `like_params`) from an artifact alone."""
-    arrays = container.dequantize_all(container.deserialize(Path(path).read_bytes()))
+    arrays = container.dequantize_all(read_tensors(Path(path).read_bytes()))
     flat_like = traverse_util.flatten_dict(like_params)
     flat = {}
     for key, like in flat_like.items():

@@ -13,6 +13,7 @@ the returned count is always one that was measured to fit).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import Callable
@@ -76,7 +77,7 @@ def apply_pruning(
             t = tensors[name]
             q = t.data.copy()
             q.reshape(-1)[idx] = 0
-            out[name] = QuantTensor(t.kind, q, t.scale, t.orig_dtype)
+            out[name] = dataclasses.replace(t, data=q)  # keeps the scales and any LQER correction
     return out
 
 

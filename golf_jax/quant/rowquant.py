@@ -155,3 +155,17 @@ def quantize_rows_int8(
 
 def quantize_rows_int7(W: np.ndarray, *, exact_scale: bool = True) -> tuple[np.ndarray, np.ndarray]:
     return quantize_rows_int8(W, clip_range=INT7_CLIP, exact_scale=exact_scale)
+
+
+def quantize_rows_absmax(W: np.ndarray, clip_range: int = INT8_CLIP) -> tuple[np.ndarray, np.ndarray]:
+    """s = fp16(max(|row|, 1e-10) / clip), q = clamp(round(W / s)): the reference's
+    _quantize_gate_int8_row for the small attention-gate matrices (#1736/#1855), no
+    clipping search. A row whose scale underflows fp16 gets the smallest fp16 (q = 0)."""
+    W = np.asarray(W)
+    if W.ndim != 2:
+        raise ValueError(f"quantize_rows_absmax needs a 2-D [rows, cols] matrix, got shape {W.shape}")
+    dt = _work_dtype(W)
+    Wd = W.astype(dt, copy=False)
+    amax = np.abs(Wd).max(axis=1) if W.shape[1] else np.zeros(W.shape[0], dt)
+    s16 = to_fp16_scale(np.maximum(amax, dt.type(1e-10)) / dt.type(clip_range))
+    return round_clamp(Wd, s16.astype(dt), clip_range), s16

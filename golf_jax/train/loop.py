@@ -26,11 +26,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from golf_jax import mesh as mesh_lib
-from golf_jax.data.coprime import CoprimeLoader
 from golf_jax.data.loader import SequentialLoader
 from golf_jax import model as model_lib
 from golf_jax.model import gpt
-from golf_jax.data.shuffled import ShuffledLoader
 from golf_jax.optim import schedule
 from golf_jax.rundir import RunDir
 from golf_jax.train import recipe as recipe_lib
@@ -58,9 +56,13 @@ def make_loader(cfg, data_dir: Path, mesh):
     pattern = str(data_dir / "fineweb_train_*.bin")
     world, ranks = mesh.devices.size, mesh_lib.local_data_ranks(mesh)
     t = cfg.train
-    if cfg.data.loader == "coprime":
+    if cfg.data.loader == "coprime":  # each loader is imported on its branch only: golf_jax/packset.py GATES
+        from golf_jax.data.coprime import CoprimeLoader
+
         return CoprimeLoader(pattern, t.seq_len, t.batch_tokens // t.seq_len, world, ranks, cfg.model.vocab_size)
     if cfg.data.loader == "shuffled":
+        from golf_jax.data.shuffled import ShuffledLoader
+
         return ShuffledLoader(pattern, t.seq_len, t.batch_tokens, world, ranks, cfg.model.vocab_size,
                               seed=cfg.seed, rank_seed=cfg.compat.loader_rank_seed)
     return SequentialLoader(pattern, t.seq_len, t.batch_tokens, world, ranks, cfg.model.vocab_size)

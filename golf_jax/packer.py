@@ -1,0 +1,179 @@
+"""Builds the submission script (`python -m golf_jax.pack`; golf_jax/codebytes.py counts it).
+Never packed itself (packset.NOT_PACKED): a packed run counts its own script.
+
+Every code byte is a weight byte lost (artifact = weights + code ≤ 16,000,000), so:
+
+* the script holds only the modules golf_jax/packset.py lists for the config: the import
+  closure of `submission_main` (train and eval), every golf_jax import, those inside
+  functions too, less NOT_PACKED and the GATES branches the config does not take;
+* each module goes in without docstrings and comments (`ast.unparse`), then minified
+  by python-minifier (local names, annotations; docs/perf.md has the bytes each saves);
+* the sources, joined with \\x1e / \\x1f separators, are compressed (lzma or bz2,
+  whichever is smaller) and kept as raw bytes in a str literal of a latin-1 source file
+  (only backslash, CR, NUL and some quotes escaped: ~1.2 % overhead, where base85 adds 25 %).
+
+The bootstrap unpacks them into a temp dir, puts it first on sys.path (ahead of any
+installed golf_jax), sets codebytes.SCRIPT and calls `golf_jax.pack.submission_main`.
+"""
+
+from __future__ import annotations
+
+import ast
+import bz2
+import functools
+import lzma
+from pathlib import Path
+
+from golf_jax.packset import ENTRY, GATES, NOT_PACKED, gates_on, module_file
+from golf_jax.paths import REPO_ROOT
+
+MINIFIER = "python-minifier"  # pinned in pyproject.toml: its output is the counted code
+
+_BOOTSTRAP = (
+    "#coding:latin-1 | golf_jax submission (self-extracting): python submission.py {{eval,train}} --help\n"
+    "import {codec} as Z,os,sys,atexit,shutil,tempfile\n"
+    'D="""{data}"""\n'
+    'if __name__=="__main__":\n'
+    ' d=tempfile.mkdtemp(prefix="golf_jax_sub_");atexit.register(shutil.rmtree,d,1)\n'
+    ' for r in Z.decompress(D.encode("latin-1")).decode().split("\\x1e")[1:]:\n'
+    '  p,s=r.split("\\x1f",1);f=os.path.join(d,p);os.makedirs(os.path.dirname(f),exist_ok=1)\n'
+    '  with open(f,"w",encoding="utf-8") as h:h.write(s)\n'
+    " sys.path.insert(0,d);from golf_jax import codebytes as c;c.SCRIPT=os.path.abspath(__file__)\n"
+    " from golf_jax.pack import submission_main;sys.exit(submission_main(sys.argv[1:]))\n"
+)
+
+
+def _under(name: str, prefixes) -> str | None:
+    """The prefix (a module or package) that `name` is, or is inside."""
+    return next((p for p in prefixes if name == p or name.startswith(p + ".")), None)
+
+
+def _imports(root: Path, name: str, tree: ast.Module) -> list[tuple[str, bool]]:
+    """(golf_jax module, imported at module level?) for each import in `tree`, parents included."""
+    package = name if module_file(root, name).name == "__init__.py" else name.rpartition(".")[0]
+    found: list[tuple[str, bool]] = []
+
+    def add(mod: str, top: bool) -> None:
+        parts = mod.split(".")
+        if parts[0] == "golf_jax":
+            found.extend((".".join(parts[:i]), top) for i in range(1, len(parts) + 1))
+
+    def visit(node: ast.AST, top: bool) -> None:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                add(a.name, top)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            add(base, top)
+            for a in node.names:
+                if module_file(root, f"{base}.{a.name}") is not None:
+                    add(f"{base}.{a.name}", top)
+        for child in ast.iter_child_nodes(node):
+            visit(child, top and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(tree, True)
+    return found
+
+
+def packed_modules(cfg=None, root: Path = REPO_ROOT) -> list[str]:
+    """The import closure of ENTRY under `root` for `cfg` (None: every gated branch taken), sorted."""
+    return closure(gates_on(cfg), root)
+
+
+def closure(branches: tuple[bool, ...], root: Path) -> list[str]:
+    """packed_modules for the gated branches taken (packset.gates_on)."""
+    on = dict(zip(GATES, branches))
+    todo = [(e, True, "the submission") for e in ENTRY]
+    seen: set[str] = set()
+    while todo:
+        name, top, by = todo.pop()
+        if name in seen:
+            continue
+        never, gate = _under(name, NOT_PACKED), _under(name, GATES)
+        if never and top:
+            raise ValueError(f"{by} imports {name} at module level, but {never} is not packed "
+                             "(golf_jax/packset.py NOT_PACKED): import it inside the function that uses it")
+        if not top and (never or (gate and not on[gate])):
+            continue  # a lazy import on a branch this config does not take
+        path = module_file(root, name)
+        if path is None:
+            raise ValueError(f"{by} imports {name}, which has no file under {root / 'golf_jax'}")
+        seen.add(name)
+        todo += [(m, t, name) for m, t in _imports(root, name, ast.parse(path.read_text(encoding="utf-8")))]
+    return sorted(seen)
+
+
+@functools.lru_cache(maxsize=512)
+def minify(source: str) -> str:
+    """The source without docstrings and comments, minified (runs the same; the module
+    docstring stays where the module reads __doc__). Cached: python-minifier takes ~2 s a package."""
+    try:
+        import python_minifier
+    except ImportError as e:
+        raise ImportError(f"{MINIFIER} is not installed (pip install -e .): the counted code is its output") from e
+    tree = ast.parse(source)
+    uses_doc = any(isinstance(n, ast.Name) and n.id == "__doc__" for n in ast.walk(tree))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) or (
+                isinstance(node, ast.Module) and not uses_doc):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return python_minifier.minify(ast.unparse(tree), remove_literal_statements=False, hoist_literals=False)
+
+
+def packed_files(cfg=None, root: Path = REPO_ROOT) -> dict[str, str]:
+    """{path relative to `root`: minified source} of the packed modules."""
+    return files_for(gates_on(cfg), root)
+
+
+def files_for(branches: tuple[bool, ...], root: Path) -> dict[str, str]:
+    """packed_files for the gated branches taken."""
+    files = {}
+    for name in closure(branches, root):
+        path = module_file(root, name)
+        files[path.relative_to(root).as_posix()] = minify(path.read_text(encoding="utf-8"))
+    return files
+
+
+def _literal(data: bytes) -> str:
+    """The body of a triple-quoted str literal in a latin-1 source whose .encode('latin-1') is `data`."""
+    out = []
+    for i, b in enumerate(data):
+        nxt = data[i + 1] if i + 1 < len(data) else None
+        if b == 0x5C:
+            out.append("\\\\")
+        elif b == 0x0D:
+            out.append("\\r")  # a raw CR would be read as a newline
+        elif b == 0:
+            out.append("\\x00" if nxt is not None and 0x30 <= nxt <= 0x37 else "\\0")  # no NUL in a source file
+        elif b == 0x22 and (nxt is None or nxt == 0x22):
+            out.append('\\"')  # never two bare quotes in a row, nor one before the closing quotes
+        else:
+            out.append(chr(b))
+    return "".join(out)
+
+
+def build_script(cfg=None, root: Path = REPO_ROOT) -> bytes:
+    """The submission script for `cfg` (None: every gated module), deterministic for fixed sources."""
+    return script_for(gates_on(cfg), root)
+
+
+def script_for(branches: tuple[bool, ...], root: Path) -> bytes:
+    """build_script for the gated branches taken."""
+    files = files_for(branches, root)
+    bad = [p for p, s in files.items() if "\x1e" in s or "\x1f" in s]
+    if bad:
+        raise ValueError(f"{bad[0]} contains \\x1e or \\x1f, the packer's separators; write them as escapes")
+    payload = "".join(f"\x1e{p}\x1f{s}" for p, s in files.items()).encode("utf-8")
+    packed = {
+        "lzma": lzma.compress(payload, format=lzma.FORMAT_ALONE, filters=[
+            {"id": lzma.FILTER_LZMA1, "preset": 9 | lzma.PRESET_EXTREME, "pb": 0}]),
+        "bz2": bz2.compress(payload, 9),
+    }
+    codec = min(packed, key=lambda k: (len(packed[k]), k))
+    return _BOOTSTRAP.format(codec=codec, data=_literal(packed[codec])).encode("latin-1")

@@ -1,0 +1,54 @@
+"""Which golf_jax modules a submission script packs (golf_jax/packer.py builds it).
+
+The import closure of ENTRY, read statically from the source tree, less NOT_PACKED
+(repository tools: a packed module may import them only inside functions) and less the
+GATES branches that the config does not take. A gated module is left out only when
+every packed module imports it inside a function; one module-level import packs it
+anyway. A leaf like codebytes.py, and packed itself: a packed run checks its config
+against the modules it holds (`check_packed`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from golf_jax.paths import REPO_ROOT
+
+ENTRY = ("golf_jax.pack",)  # submission_main: what a submission runs
+NOT_PACKED = ("golf_jax.audit", "golf_jax.packer")  # the audit checks the repository's runs; the packed train skips it
+# module (or package) -> (does the config take the branch that imports it?, the setting that does).
+GATES = {
+    "golf_jax.data.synthetic": (lambda c: c.data.source == "default", "data.source=default"),
+    "golf_jax.data.coprime": (lambda c: c.data.loader == "coprime", "data.loader=coprime"),
+    "golf_jax.data.shuffled": (lambda c: c.data.loader == "shuffled", "data.loader=shuffled"),
+    "golf_jax.train.checkpoint": (lambda c: c.train.checkpoint_every > 0 or bool(c.train.resume_from),
+                                  "train.checkpoint_every > 0 or train.resume_from"),
+    "golf_jax.eval.prequant_ttt": (lambda c: c.eval.prequant_ttt.mode != "off", "eval.prequant_ttt.mode != off"),
+    "golf_jax.eval.slot": (lambda c: "slot" in [x.strip() for x in c.eval.stages.split(",")], "eval.stages with slot"),
+    "golf_jax.eval.slot_solver": (lambda c: "slot" in [x.strip() for x in c.eval.stages.split(",")], "eval.stages with slot"),
+    "golf_jax.eval.phased_ttt": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
+    "golf_jax.eval.phased_plan": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
+    "golf_jax.eval.lora": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
+    "golf_jax.quant.lqer": (lambda c: c.export.lqer_rank > 0, "export.lqer_rank > 0"),
+    "golf_jax.quant.lowrank": (lambda c: c.export.lqer_rank > 0, "export.lqer_rank > 0"),
+    "golf_jax.quant.pergroup": (lambda c: c.export.compressor.startswith("pergroup_"), "export.compressor=pergroup_*"),
+}
+
+
+def gates_on(cfg) -> tuple[bool, ...]:
+    """Which gated branches `cfg` takes, in GATES order (all of them for None)."""
+    return tuple(cfg is None or bool(pred(cfg)) for pred, _ in GATES.values())
+
+
+def module_file(root: Path, name: str) -> Path | None:
+    """golf_jax.a.b -> root/golf_jax/a/b.py or root/golf_jax/a/b/__init__.py, if it exists."""
+    base = root.joinpath(*name.split("."))
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
+
+def check_packed(cfg, root: Path = REPO_ROOT) -> None:
+    """Raise when `cfg` takes a gated branch whose module this (packed) tree lacks."""
+    for name, (pred, setting) in GATES.items():
+        if pred(cfg) and module_file(root, name) is None:
+            raise ValueError(f"this submission was packed without {name}, which {setting} needs: pack it for "
+                             "this config (python -m golf_jax.pack --config-json RUN_DIR/config.json ...)")
