@@ -5,6 +5,7 @@ trip and phased score-first TTT. Their audits run from the CLI (docs/perf.md): a
 audit's scale each takes minutes, more than CI can spend."""
 
 import pytest
+import test_sp8192_smoke
 
 from configs import frontier, golf
 from golf_jax import pipeline
@@ -14,22 +15,12 @@ pytest.importorskip("zpaq", reason="export.compressor=pergroup_zpaq needs `pip i
 
 
 def tiny(cfg, shards, tmp_path):
-    data_dir, tokenizer = shards
-    cfg.data.dir, cfg.data.tokenizer = str(data_dir), str(tokenizer)
-    m = cfg.model
-    m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads, m.rope_dims = 6, 64, 4, 2, 8
-    m.loop_start, m.loop_end, m.parallel_residual_start, m.xsa_last_n = 2, 3, 4, 6
-    m.compute_dtype = "float32"
-    t = cfg.train
-    t.seq_len, t.batch_tokens, t.iterations, t.max_wallclock_seconds = 64, 8 * 64, 6, 0.0
-    t.val_every, t.log_every, t.run_dir = 0, 2, str(tmp_path)
-    cfg.export.calib_seqs = 16
-    e = cfg.eval
-    e.max_tokens, e.batch_tokens = 4097, 4096
-    p = e.phased
+    """The SP8192 smoke shrink (tests/test_sp8192_smoke.py), a longer val slice and a small phased TTT."""
+    cfg = test_sp8192_smoke.tiny(cfg, shards, tmp_path)
+    cfg.eval.max_tokens, cfg.eval.batch_tokens = 4097, 4096
+    p = cfg.eval.phased
     p.batch_docs, p.prefix_docs, p.num_phases, p.lora_rank = 4, 4, 2, 4
     p.global_chunk_tokens, p.global_batch_seqs = 512, 8
-    cfg.audit.enabled = False
     return cfg
 
 
