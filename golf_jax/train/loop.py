@@ -26,8 +26,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from golf_jax import mesh as mesh_lib
-from golf_jax.data.loader import SequentialLoader
 from golf_jax import model as model_lib
+from golf_jax.data.loader import SequentialLoader
 from golf_jax.model import gpt
 from golf_jax.optim import schedule
 from golf_jax.rundir import RunDir
