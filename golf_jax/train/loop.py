@@ -199,14 +199,17 @@ def fit(cfg, model, tx, recipe, state, loader, mesh, run: RunDir, validate: Call
         if cap_s is not None and stop_after is None and _agree(elapsed >= cap_s):
             stop_after = step
             run.log(f"wallclock cap {cap_s:.0f}s reached at step {step}")
-        if checkpointer is not None and checkpointer.due(step):
+        more = step < t.iterations and not (stop_after is not None and step >= stop_after)
+        # The last step is saved after the loop, with the training time measured once its
+        # steps have finished (clock() here runs ahead of steps still in flight).
+        if checkpointer is not None and more and checkpointer.due(step):
             checkpointer.save(step, state, save_meta(clock()))  # after dispatch; orbax waits for the arrays
-        if step < t.iterations and not (stop_after is not None and step >= stop_after):
+        if more:
             batch, batch_loader_state = prefetch.next()
 
     run.log(f"training: {step} steps in {train_time:.1f}s ({1000 * train_time / max(step, 1):.1f} ms/step)")
     if checkpointer is not None:
-        checkpointer.save(step, state, save_meta(train_time))  # the final state (no-op if saved at this step)
+        checkpointer.save(step, state, save_meta(train_time))  # the final state, with its measured training time
         checkpointer.close()
         run.log(f"checkpoint of step {step} in {ckpt_lib.checkpoint_dir(run.path)}")
         extra["last_checkpoint_step"] = step
