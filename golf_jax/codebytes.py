@@ -14,7 +14,7 @@ import functools
 import os
 from pathlib import Path
 
-from golf_jax.packset import gates_on
+from golf_jax.packset import gates_on, script_codecs
 from golf_jax.paths import REPO_ROOT
 
 SCRIPT: str | None = None  # set by the bootstrap: the running submission script, whose length is the code bytes
@@ -35,10 +35,10 @@ def script(cfg=None) -> bytes:
 
 
 @functools.lru_cache(maxsize=8)
-def _counted(branches: tuple[bool, ...]) -> int:
+def _counted(branches: tuple[bool, ...], codecs: tuple[str, ...]) -> int:
     from golf_jax.packer import script_for
 
-    return len(script_for(branches, REPO_ROOT))
+    return len(script_for(branches, REPO_ROOT, codecs))
 
 
 def code_bytes(cfg=None) -> int:
@@ -46,4 +46,4 @@ def code_bytes(cfg=None) -> int:
     script's when packed, else the built one's (once per set of gated branches and process)."""
     if SCRIPT is not None:
         return os.path.getsize(SCRIPT)
-    return _counted(gates_on(cfg))
+    return _counted(gates_on(cfg), script_codecs(cfg))

@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.qk_gain_init = 1.5
     c.model.tied_embed_init_std = 0.005
     c.model.compute_dtype = "bfloat16"
-    c.model.attention_impl = "auto"  # "auto": cuDNN on GPU, XLA elsewhere
+    c.model.attention_impl = "auto"  # "auto" (cuDNN on GPU, else "chunked") | "chunked" | "xla" | "cudnn"
     # One GPT (golf_jax/model/gpt.py): the defaults are the upstream baseline; the record
     # and SP8192 features below are switched on by configs/record.py and configs/sp8192_*.py.
     c.model.matrix_init = "torch_default"  # "torch_default" (nn.Linear's U(±1/√in)) | "orthogonal" (the records)
@@ -83,6 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.opt.embed_weight_decay = 0.0
     c.opt.grad_clip_norm = 0.0  # 0 = off; applied after the cross-device average
     c.opt.muon_ns_coeffs = "standard"  # "standard" (3.4445, −4.775, 2.0315) | "polar_express" (per-iteration, #1787)
+    c.opt.muon_sharded_ns = True  # Parallel Muon: each device orthogonalizes a share of the matrices (docs/perf.md)
     c.opt.muon_variant = "muon"  # "muon" | "muoneq_r": rows L2-normalised before Newton–Schulz (SP8192 stack)
 
     c.schedule = ml_collections.ConfigDict()
@@ -198,6 +199,7 @@ def eval_config() -> ml_collections.ConfigDict:
     e.batch_tokens = 524_288  # tokens per forward in the plain eval (periodic val, round trip)
     e.hardware = ""  # what the eval timings were measured on, e.g. "8xH100" (reported in the summary)
     e.budget_seconds = 600.0  # the challenge's evaluation budget
+    e.profile = ""  # "STAGE[:START:STOP]": jax.profiler trace of its batches (default 0:3) in RUN_DIR/profile_STAGE
 
     e.sliding = ml_collections.ConfigDict()
     e.sliding.stride = 64

@@ -7,19 +7,11 @@ Auto (jax.make_mesh defaults to Explicit, which rejects `emb[tokens]` gathers).
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
-
-
-def maybe_initialize_distributed() -> None:
-    """Join a multi-host run (SLURM, or JAX_COORDINATOR_ADDRESS set by launch/)."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()
 
 
 def make_mesh(devices=None) -> Mesh:

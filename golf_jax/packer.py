@@ -4,16 +4,21 @@ Never packed itself (packset.NOT_PACKED): a packed run counts its own script.
 Every code byte is a weight byte lost (artifact = weights + code ≤ 16,000,000), so:
 
 * the script holds only the modules golf_jax/packset.py lists for the config: the import
-  closure of `submission_main` (train and eval), every golf_jax import, those inside
+  closure of golf_jax/submission.py (train and eval), every golf_jax import, those inside
   functions too, less NOT_PACKED and the GATES branches the config does not take;
 * each module goes in without docstrings and comments (`ast.unparse`), then minified
   by python-minifier (local names, annotations; docs/perf.md has the bytes each saves);
-* the sources, joined with \\x1e / \\x1f separators, are compressed (lzma or bz2,
-  whichever is smaller) and kept as raw bytes in a str literal of a latin-1 source file
+* without the bodies of the `check_config` functions: they check a config's own keys
+  (enums, ranges, unused keys), and the repository ran them before it wrote the
+  config.json and the submission.py of a run (pipeline.run, `python -m golf_jax.pack`).
+  What depends on the machine or the data (devices, batch geometry, shards, tokenizer,
+  the packed modules: packset.check_packed) is checked elsewhere and stays;
+* the sources, joined with \\x1e / \\x1f separators, are compressed (lzma or bz2, or ZPAQ
+  where the config's export needs `zpaq` anyway: packset.script_codecs; whichever is smallest) and kept as raw bytes in a str literal of a latin-1 source file
   (only backslash, CR, NUL and some quotes escaped: ~1.2 % overhead, where base85 adds 25 %).
 
 The bootstrap unpacks them into a temp dir, puts it first on sys.path (ahead of any
-installed golf_jax), sets codebytes.SCRIPT and calls `golf_jax.pack.submission_main`.
+installed golf_jax), sets codebytes.SCRIPT and calls `golf_jax.submission.main`.
 """
 
 from __future__ import annotations
@@ -24,22 +29,23 @@ import functools
 import lzma
 from pathlib import Path
 
-from golf_jax.packset import ENTRY, GATES, NOT_PACKED, gates_on, module_file
+from golf_jax.packset import ENTRY, GATES, NOT_PACKED, gates_on, module_file, script_codecs
 from golf_jax.paths import REPO_ROOT
 
+CONFIG_CHECK = "check_config"  # a config's own checks: run in the repository, empty in the script
 MINIFIER = "python-minifier"  # pinned in pyproject.toml: its output is the counted code
 
 _BOOTSTRAP = (
-    "#coding:latin-1 | golf_jax submission (self-extracting): python submission.py {{eval,train}} --help\n"
+    "#coding:latin-1 golf_jax submission: python submission.py {{train,eval}} --help\n"
     "import {codec} as Z,os,sys,atexit,shutil,tempfile\n"
     'D="""{data}"""\n'
     'if __name__=="__main__":\n'
     ' d=tempfile.mkdtemp(prefix="golf_jax_sub_");atexit.register(shutil.rmtree,d,1)\n'
-    ' for r in Z.decompress(D.encode("latin-1")).decode().split("\\x1e")[1:]:\n'
-    '  p,s=r.split("\\x1f",1);f=os.path.join(d,p);os.makedirs(os.path.dirname(f),exist_ok=1)\n'
-    '  with open(f,"w",encoding="utf-8") as h:h.write(s)\n'
+    ' for r in Z.decompress(D.encode("latin-1")).split(b"\\x1e")[1:]:\n'
+    '  p,s=r.split(b"\\x1f",1);f=os.path.join(d,p.decode());os.makedirs(os.path.dirname(f),exist_ok=1)\n'
+    '  with open(f,"wb") as h:h.write(s)\n'
     " sys.path.insert(0,d);from golf_jax import codebytes as c;c.SCRIPT=os.path.abspath(__file__)\n"
-    " from golf_jax.pack import submission_main;sys.exit(submission_main(sys.argv[1:]))\n"
+    " from golf_jax.submission import main;sys.exit(main(sys.argv[1:]))\n"
 )
 
 
@@ -102,8 +108,17 @@ def closure(branches: tuple[bool, ...], root: Path) -> list[str]:
         if path is None:
             raise ValueError(f"{by} imports {name}, which has no file under {root / 'golf_jax'}")
         seen.add(name)
-        todo += [(m, t, name) for m, t in _imports(root, name, ast.parse(path.read_text(encoding="utf-8")))]
+        todo += [(m, t, name) for m, t in _imports(root, name, _without_config_checks(path.read_text(encoding="utf-8")))]
     return sorted(seen)
+
+
+def _without_config_checks(source: str) -> ast.Module:
+    """The module's tree with every `check_config` body emptied: what the script holds."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == CONFIG_CHECK:
+            node.body = [ast.Pass()]  # checked before the script was written (module docstring)
+    return tree
 
 
 @functools.lru_cache(maxsize=512)
@@ -114,7 +129,7 @@ def minify(source: str) -> str:
         import python_minifier
     except ImportError as e:
         raise ImportError(f"{MINIFIER} is not installed (pip install -e .): the counted code is its output") from e
-    tree = ast.parse(source)
+    tree = _without_config_checks(source)
     uses_doc = any(isinstance(n, ast.Name) and n.id == "__doc__" for n in ast.walk(tree))
     for node in ast.walk(tree):
         if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) or (
@@ -160,20 +175,32 @@ def _literal(data: bytes) -> str:
 
 def build_script(cfg=None, root: Path = REPO_ROOT) -> bytes:
     """The submission script for `cfg` (None: every gated module), deterministic for fixed sources."""
-    return script_for(gates_on(cfg), root)
+    return script_for(gates_on(cfg), root, script_codecs(cfg))
 
 
-def script_for(branches: tuple[bool, ...], root: Path) -> bytes:
-    """build_script for the gated branches taken."""
+def _compressors() -> dict:
+    """codec -> compress(bytes); each output is what `import <codec>; <codec>.decompress` reads back."""
+    def zpaq_compress(data: bytes) -> bytes:
+        import zpaq  # one thread: deterministic output, and the best ratio
+
+        return zpaq.compress(data, level=5, threads=1)
+
+    return {
+        "lzma": lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE, filters=[
+            {"id": lzma.FILTER_LZMA1, "preset": 9 | lzma.PRESET_EXTREME, "pb": 0}]),
+        "bz2": lambda d: bz2.compress(d, 9),
+        "zpaq": zpaq_compress,
+    }
+
+
+def script_for(branches: tuple[bool, ...], root: Path, codecs: tuple[str, ...] = ("lzma", "bz2")) -> bytes:
+    """build_script for the gated branches taken, compressed with the smallest of `codecs`."""
     files = files_for(branches, root)
     bad = [p for p, s in files.items() if "\x1e" in s or "\x1f" in s]
     if bad:
         raise ValueError(f"{bad[0]} contains \\x1e or \\x1f, the packer's separators; write them as escapes")
     payload = "".join(f"\x1e{p}\x1f{s}" for p, s in files.items()).encode("utf-8")
-    packed = {
-        "lzma": lzma.compress(payload, format=lzma.FORMAT_ALONE, filters=[
-            {"id": lzma.FILTER_LZMA1, "preset": 9 | lzma.PRESET_EXTREME, "pb": 0}]),
-        "bz2": bz2.compress(payload, 9),
-    }
+    compressors = _compressors()
+    packed = {codec: compressors[codec](payload) for codec in codecs}
     codec = min(packed, key=lambda k: (len(packed[k]), k))
     return _BOOTSTRAP.format(codec=codec, data=_literal(packed[codec])).encode("latin-1")

@@ -14,8 +14,17 @@ from pathlib import Path
 
 from golf_jax.paths import REPO_ROOT
 
-ENTRY = ("golf_jax.pack",)  # submission_main: what a submission runs
-NOT_PACKED = ("golf_jax.audit", "golf_jax.packer")  # the audit checks the repository's runs; the packed train skips it
+ENTRY = ("golf_jax.submission",)  # main: what a submission runs
+# Repository tools: the audit checks the repository's runs and the report shows them (the packed train skips both);
+# data.download fetches the challenge's shards (inside data/, so named here).
+NOT_PACKED = ("golf_jax.audit", "golf_jax.packer", "golf_jax.report", "golf_jax.data.download",
+              "golf_jax.multihost")
+
+
+def _stages(cfg) -> list[str]:
+    return [s.strip() for s in cfg.eval.stages.split(",")]
+
+
 # module (or package) -> (does the config take the branch that imports it?, the setting that does).
 GATES = {
     "golf_jax.data.synthetic": (lambda c: c.data.source == "default", "data.source=default"),
@@ -24,20 +33,34 @@ GATES = {
     "golf_jax.train.checkpoint": (lambda c: c.train.checkpoint_every > 0 or bool(c.train.resume_from),
                                   "train.checkpoint_every > 0 or train.resume_from"),
     "golf_jax.eval.prequant_ttt": (lambda c: c.eval.prequant_ttt.mode != "off", "eval.prequant_ttt.mode != off"),
-    "golf_jax.eval.slot": (lambda c: "slot" in [x.strip() for x in c.eval.stages.split(",")], "eval.stages with slot"),
-    "golf_jax.eval.slot_solver": (lambda c: "slot" in [x.strip() for x in c.eval.stages.split(",")], "eval.stages with slot"),
+    "golf_jax.eval.slot": (lambda c: "slot" in _stages(c), "eval.stages with slot"),
+    "golf_jax.eval.slot_solver": (lambda c: "slot" in _stages(c), "eval.stages with slot"),
+    "golf_jax.eval.ttt": (lambda c: "ttt" in _stages(c) and c.eval.ttt.mode != "phased",
+                          "eval.stages with ttt and eval.ttt.mode=score_first or pr1318"),
     "golf_jax.eval.phased_ttt": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
     "golf_jax.eval.phased_plan": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
     "golf_jax.eval.lora": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
+    "golf_jax.eval.profile": (lambda c: bool(c.eval.profile), "eval.profile"),
     "golf_jax.quant.lqer": (lambda c: c.export.lqer_rank > 0, "export.lqer_rank > 0"),
     "golf_jax.quant.lowrank": (lambda c: c.export.lqer_rank > 0, "export.lqer_rank > 0"),
     "golf_jax.quant.pergroup": (lambda c: c.export.compressor.startswith("pergroup_"), "export.compressor=pergroup_*"),
+    "golf_jax.quant.compress": (lambda c: not c.export.compressor.startswith("pergroup_"),
+                                "export.compressor other than pergroup_*"),
+    "golf_jax.train.qat": (lambda c: c.train.late_qat_threshold > 0, "train.late_qat_threshold > 0"),
+    "golf_jax.quant.selfgen": (lambda c: c.export.calib_source == "selfgen", "export.calib_source=selfgen"),
 }
 
 
 def gates_on(cfg) -> tuple[bool, ...]:
     """Which gated branches `cfg` takes, in GATES order (all of them for None)."""
     return tuple(cfg is None or bool(pred(cfg)) for pred, _ in GATES.values())
+
+
+def script_codecs(cfg) -> tuple[str, ...]:
+    """Codecs the script's code may be compressed with: the standard library's, and ZPAQ
+    (10 % smaller on our code than lzma) only where the export needs the `zpaq` package anyway."""
+    stdlib = ("lzma", "bz2")
+    return stdlib + ("zpaq",) if cfg is not None and cfg.export.compressor == "pergroup_zpaq" else stdlib
 
 
 def module_file(root: Path, name: str) -> Path | None:

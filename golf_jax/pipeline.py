@@ -24,6 +24,7 @@ from golf_jax import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax.data import source
 from golf_jax.data.tokenizer import load_tokenizer
+from golf_jax.errors import UserError
 from golf_jax.eval import plain, stages as eval_stages
 from golf_jax.optim.build import build_optimizer, count_by_label
 from golf_jax.quant import export, hessian
@@ -56,20 +57,36 @@ class Data:
     val_tokens: np.ndarray
 
 
-def check_config(cfg, num_devices: int) -> None:
-    """The whole config's ranges, before anything is compiled or trained."""
-    loop.check_config(cfg, num_devices)
-    eval_stages.check_config(cfg)
-    if cfg.eval.prequant_ttt.mode != "off":  # imported on its branch only: golf_jax/packset.py GATES
-        from golf_jax.eval import prequant_ttt
+def check_config(cfg, num_devices: int, train: bool = True) -> None:
+    """The whole config's enums and ranges, before anything is built or compiled (train=False:
+    what evaluating an artifact reads). The stages' checks raise ValueError naming the key:
+    each is a setting to fix, so it leaves here as a UserError (one line, exit code 2)."""
+    try:
+        if train:
+            loop.check_config(cfg, num_devices)
+            export.check_config(cfg.export)
+            if cfg.eval.prequant_ttt.mode != "off":  # imported on its branch only: golf_jax/packset.py GATES
+                from golf_jax.eval import prequant_ttt
 
-        prequant_ttt.check_config(cfg.eval.prequant_ttt)
-    export.check_config(cfg.export)
+                prequant_ttt.check_config(cfg.eval.prequant_ttt)
+        else:
+            model_lib.check_config(cfg.model)
+        eval_stages.check_config(cfg)
+        if cfg.audit.enabled:  # not packed (packset.NOT_PACKED): a packed run turns the audit off
+            from golf_jax.audit import procedure
+
+            procedure.check_config(cfg.audit)
+            procedure.scaled_config(cfg, num_devices)
+    except UserError:
+        raise
+    except ValueError as e:
+        raise UserError(str(e)) from e
 
 
 def load_data(cfg, run: RunDir | None = None) -> Data:
     data_dir, tokenizer_path = source.resolve_data(cfg)
     sp = load_tokenizer(tokenizer_path, cfg.model.vocab_size)
+    source.check_tokenizer(data_dir, tokenizer_path)
     val_tokens = source.load_val(cfg, data_dir, eval_stages.eval_seq_len(cfg))
     lut = source.val_byte_lut(sp, cfg.model.vocab_size, data_dir, val_tokens)
     if run is not None:
@@ -84,10 +101,13 @@ def abstract_params(model, seq_len: int):
 
 
 def run(cfg) -> dict:
-    """Run a whole job from a config; returns the summary written to summary.json."""
-    mesh_lib.maybe_initialize_distributed()
+    """Run a whole job from a config; returns the summary written to summary.json.
+
+    In a multi-host run every process calls this after golf_jax.multihost.initialize_from_env().
+    """
     mesh = mesh_lib.make_mesh()
     check_config(cfg, mesh.devices.size)
+    cfg = source.absolute_paths(cfg)  # the run dir's config.json finds the data from any directory
     run_dir = RunDir(cfg.train.run_dir, cfg.train.run_name or cfg.name, cfg)
     summary: dict = {"status": "running", "run_dir": str(run_dir.path)}
     # The ExitStack (it closes a checkpoint manager) exits before the summary is written.
@@ -109,7 +129,7 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict) -
     model = model_lib.build_model(cfg.model)
     abstract = abstract_params(model, t.seq_len)
     labels = model_lib.param_labels(cfg.model, abstract, cfg.compat)
-    tx = build_optimizer(cfg.opt, labels)
+    tx = build_optimizer(cfg.opt, labels, mesh)
     recipe = step_lib.build_recipe(cfg, abstract, labels)
     state = step_lib.init_state(model, tx, jax.random.PRNGKey(cfg.seed), t.seq_len, mesh, recipe)
     counts = count_by_label(state.params, labels)
@@ -209,8 +229,8 @@ def evaluate_artifact(cfg, artifact: str | Path, mesh=None, run: RunDir | None =
 
     Pre-quant TTT is not among them: it adapts the float weights before export.
     """
-    eval_stages.check_config(cfg)
     mesh = mesh or mesh_lib.make_mesh()
+    check_config(cfg, mesh.devices.size, train=False)
     data = load_data(cfg, run)
     model, params = loaded or load_artifact_model(cfg, artifact, mesh)
     return eval_stages.run_stages(cfg, model, params, data.val_tokens, data.lut, mesh, run=run, log=log)

@@ -1,6 +1,8 @@
 """Run directories: config, code version, log, metrics — everything to reproduce a run.
 
 Only process 0 writes. Files are flushed line by line so a crash keeps what ran.
+While a run records, SIGTERM (SLURM, preemption) and SIGINT end it as `Interrupted`:
+the summary says "interrupted" and the process exits with 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ import datetime as dt
 import hashlib
 import json
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import jax
 
 from golf_jax.codebytes import package_sources
+from golf_jax.errors import UserError
 from golf_jax.paths import REPO_ROOT
 
 
@@ -36,15 +41,30 @@ def code_version() -> dict:
     return info
 
 
+class Interrupted(SystemExit):
+    """SIGTERM or SIGINT stopped the run; a SystemExit, so the process exits with 128 + signum, quietly."""
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        super().__init__(f"{signal.Signals(signum).name} received{detail}")
+        self.code = 128 + signum  # the exit status
+
+
 class RunDir:
+    stop_signal = None  # a SIGTERM/SIGINT (its number) that the train loop has yet to act on
+    defer_signals = False  # set by the train loop: it stops between steps and saves a checkpoint first
+
     def __init__(self, root: str | Path, name: str, config) -> None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.is_writer = jax.process_index() == 0
         self.path = Path(root) / f"{name}-{stamp}"
         self._log = self._metrics = None
         if self.is_writer:
-            self.path.mkdir(parents=True, exist_ok=False)
-            (self.path / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+            try:
+                self.path.mkdir(parents=True, exist_ok=False)
+                (self.path / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+            except OSError as e:
+                raise UserError(f"train.run_dir={root}: cannot create {self.path} ({e.strerror or e}); "
+                                "pass --config.train.run_dir=<a writable folder>") from e
             env = {
                 "argv": sys.argv,
                 "python": platform.python_version(),
@@ -58,6 +78,10 @@ class RunDir:
             self.write_json("env.json", env)
             self._log = open(self.path / "log.txt", "a", buffering=1)
             self._metrics = open(self.path / "metrics.jsonl", "a", buffering=1)
+        if jax.process_count() > 1:  # not packed (packset.NOT_PACKED): a submission runs on one host
+            from golf_jax.multihost import shared_run_dir
+
+            self.path = shared_run_dir(self.path)
         self._t0 = time.time()
 
     def log(self, message: str) -> None:
@@ -75,17 +99,31 @@ class RunDir:
 
     @contextlib.contextmanager
     def recording(self, summary: dict, name: str, what: str = "run"):
-        """Fill `summary` inside the block; it is written to `name` even when the block fails."""
+        """Fill `summary` inside the block; it is written to `name` even when the block fails,
+        or when SIGTERM / SIGINT interrupts it (status "interrupted")."""
+        main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
         try:
             yield summary
             summary["status"] = "ok"
         except BaseException as e:
-            summary.update(status="failed", error=f"{type(e).__name__}: {e}")
-            self.log(f"{what} failed: {summary['error']} (outputs kept in {self.path})")
+            status = "interrupted" if isinstance(e, Interrupted) else "failed"
+            summary.update(status=status, error=f"{type(e).__name__}: {e}")
+            self.log(f"{what} {status}: {summary['error']} (outputs kept in {self.path})")
             raise
         finally:
+            for s, h in handlers.items():
+                signal.signal(s, h or signal.SIG_DFL)
             self.write_json(name, summary)
             self.close()
+
+    def _on_signal(self, signum: int, frame) -> None:
+        """Inside the train loop the first signal is only noted (the loop polls `stop_signal` between
+        steps); anywhere else, or a second time, the run stops at once."""
+        if self.defer_signals and self.stop_signal is None:
+            self.stop_signal = signum
+        else:
+            raise Interrupted(signum)
 
     def close(self) -> None:
         for f in (self._log, self._metrics):

@@ -162,8 +162,11 @@ class _BatchShared(_Toy):
     def predict(self, inputs):
         logits = self.base_logits(inputs)
         V = logits.shape[-1]
-        hist = jnp.sum(jax.nn.one_hot(inputs["obj_y_BxF"], V) * inputs["obj_mask_BxF"][..., None], axis=(0, 1))
-        return logits + 2.0 * hist / jnp.maximum(hist.sum(), 1.0) * V / 8
+        # On the host: an eager reduction over the 8 simulated devices' shards has aborted XLA's
+        # CPU runtime now and then under xdist (an all-reduce outside jit); a jitted predict would not.
+        y, mask = np.asarray(inputs["obj_y_BxF"]), np.asarray(inputs["obj_mask_BxF"])
+        hist = np.bincount(y[mask], minlength=V).astype(np.float32)
+        return logits + jnp.asarray(2.0 * hist / max(hist.sum(), 1.0) * V / 8)
 
 
 def batch_shared(ctx):

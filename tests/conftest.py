@@ -8,6 +8,10 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# No persistent compilation cache (golf_jax/compile_cache.py) for the entry points the tests run:
+# CI starts cold, where it only adds writes, and a cache shared across runs would make results depend
+# on what ran before (docs/perf.md, "Persistent compilation cache").
+os.environ.setdefault("GOLF_JAX_XLA_CACHE", "off")
 
 import pytest  # noqa: E402
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from golf_jax.data import caseops, shards, source
+from golf_jax.data import caseops, prepare, shards, source
 from golf_jax.data.caseops import ALLCAPS, CAPNEXT, ESC, TITLE, CaseOpsError
 from golf_jax.data.prepare import build, iter_documents
 from golf_jax.data.tokenizer import ByteLUT, build_byte_luts, target_bytes
@@ -170,19 +170,19 @@ def test_prepare_caseops_errors(shared_data, caseops_build, tmp_path):
         build(tok, [val], [val], tmp_path / "d", 1000, caseops_text=True, train_tokenizer=True)
     # a CaseOps tokenizer's LUT would count operators as text: without a sidecar, loading val refuses
     (tmp_path / "e").mkdir()
-    shards.write_shard(tmp_path / "e" / "fineweb_val_000000.bin", np.array([1, 4, 300], np.uint16))
+    prepare.write_shard(tmp_path / "e" / "fineweb_val_000000.bin", np.array([1, 4, 300], np.uint16))
     with pytest.raises(ValueError, match="no val byte sidecar"):
         source.val_byte_lut(spm.SentencePieceProcessor(model_file=str(tok)), 400, tmp_path / "e", np.zeros(3))
 
 
 def test_sidecar_files_are_checked(tmp_path):
     for i, n in enumerate((10, 7)):
-        shards.write_shard(tmp_path / f"fineweb_val_{i:06d}.bin", np.arange(n) + 100 * i)
-        shards.write_shard(tmp_path / f"fineweb_val_bytes_{i:06d}.bin", np.full(n, i + 1))
+        prepare.write_shard(tmp_path / f"fineweb_val_{i:06d}.bin", np.arange(n) + 100 * i)
+        prepare.write_shard(tmp_path / f"fineweb_val_bytes_{i:06d}.bin", np.full(n, i + 1))
     pattern = str(tmp_path / "fineweb_val_*.bin")
     np.testing.assert_array_equal(shards.load_validation_tokens(pattern, 4), np.r_[np.arange(10), 100 + np.arange(7)])
     np.testing.assert_array_equal(shards.load_byte_sidecar(pattern), [1] * 10 + [2] * 7)
-    shards.write_shard(tmp_path / "fineweb_val_bytes_000001.bin", np.ones(6, np.uint16))
+    prepare.write_shard(tmp_path / "fineweb_val_bytes_000001.bin", np.ones(6, np.uint16))
     with pytest.raises(shards.ShardError, match="fineweb_val_bytes_000001.bin: 6 byte entries, but "
                                                "fineweb_val_000001.bin holds 7 tokens"):
         shards.load_byte_sidecar(pattern)
@@ -222,7 +222,7 @@ def test_sidecar_bpb_equals_lut_bpb_on_lowercase_text(shared_data, caseops_build
     docs = [" ".join(d.lower().encode("ascii", "ignore").decode().split()) for d in _small_docs(shared_data, 8, 20)]
     out = tmp_path / "lower"
     build(tok, [_jsonl(tmp_path / "low.jsonl", docs)], [], out, 1000, caseops_text=True)
-    shards.write_shard(out / "fineweb_train_000000.bin", np.ones(10, np.uint16))  # data.json lists train shards
+    prepare.write_shard(out / "fineweb_train_000000.bin", np.ones(10, np.uint16))  # data.json lists train shards
 
     cfg = base_config()
     cfg.data.source, cfg.data.dir, cfg.data.tokenizer = "dir", str(out), str(tok)

@@ -10,7 +10,7 @@ from flax import traverse_util
 from golf_jax import codebytes
 from golf_jax import model as model_lib
 from golf_jax.config import base_config
-from golf_jax.data import shards
+from golf_jax.data import prepare
 from golf_jax.quant import compress, container, export, gptq, hessian, rowquant
 from golf_jax.quant.prune import ArtifactBudgetError
 from golf_jax import mesh as mesh_lib
@@ -146,7 +146,7 @@ def test_missing_hessian_is_a_clear_error(trained, tmp_path):
 def test_calibration_source_flags_val(trained, tmp_path):
     cfg, model, params, val, _ = trained
     mesh = mesh_lib.make_mesh()
-    shards.write_shard(tmp_path / "fineweb_train_000000.bin", val)
+    prepare.write_shard(tmp_path / "fineweb_train_000000.bin", val)
     msgs: list[str] = []
     for src, flag, reserve in (("val", True, 0.0), ("train", False, 1e6)):
         c = _cfg(calib_source=src, calib_seqs=4, compressor="brotli", reserve_seconds=reserve)

@@ -17,7 +17,7 @@ import pytest
 
 from golf_jax import model as model_lib
 from golf_jax.config import base_config
-from golf_jax.quant import hessian
+from golf_jax.quant import hessian, selfgen
 from golf_jax import mesh as mesh_lib
 
 V, D, T, N = 128, 64, 16, 13
@@ -140,8 +140,8 @@ def test_calibration_sources(setup):
     val = np.arange(1000, dtype=np.int32) % V
     seqs = hessian.calibration_sequences(cfg, "val", 3, T, val_tokens=val)
     np.testing.assert_array_equal(seqs.reshape(-1), val[: 3 * T])
-    gen = hessian.generate(model, params, 3, T, mesh, seed=0, bos_id=1)
+    gen = selfgen.generate(model, params, 3, T, mesh, seed=0, bos_id=1)
     assert gen.shape == (3, T) and (gen[:, 0] == 1).all() and gen.min() >= 0 and gen.max() < V
-    np.testing.assert_array_equal(gen, hessian.generate(model, params, 3, T, mesh, seed=0, bos_id=1))
+    np.testing.assert_array_equal(gen, selfgen.generate(model, params, 3, T, mesh, seed=0, bos_id=1))
     with pytest.raises(ValueError, match="calib_source"):
         hessian.calibration_sequences(cfg, "test", 3, T)

@@ -9,7 +9,8 @@ import pytest
 
 from golf_jax.data.coprime import CoprimeLoader, path_seed
 from golf_jax.data.loader import SequentialLoader, TokenStream
-from golf_jax.data.shards import ShardError, write_shard
+from golf_jax.data.shards import ShardError
+from golf_jax.data.prepare import write_shard
 
 
 def _write(tmp_path, sizes, name="fineweb_train"):

@@ -19,31 +19,36 @@ import pytest
 from configs import smoke, sp8192_legal
 from golf_jax import codebytes, pack, packer, packset, pipeline
 from golf_jax.config import base_config
-from golf_jax.data import shards
+from golf_jax.data import prepare
+from golf_jax.errors import UserError
 
 T = 32
 # configs/sp8192_legal.py packed 57,241 B on 2026-12-02 (docs/perf.md, Code bytes); every module
 # unminified was 172 KB, and base85 instead of the latin-1 literal would make it 70.5 KB.
 SP8192_LEGAL_MAX_BYTES = 66_000
 DOC_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-NEVER_IN_A_SUBMISSION = ("golf_jax.audit", "golf_jax.packer", "golf_jax.bench", "golf_jax.evaluate",
+NEVER_IN_A_SUBMISSION = ("golf_jax.audit", "golf_jax.packer", "golf_jax.pack", "golf_jax.bench", "golf_jax.evaluate",
                          "golf_jax.quant.estimate", "golf_jax.data.prepare", "golf_jax.data.caseops",
-                         "golf_jax.train.__main__")
+                         "golf_jax.train.__main__", "golf_jax.report")
 
 
 def embedded_files(script: bytes) -> dict[str, str]:
     """{path: source} read back from a script the way its bootstrap does (without running it)."""
     tree = ast.parse(script.decode("latin-1"))
     data = next(n.value.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "D")
-    codec = {"lzma": lzma, "bz2": bz2}[re.search(rb"import (\w+) as Z", script).group(1).decode()]
+    name = re.search(rb"import (\w+) as Z", script).group(1).decode()
+    codec = {"lzma": lzma, "bz2": bz2}.get(name) or pytest.importorskip(name)
     records = codec.decompress(data.encode("latin-1")).decode("utf-8").split("\x1e")[1:]
     return dict(r.split("\x1f", 1) for r in records)
 
 
-def all_gates_off():
+def fewest_gates():
+    """base_config from shards: the only gated branch it takes is the plain compressor (its
+    alternative, per-group compression, is gated too)."""
     cfg = base_config()
-    cfg.data.source = "dir"  # every other GATES branch is off in base_config
-    assert not any(packset.gates_on(cfg)), packset.gates_on(cfg)
+    cfg.data.source = "dir"
+    on = [name for name, taken in zip(packset.GATES, packset.gates_on(cfg)) if taken]
+    assert on == ["golf_jax.quant.compress"], on
     return cfg
 
 
@@ -64,17 +69,25 @@ def test_script_holds_the_closure_minified_and_is_counted(tmp_path):
         tree = ast.parse(source)
         assert not [n for n in ast.walk(tree) if isinstance(n, DOC_NODES) and ast.get_docstring(n) is not None
                     and not (isinstance(n, ast.Module) and "__doc__" in source)], path
+        checks = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == packer.CONFIG_CHECK]
+        assert all(len(n.body) == 1 and isinstance(n.body[0], (ast.Pass, ast.Expr)) for n in checks), path  # run before packing
 
     (tmp_path / "config.json").write_text(cfg.to_json_best_effort())
     (tmp_path / "model.golfjax").write_bytes(b"weights")
     out = tmp_path / "submission.py"
     assert pack.main(["--artifact", str(tmp_path / "model.golfjax"), "--out", str(out)]) == 0  # its config.json
     assert out.read_bytes() == script
+    cfg.train.iterations = -1  # the script will not check its config, so packing does
+    (tmp_path / "config.json").write_text(cfg.to_json_best_effort())
+    with pytest.raises(UserError, match=r"train.iterations=-1"):
+        pack.main(["--artifact", str(tmp_path / "model.golfjax"), "--out", str(tmp_path / "bad.py")])
+    assert not (tmp_path / "bad.py").exists()
 
 
 def test_gates_follow_the_config_and_are_lazy(tmp_path):
-    off = packer.packed_modules(all_gates_off())
-    assert not [m for m in off if packer._under(m, packset.GATES)], "a gated module is imported at module level"
+    off = packer.packed_modules(fewest_gates())
+    assert [m for m in off if packer._under(m, packset.GATES)] == ["golf_jax.quant.compress"], \
+        "a gated module is imported at module level"
     every = packer.packed_modules(None)
     assert set(packset.GATES) <= set(every) and set(off) < set(every)
     assert {"golf_jax.data.synthetic", "golf_jax.data.prepare"} <= set(packer.packed_modules(smoke.get_config()))
@@ -104,9 +117,9 @@ def test_packed_script_trains_and_evaluates_like_in_process(tmp_path, shared_dat
     tok = shared_data / "tokenizers" / "fineweb_1024_bpe.model"
     cfg.data.source, cfg.data.dir, cfg.data.tokenizer, cfg.data.loader = "dir", str(work), str(tok), "shuffled"
     rng = np.random.default_rng(0)
-    shards.write_shard(work / "fineweb_val_000000.bin", rng.integers(0, 1024, 40 * T + 1).astype(np.uint16))
+    prepare.write_shard(work / "fineweb_val_000000.bin", rng.integers(0, 1024, 40 * T + 1).astype(np.uint16))
     for i in range(8):  # the shuffled loader wants a shard per data rank
-        shards.write_shard(work / f"fineweb_train_{i:06d}.bin", rng.integers(0, 1024, 8 * T).astype(np.uint16))
+        prepare.write_shard(work / f"fineweb_train_{i:06d}.bin", rng.integers(0, 1024, 8 * T).astype(np.uint16))
     (work / "config.json").write_text(cfg.to_json_best_effort())
     script = packer.build_script(cfg)
     (work / "submission.py").write_bytes(script)

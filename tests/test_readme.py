@@ -44,3 +44,10 @@ def test_readme_train_command_runs_and_lowers_the_loss(tmp_path):
     for name in ("config.json", "code_version.json", "env.json", "log.txt", "model.golfjax", "params.msgpack",
                  "submission.py"):
         assert (run_dir / name).exists(), name
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all("lr_scale" in r for r in records if "loss" in r)
+    assert [p.name.startswith("events.out.tfevents") for p in (run_dir / "tensorboard").iterdir()] == [True]
+    from golf_jax.report.write import write_report  # python -m golf_jax.report on the real run dir
+
+    files, _ = write_report(run_dir)
+    assert {"curves.png", "schedules.png", "quant_error.png", "summary.md"} <= {f.name for f in files}

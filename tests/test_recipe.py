@@ -9,7 +9,7 @@ from configs import smoke as smoke_config
 from golf_jax import model as model_lib
 from golf_jax.optim.build import build_optimizer
 from golf_jax import mesh as mesh_lib
-from golf_jax.train import recipe as recipe_lib
+from golf_jax.train import qat, recipe as recipe_lib
 from golf_jax.train import step as step_lib
 
 
@@ -27,15 +27,15 @@ def numpy_soft_round(w_OUTxIN, alpha):
 @pytest.mark.parametrize("alpha", [1.0, 4.0, 16.0])
 def test_soft_round_matches_numpy(alpha):
     w_OUTxIN = np.random.default_rng(0).normal(size=(6, 10)).astype(np.float32) * 3
-    got = recipe_lib.soft_round_int6(jnp.asarray(w_OUTxIN.T), jnp.float32(alpha))  # ours is (in, out)
+    got = qat.soft_round_int6(jnp.asarray(w_OUTxIN.T), jnp.float32(alpha))  # ours is (in, out)
     np.testing.assert_allclose(np.asarray(got).T, numpy_soft_round(w_OUTxIN, alpha), rtol=1e-5, atol=1e-6)
 
 
 def test_soft_round_is_differentiable_and_sharpens_to_the_int6_grid():
     w = jnp.asarray(np.random.default_rng(1).normal(size=(16, 4)).astype(np.float32) * 2)
-    grad = jax.grad(lambda w: jnp.sum(recipe_lib.soft_round_int6(w, jnp.float32(4.0)) ** 2))(w)
+    grad = jax.grad(lambda w: jnp.sum(qat.soft_round_int6(w, jnp.float32(4.0)) ** 2))(w)
     assert np.all(np.isfinite(grad)) and np.abs(np.asarray(grad)).min() > 0  # no STE: tanh carries gradient
-    sharp = np.asarray(recipe_lib.soft_round_int6(w, jnp.float32(200.0)))
+    sharp = np.asarray(qat.soft_round_int6(w, jnp.float32(200.0)))
     scale = np.maximum(np.abs(np.asarray(w)).max(axis=0) / 31, 1 / 31)
     frac = np.asarray(w) / scale - np.floor(np.asarray(w) / scale)
     away_from_half = np.abs(frac - 0.5) > 0.02  # tanh(200·r) saturates unless r ≈ 0
@@ -43,10 +43,9 @@ def test_soft_round_is_differentiable_and_sharpens_to_the_int6_grid():
 
 
 def test_qat_alpha_schedule():
-    assert recipe_lib.qat_alpha(0.5, 0.15, active=False) == 0.0
-    assert recipe_lib.qat_alpha(0.15, 0.15, active=True) == 1.0
-    assert recipe_lib.qat_alpha(0.075, 0.15, active=True) == pytest.approx(8.5)
-    assert recipe_lib.qat_alpha(0.0, 0.15, active=True) == 16.0
+    assert qat.qat_alpha(0.15, 0.15) == 1.0
+    assert qat.qat_alpha(0.075, 0.15) == pytest.approx(8.5)
+    assert qat.qat_alpha(0.0, 0.15) == 16.0
 
 
 def _setup(**train_overrides):
@@ -93,7 +92,7 @@ def test_qat_scope_and_effect():
     flat_labels = jax.tree.leaves(labels)
     assert [m for m, l in zip(flat_mask, flat_labels) if l == "muon"] == [True] * 12
     assert not any(m for m, l in zip(flat_mask, flat_labels) if l != "muon")
-    ref_mask = recipe_lib.qat_mask(state.params, labels, reference_scope=True)
+    ref_mask = qat.qat_mask(state.params, labels, reference_scope=True)
     assert not any(m for m, l in zip(jax.tree.leaves(ref_mask), flat_labels) if l == "muon")
 
     batch = {"x": tokens[0, :, :-1], "y": tokens[0, :, 1:]}

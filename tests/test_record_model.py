@@ -13,7 +13,7 @@ from configs import record as record_config
 from golf_jax import model as model_lib
 from golf_jax.model.blocks import rope_base_for
 from golf_jax.model.layers import linear_override_init
-from golf_jax.train import recipe as recipe_lib
+from golf_jax.train import qat as qat_lib
 from golf_jax.optim.build import build_optimizer, count_by_label
 from golf_jax import mesh as mesh_lib
 from golf_jax.train import step as step_lib
@@ -26,7 +26,7 @@ def tiny_cfg(**overrides) -> ml_collections.ConfigDict:
     m.vocab_size, m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads = 64, 4, 32, 4, 2
     m.rope_dims, m.rope_train_seq_len = 4, 16
     m.bigram_vocab_size, m.bigram_dim, m.ve_dim, m.ve_layers, m.xsa_last_n = 48, 16, 8, "2,3", 3
-    m.compute_dtype, m.attention_impl = "float32", None
+    m.compute_dtype, m.attention_impl = "float32", "xla"
     for k, v in overrides.items():
         setattr(m, k, v)
     return c
@@ -108,9 +108,9 @@ def test_compat_qat_scope_changes_only_its_kernels(tiny_init, reference_scope):
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda x: np.asarray(x) + 0.3 * rng.normal(size=x.shape).astype(np.float32), params)
     cfg = tiny_cfg()
-    mask = recipe_lib.qat_mask(params, model_lib.param_labels(cfg.model, params, cfg.compat), reference_scope)
-    alpha = jnp.float32(recipe_lib.qat_alpha(0.05, 0.15, active=True))
-    qat = jax.jit(lambda p: recipe_lib.apply_qat(p, mask, alpha))
+    mask = qat_lib.qat_mask(params, model_lib.param_labels(cfg.model, params, cfg.compat), reference_scope)
+    alpha = jnp.float32(qat_lib.qat_alpha(0.05, 0.15))
+    qat = jax.jit(lambda p: qat_lib.apply_qat(p, mask, alpha))
     out = traverse_util.flatten_dict(qat(params))
     flat = traverse_util.flatten_dict(params)
     changed = {k for k in flat if not np.array_equal(flat[k], out[k])}

@@ -19,7 +19,7 @@ from flax import traverse_util
 
 from configs import record as record_config
 from golf_jax import model as model_lib
-from golf_jax.model import gpt
+from golf_jax.model import reference
 from golf_jax.model.embeddings import bigram_hash
 from golf_jax.optim.muon import scale_by_muon
 from golf_jax.optim.build import scale_by_lr
@@ -34,7 +34,7 @@ def tiny_cfg() -> ml_collections.ConfigDict:
     m.mlp_mult, m.rope_dims, m.rope_train_seq_len, m.qk_gain_init = 3.0, 4, 16, 4.0
     m.bigram_vocab_size, m.bigram_dim, m.ve_dim, m.ve_layers = 48, 16, 8, "2,3"
     m.xsa_last_n, m.ln_scale, m.mtp_num_heads, m.mtp_loss_weight = 3, True, 2, 0.1
-    m.compute_dtype, m.attention_impl = "float32", None
+    m.compute_dtype, m.attention_impl = "float32", "chunked"  # the CPU default path, against torch
     return m
 
 
@@ -47,7 +47,7 @@ def fx() -> dict:
 @pytest.fixture(scope="module")
 def setup(fx):
     weights = {k[2:]: v for k, v in fx.items() if k.startswith("w/")}
-    params = jax.tree.map(jnp.asarray, gpt.params_from_reference(weights))
+    params = jax.tree.map(jnp.asarray, reference.params_from_reference(weights))
     model = model_lib.build_model(tiny_cfg())
     return model, params
 
@@ -94,7 +94,7 @@ def test_logits_and_loss(ours, fx):
 
 
 def reference_grads_as_params(fx) -> dict:
-    return gpt.params_from_reference({k[2:]: v for k, v in fx.items() if k.startswith("g/")})
+    return reference.params_from_reference({k[2:]: v for k, v in fx.items() if k.startswith("g/")})
 
 
 def test_grads(ours, fx):

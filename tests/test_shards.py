@@ -13,8 +13,8 @@ from golf_jax.data.shards import (
     load_validation_tokens,
     read_shard,
     shard_files,
-    write_shard,
 )
+from golf_jax.data.prepare import write_shard
 
 
 def _header(magic: int = MAGIC, version: int = 1, n: int = 0) -> bytes:

@@ -9,7 +9,8 @@ import pytest
 
 from golf_jax import mesh as mesh_lib
 from golf_jax.config import base_config
-from golf_jax.data.shards import ShardError, write_shard
+from golf_jax.data.shards import ShardError
+from golf_jax.data.prepare import write_shard
 from golf_jax.data.shuffled import ShuffledLoader
 from golf_jax.data.source import loader_seed_rule
 from golf_jax.train import loop

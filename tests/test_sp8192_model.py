@@ -19,7 +19,7 @@ def tiny_cfg():
     m = sp8192_legal.get_config().model
     m.vocab_size, m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads = 48, 6, 32, 4, 2
     m.rope_dims, m.loop_start, m.loop_end, m.parallel_residual_start, m.xsa_last_n = 4, 2, 3, 4, 6
-    m.compute_dtype, m.attention_impl = "float32", None
+    m.compute_dtype, m.attention_impl = "float32", "xla"
     return m
 
 

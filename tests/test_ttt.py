@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import jax
 import numpy as np
 import pytest
 
 from golf_jax import mesh as mesh_lib
 from golf_jax.config import eval_config
+from golf_jax.data.tokenizer import target_bytes
 from golf_jax.eval import adapt, harness, stages
 from golf_jax.eval.harness import Reveal
 
@@ -26,16 +29,21 @@ def _cfg(tiny_lm, **ttt):
     return cfg
 
 
-def _run(tiny_lm, cfg):
+def _run(tiny_lm, cfg, run=None):
     _, model, params, val, lut = tiny_lm
     mesh = mesh_lib.make_mesh()
     return stages.run_stages(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)), val, lut, mesh,
-                             log=lambda m: None, record_nll=True)
+                             run=run, log=lambda m: None, record_nll=True)
 
 
 @pytest.fixture(scope="module")
-def score_first(tiny_lm):
-    return _run(tiny_lm, _cfg(tiny_lm))
+def run_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("ttt_run")
+
+
+@pytest.fixture(scope="module")
+def score_first(tiny_lm, run_dir):
+    return _run(tiny_lm, _cfg(tiny_lm), SimpleNamespace(is_writer=True, path=run_dir))
 
 
 def test_score_first_ledger(score_first):
@@ -57,6 +65,20 @@ def test_score_first_scores_each_chunk_before_training_on_it(score_first):
     np.testing.assert_array_equal(ttt[:CHUNK], slide[:CHUNK])  # chunk 0: the untouched artifact weights
     assert np.max(np.abs(ttt[CHUNK:] - slide[CHUNK:])) > 1e-3  # later chunks: adapted weights
     assert score_first["ttt"].val_bpb != score_first["sliding"].val_bpb
+
+
+def test_each_chunks_figures_are_recorded(score_first, run_dir, tiny_lm):
+    """blocks_ttt.npy (golf_jax/report plots it): per chunk, the per-target NLLs and bytes summed."""
+    val, lut = tiny_lm[3], tiny_lm[4]
+    nll, tokens, nbytes = np.load(run_dir / "blocks_ttt.npy").T
+    per_target = score_first["ttt"].nll
+    for c in range(4):
+        a, b = CHUNK * c, CHUNK * (c + 1)
+        assert tokens[c] == CHUNK
+        assert nll[c] == pytest.approx(np.sum(per_target[a:b]), rel=1e-6)  # fp32 row sums on the device
+        assert nbytes[c] == np.sum(target_bytes(lut, val[a:b], val[a + 1 : b + 1], target_index=np.arange(a, b)))
+    assert np.sum(nll) / np.log(2) / np.sum(nbytes) == pytest.approx(score_first["ttt"].val_bpb, rel=1e-12)
+    assert np.load(run_dir / "blocks_sliding.npy").shape == (1, 3)  # one block: the report shows no chunks
 
 
 def test_zero_lr_ttt_is_the_sliding_eval(tiny_lm):

@@ -58,7 +58,10 @@ def load_factory(spec: str):
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from golf_jax import compile_cache
     from golf_jax.audit.run import run_audit
+
+    compile_cache.enable()  # before the first compile: a rerun reads its executables back (docs/perf.md)
 
     artifact = _ARTIFACT.value
     if artifact is not None and not Path(artifact).is_file():

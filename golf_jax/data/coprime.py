@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from golf_jax.data.loader import _check_ranks
-from golf_jax.data.shards import check_vocab, read_header, read_shard, shard_files
+from golf_jax.data.shards import gather_windows, read_header, read_shard, shard_files
 
 _FNV_PRIME = 1099511628211
 _MASK64 = (1 << 64) - 1
@@ -114,8 +114,8 @@ class CoprimeLoader:
             phase, start = int(self.c_phase[si]), int(self.c_start[si])
             stride = int(self.c_stride[si])
             take = min(count, bc - ni)
-            for j in range(take):
-                out.append((si, phase + ((start + (ni + j) * stride) % bc) * self.seq_len))
+            k = np.arange(ni, ni + take, dtype=np.int64)
+            out.extend(zip([si] * take, (phase + (start + k * stride) % bc * self.seq_len).tolist()))
             self.c_next[si] = ni + take
             count -= take
         return out
@@ -125,12 +125,9 @@ class CoprimeLoader:
         """The step's global list of (shard index, token offset); RNG order as reference."""
         ec, gns, rng = int(self.eligible.size), self.global_seqs, self.rng
         progress = min(self.batches_built / float(RAMP_BATCHES), 1.0)
-        remaining = np.empty(ec, dtype=np.float64)
-        for i, si in enumerate(self.eligible.tolist()):
-            if self.c_init[si]:
-                remaining[i] = float(max(int(self.c_blocks[si]) - int(self.c_next[si]), 1))
-            else:
-                remaining[i] = float(self.base_blocks[i])
+        el = self.eligible
+        remaining = np.where(self.c_init[el], np.maximum(self.c_blocks[el] - self.c_next[el], 1),
+                             self.base_blocks).astype(np.float64)
         weights = np.power(remaining, 0.90 - 0.40 * progress)
         total = float(weights.sum())
         if not np.isfinite(total) or total <= 0.0:
@@ -179,14 +176,10 @@ class CoprimeLoader:
         """(x, y) int32 arrays of shape [len(ranks) * local_seqs, seq_len]; rank r gets
         global windows r, r+W, r+2W, ..."""
         windows = self._sample_global_windows()
-        L, rows = self.seq_len, []
-        for r in self.ranks:
-            for si, pos in windows[r :: self.world_size]:
-                win = self._shard(si)[pos : pos + L + 1]
-                check_vocab(self.files[si], win, self.vocab_size)
-                rows.append(win)
+        mine = np.array([w for r in self.ranks for w in windows[r :: self.world_size]], np.int64)
         self.batches_built += 1
-        batch = np.stack(rows).astype(np.int32)
+        batch = gather_windows(self._shard, self.files, mine[:, 0], mine[:, 1], self.seq_len + 1,
+                               self.vocab_size).astype(np.int32)
         return batch[:, :-1], batch[:, 1:]
 
     @property

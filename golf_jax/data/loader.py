@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from golf_jax.data.shards import ShardError, read_shard, shard_files
+from golf_jax.data.shards import ShardError, read_header, read_shard, shard_files
 
 
 class TokenStream:
@@ -24,6 +24,8 @@ class TokenStream:
         self.pattern = pattern
         self.vocab_size = vocab_size
         self.files: list[Path] = shard_files(pattern)
+        for f in self.files:  # every header now, not when the stream reaches a damaged shard mid-run
+            read_header(f)
         self.tokens_taken = 0
         self._open(0)
         self.pos = 0

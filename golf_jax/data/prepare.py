@@ -20,6 +20,7 @@ to the val shards, that bpb divides by instead of the byte look-up tables.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import lzma
 import os
@@ -27,32 +28,74 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
 from golf_jax.data import caseops
-from golf_jax.data.shards import MAGIC, VERSION, sha256_file, write_shard
+from golf_jax.data.shards import HEADER_WORDS, MAGIC, VERSION, ShardError, sha256_file
 from golf_jax.data.tokenizer import load_tokenizer
+from golf_jax.progress import progress
 
 BOS_ID = 1
 ENCODE_BATCH = 256  # documents per sp.encode call
+MB = 10**6  # the progress's unit of input
 
 
-def _open_text(path: Path) -> TextIO:
-    if path.suffix == ".xz":
-        return lzma.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def write_shard(path: str | os.PathLike, tokens: Sequence[int] | np.ndarray) -> None:
+    """Write one shard atomically (temp file + rename), so readers never see half a file."""
+    path = Path(path)
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        raise ShardError(f"{path}: tokens must be a 1-D array, got shape {arr.shape}")
+    if arr.size and arr.dtype != np.uint16:
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ShardError(f"{path}: tokens must be integers, got dtype {arr.dtype}")
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= 2**16:
+            raise ShardError(
+                f"{path}: token ids must fit in uint16 (0..65535), got range [{lo}, {hi}]; "
+                "use a tokenizer with at most 65536 pieces"
+            )
+    if arr.size >= 2**31:
+        raise ShardError(
+            f"{path}: {arr.size} tokens do not fit the int32 header; use smaller shards"
+        )
+    header = np.zeros(HEADER_WORDS, dtype="<i4")
+    header[0], header[1], header[2] = MAGIC, VERSION, arr.size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header.tobytes())
+            f.write(arr.astype("<u2", copy=False).tobytes())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _open_text(path: Path) -> tuple[BinaryIO, TextIO]:
+    """(the file, its text): the file's position says how far the reading got (compressed bytes for .xz)."""
+    raw = open(path, "rb")
+    text = lzma.open(raw, "rt", encoding="utf-8") if path.suffix == ".xz" else io.TextIOWrapper(raw, encoding="utf-8")
+    return raw, text
 
 
 def iter_documents(path: str | os.PathLike) -> Iterator[str]:
     """Documents of one input file, in file order (see the module docstring)."""
+    return (text for text, _ in read_documents(path))
+
+
+def read_documents(path: str | os.PathLike) -> Iterator[tuple[str, int]]:
+    """(document, bytes of the file read so far): iter_documents with the position for a progress bar."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input {path} does not exist; check the --train/--val paths")
     kind = path.name[: -len(".xz")] if path.name.endswith(".xz") else path.name
     if kind.endswith(".jsonl"):
-        with _open_text(path) as f:
+        raw, f = _open_text(path)
+        with raw, f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -65,10 +108,11 @@ def iter_documents(path: str | os.PathLike) -> Iterator[str]:
                     ) from e
                 if not isinstance(text, str):
                     raise ValueError(f"{path}:{lineno}: field 'text' is not a string")
-                yield text
+                yield text, raw.tell()
     elif kind.endswith(".txt"):
-        with _open_text(path) as f:
-            yield f.read()
+        raw, f = _open_text(path)
+        with raw, f:
+            yield f.read(), raw.tell()
     else:
         raise ValueError(
             f"input {path}: unsupported type; use .jsonl or .txt (optionally .xz-compressed)"
@@ -130,23 +174,26 @@ class ShardWriter:
 
 def write_split(
     sp: Any,
-    texts: Iterable[str],
+    docs: Iterable[tuple[str, int]],
     out_dir: Path,
     split: str,
     shard_tokens: int,
     max_docs: int | None = None,
-    log_every_s: float = 5.0,
+    log_every_s: float = 10.0,
     caseops_text: bool = False,
+    total_bytes: int = 0,
 ) -> dict[str, Any]:
-    """Encode documents in order and shard them; prints docs/s progress lines.
+    """Encode documents in order and shard them, with a progress bar (golf_jax/progress.py).
 
+    `docs`: (text, input bytes read so far) as _chain_docs yields them, of `total_bytes`
+    in all; the progress counts those bytes (in whole MB), or documents when `max_docs` caps them.
     `caseops_text`: transform each document first; for the val split, also write the
     byte sidecar (BOS 0, then each token's original bytes), cut into shards exactly as
     the tokens are.
     """
     writer = ShardWriter(out_dir, split, shard_tokens)
     sidecar = ShardWriter(out_dir, f"{split}_bytes", shard_tokens) if caseops_text and split == "val" else None
-    t0 = last = time.time()
+    t0 = time.time()
     batch: list[str] = []
     chars = 0
     credited = text_bytes = 0  # the sidecar's total, and the documents' UTF-8 bytes
@@ -165,19 +212,21 @@ def write_split(
         batch.clear()
         chars = 0
 
-    for text in texts:
-        if max_docs is not None and writer.docs + len(batch) >= max_docs:
-            break
-        batch.append(text)
-        chars += len(text)
-        if len(batch) >= ENCODE_BATCH or chars > (8 << 20):
-            drain()
-            if time.time() - last > log_every_s:
-                last = time.time()
-                rate = writer.docs / max(last - t0, 1e-9)
-                print(f"[prepare] {split}: {writer.docs} docs, {writer.tokens:,} tokens, "
-                      f"{rate:.0f} docs/s", flush=True)
-    drain()
+    by_docs = max_docs is not None
+    done = 0  # what the progress has counted: documents or MB of input
+    with progress(f"[prepare] {split}", "docs" if by_docs else "MB", max_docs if by_docs else -(-total_bytes // MB),
+                  every=log_every_s) as bar:
+        for text, pos in docs:
+            if by_docs and writer.docs + len(batch) >= max_docs:
+                break
+            batch.append(text)
+            chars += len(text)
+            if len(batch) >= ENCODE_BATCH or chars > (8 << 20):
+                drain()
+                now = writer.docs if by_docs else pos // MB
+                bar.update(now - done)
+                done = now
+        drain()
     stats = writer.close()
     if sidecar is not None:
         side = sidecar.close()
@@ -190,9 +239,13 @@ def write_split(
     return stats
 
 
-def _chain_docs(paths: Sequence[Path]) -> Iterator[str]:
+def _chain_docs(paths: Sequence[Path]) -> Iterator[tuple[str, int]]:
+    """(document, bytes of all the inputs read so far)."""
+    before = 0
     for p in paths:
-        yield from iter_documents(p)
+        for text, pos in read_documents(p):
+            yield text, before + pos
+        before += Path(p).stat().st_size
 
 
 def build(
@@ -259,8 +312,8 @@ def build(
         if not paths:
             continue
         inputs = [{"path": str(p), "sha256": sha256_file(p)} for p in paths]
-        stats = write_split(sp, _chain_docs([Path(p) for p in paths]), out, split,
-                            shard_tokens, max_docs, caseops_text=caseops_text)
+        stats = write_split(sp, _chain_docs([Path(p) for p in paths]), out, split, shard_tokens, max_docs,
+                            caseops_text=caseops_text, total_bytes=sum(Path(p).stat().st_size for p in paths))
         manifest["splits"][split] = {"inputs": inputs, **stats}
     tmp = out / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -285,7 +338,7 @@ def _train_tokenizer(path: Path, train: Sequence[Path], vocab_size: int, max_doc
         if not Path(p).is_file():
             raise FileNotFoundError(f"input {p} does not exist; check the --train paths")
     t0 = time.time()
-    caseops.train_tokenizer(_chain_docs([Path(p) for p in train]), path, vocab_size, max_docs)
+    caseops.train_tokenizer((t for t, _ in _chain_docs([Path(p) for p in train])), path, vocab_size, max_docs)
     got = int(spm.SentencePieceProcessor(model_file=str(path)).vocab_size())
     print(f"[prepare] tokenizer: trained {path} ({got} pieces) in {time.time() - t0:.1f}s", flush=True)
     if got != vocab_size:

@@ -1,4 +1,4 @@
-"""The Parameter Golf token shard format: read, write, validate.
+"""The Parameter Golf token shard format: read and validate (golf_jax/data/prepare.py writes).
 
 A shard is 256 little-endian int32 header words (magic, version, num_tokens, zeros)
 followed by num_tokens little-endian uint16 token ids. This is the format the
@@ -12,10 +12,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from golf_jax.errors import UserError
 
 MAGIC = 20240520
 VERSION = 1
@@ -35,41 +36,8 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-class ShardError(ValueError):
+class ShardError(UserError):
     """A shard file is missing, malformed, or inconsistent with the configured vocab."""
-
-
-def write_shard(path: str | os.PathLike, tokens: Sequence[int] | np.ndarray) -> None:
-    """Write one shard atomically (temp file + rename), so readers never see half a file."""
-    path = Path(path)
-    arr = np.asarray(tokens)
-    if arr.ndim != 1:
-        raise ShardError(f"{path}: tokens must be a 1-D array, got shape {arr.shape}")
-    if arr.size and arr.dtype != np.uint16:
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise ShardError(f"{path}: tokens must be integers, got dtype {arr.dtype}")
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi >= 2**16:
-            raise ShardError(
-                f"{path}: token ids must fit in uint16 (0..65535), got range [{lo}, {hi}]; "
-                "use a tokenizer with at most 65536 pieces"
-            )
-    if arr.size >= 2**31:
-        raise ShardError(
-            f"{path}: {arr.size} tokens do not fit the int32 header; use smaller shards"
-        )
-    header = np.zeros(HEADER_WORDS, dtype="<i4")
-    header[0], header[1], header[2] = MAGIC, VERSION, arr.size
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header.tobytes())
-            f.write(arr.astype("<u2", copy=False).tobytes())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_header(path: str | os.PathLike) -> int:
@@ -126,6 +94,19 @@ def check_vocab(path: str | os.PathLike, tokens: np.ndarray, vocab_size: int | N
             f"--config.model.vocab_size to at least {hi + 1} and use the tokenizer the "
             "shards were built with (see manifest.json next to the shards)"
         )
+
+
+def gather_windows(shard, files, shard_R: np.ndarray, start_R: np.ndarray, span: int,
+                   vocab_size: int | None) -> np.ndarray:
+    """Rows shard(si)[start : start + span] as one [R, span] uint16 array: one gather from a
+    strided window view and one vocab check per shard (a memmap slice per row costs Python
+    time per row; docs/perf.md)."""
+    out = np.empty((len(shard_R), span), np.uint16)
+    for si in np.unique(shard_R).tolist():
+        rows = np.flatnonzero(shard_R == si)
+        out[rows] = np.lib.stride_tricks.sliding_window_view(np.asarray(shard(si)), span)[start_R[rows]]
+        check_vocab(files[si], out[rows], vocab_size)
+    return out
 
 
 def read_shard(

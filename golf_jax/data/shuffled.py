@@ -18,13 +18,14 @@ the reference's, so with the rank seed the rows are bit-identical to #1735's.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from golf_jax.data.loader import _check_ranks, check_batch_geometry
-from golf_jax.data.shards import check_vocab, read_header, read_shard, shard_files
+from golf_jax.data.shards import gather_windows, read_header, read_shard, shard_files
 
 
 def seed_rule(seed: int, rank_seed: bool) -> str:
@@ -75,15 +76,32 @@ class _RankStream:
             self.starts.append(phase + order.astype(np.int64) * L)
         self.counts = np.array([s.size for s in self.starts], dtype=np.int64)
 
-    def pick(self) -> tuple[int, int]:
-        """(local shard index, token start) of the next row, as the reference draws it."""
-        total = int(self.counts.sum())
-        if total <= 0:
-            self._reset_all()
+    def pick(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(local shard index, token start) of the next n rows, as the reference draws them.
+
+        The reference's `rng.choice(S, p=counts/total)` per row is numpy's cdf = cumsum(p),
+        cdf /= cdf[-1], one rng.random(), searchsorted(side='right'); here the uniforms up to
+        the epoch's end come from one rng.random(k) (the same stream) and the cdf walk is
+        plain float arithmetic, bit for bit numpy's; it stays a loop, as each draw changes
+        the next one's counts (tests/test_shuffled_loader.py checks it against choice).
+        """
+        si_R, start_R = np.empty(n, np.int64), np.empty(n, np.int64)
+        i = 0
+        while i < n:
             total = int(self.counts.sum())
-        si = int(self.rng.choice(len(self.num_tokens), p=self.counts / total))
-        self.counts[si] -= 1
-        return si, int(self.starts[si][self.counts[si]])
+            if total <= 0:
+                self._reset_all()
+                total = int(self.counts.sum())
+            counts = self.counts.tolist()
+            for u in self.rng.random(min(n - i, total)).tolist():
+                cdf = list(itertools.accumulate(c / total for c in counts))
+                si = next(j for j, c in enumerate(cdf) if c / cdf[-1] > u)
+                counts[si] -= 1
+                total -= 1
+                si_R[i], start_R[i] = si, self.starts[si][counts[si]]
+                i += 1
+            self.counts = np.array(counts, np.int64)
+        return si_R, start_R
 
     def state(self) -> dict[str, Any]:
         return {"rank": self.rank, "epoch": self.epoch, "epoch_rng": self.epoch_rng_state,
@@ -160,28 +178,21 @@ class ShuffledLoader:
             mm = self._mmaps[si] = read_shard(self.files[si], mmap=True)
         return mm
 
-    def picks(self) -> list[tuple[int, int]]:
-        """The next batch's (global shard index, token start) per row, without reading tokens."""
-        out = []
-        for stream in self.streams:
-            for _ in range(self.local_seqs):
-                si, start = stream.pick()
-                out.append((stream.shard_ids[si], start))
+    def draw(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next batch's global shard index and token start per row, without reading tokens."""
+        drawn = [stream.pick(self.local_seqs) for stream in self.streams]
         self.batches_built += 1
-        return out
+        return (np.concatenate([np.asarray(s.shard_ids)[si] for s, (si, _) in zip(self.streams, drawn)]),
+                np.concatenate([start for _, start in drawn]))
+
+    def picks(self) -> list[tuple[int, int]]:
+        return list(zip(*(a.tolist() for a in self.draw())))
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) int32 arrays of shape [len(ranks) * local_seqs, seq_len]."""
-        rows = self.picks()
-        span = self.seq_len + 1
-        windows = np.empty((len(rows), span), dtype=np.uint16)
-        for i, (si, start) in enumerate(rows):
-            windows[i] = self._shard(si)[start : start + span]
-        if self.vocab_size is not None and windows.size and int(windows.max()) >= self.vocab_size:
-            bad = int(np.argmax(windows.max(axis=1) >= self.vocab_size))
-            check_vocab(self.files[rows[bad][0]], windows[bad], self.vocab_size)
-        batch = windows.astype(np.int32)
-        return np.ascontiguousarray(batch[:, :-1]), np.ascontiguousarray(batch[:, 1:])
+        shard_R, start_R = self.draw()
+        batch = gather_windows(self._shard, self.files, shard_R, start_R, self.seq_len + 1, self.vocab_size)
+        return batch[:, :-1].astype(np.int32), batch[:, 1:].astype(np.int32)
 
     @property
     def position(self) -> int:
@@ -225,7 +236,6 @@ class ShuffledLoader:
             if stream.rank in by_rank:
                 stream.load(by_rank[stream.rank])
             else:
-                for _ in range(batches * self.local_seqs):
-                    stream.pick()
+                stream.pick(batches * self.local_seqs)
         self.batches_built = batches
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,25 +11,49 @@ import numpy as np
 from golf_jax.data import shards
 from golf_jax.data.shards import sha256_file
 from golf_jax.data.tokenizer import ByteLUT, build_byte_luts, is_caseops_tokenizer
+from golf_jax.errors import UserError
 
 
 def resolve_data(cfg) -> tuple[Path, Path]:
-    """The shard directory and tokenizer of the run (building the default corpus if asked)."""
+    """The shard directory and tokenizer of the run, absolute (building the default corpus if asked)."""
     if cfg.data.source == "default":  # imported on its branch only: golf_jax/packset.py GATES
         from golf_jax.data.synthetic import ensure_default_corpus
 
         corpus = ensure_default_corpus()
         if corpus.vocab_size != cfg.model.vocab_size:
-            raise ValueError(
+            raise UserError(
                 f"the default corpus has vocab {corpus.vocab_size} but model.vocab_size="
                 f"{cfg.model.vocab_size}; pass --config.model.vocab_size={corpus.vocab_size}"
             )
-        return corpus.data_dir, corpus.tokenizer_path
+        return corpus.data_dir.resolve(), corpus.tokenizer_path.resolve()
     if cfg.data.source == "dir":
         if not cfg.data.dir or not cfg.data.tokenizer:
-            raise ValueError("data.source='dir' needs data.dir (shard folder) and data.tokenizer (.model file)")
-        return Path(cfg.data.dir), Path(cfg.data.tokenizer)
-    raise ValueError(f"data.source={cfg.data.source!r}: use 'default' or 'dir'")
+            raise UserError("data.source='dir' needs data.dir (shard folder) and data.tokenizer (.model file)")
+        return Path(cfg.data.dir).resolve(), Path(cfg.data.tokenizer).resolve()
+    raise UserError(f"data.source={cfg.data.source!r}: use 'default' or 'dir'")
+
+
+def absolute_paths(cfg):
+    """A copy of cfg with data.dir and data.tokenizer absolute, resolved from the working
+    directory as the run reads them (so a run dir's config.json finds the data from anywhere)."""
+    cfg = cfg.copy_and_resolve_references()
+    for key in ("dir", "tokenizer"):
+        if cfg.data[key]:
+            cfg.data[key] = str(Path(cfg.data[key]).resolve())
+    return cfg
+
+
+def check_tokenizer(data_dir: Path, tokenizer_path: Path) -> None:
+    """The tokenizer must be the one the shards were built with, when their manifest.json says
+    which (its sha256): another tokenizer of the same size would silently count other bytes."""
+    manifest = data_dir / "manifest.json"
+    if not manifest.is_file():
+        return
+    built = json.loads(manifest.read_text()).get("tokenizer")
+    if isinstance(built, dict) and built.get("sha256") not in (None, sha256_file(tokenizer_path)):
+        raise UserError(f"data.tokenizer={tokenizer_path} is not the tokenizer the shards in {data_dir} were built "
+                        f"with ({built.get('path') or built.get('file')}, sha256 {built['sha256'][:12]}... in "
+                        "manifest.json); pass that one")
 
 
 def load_val(cfg, data_dir: Path, seq_len: int) -> np.ndarray:
@@ -46,7 +71,7 @@ def val_byte_lut(sp, vocab_size: int, data_dir: Path, val_tokens: np.ndarray) ->
     sidecar = shards.load_byte_sidecar(str(Path(data_dir) / "fineweb_val_*.bin"))
     if sidecar is None:
         if is_caseops_tokenizer(sp):
-            raise ValueError(f"{data_dir}: the tokenizer is a CaseOps tokenizer but there is no val byte sidecar "
+            raise UserError(f"{data_dir}: the tokenizer is a CaseOps tokenizer but there is no val byte sidecar "
                              "(fineweb_val_bytes_*.bin); build the shards with `python -m golf_jax.data.prepare "
                              "--caseops`")
         return lut

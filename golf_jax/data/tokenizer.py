@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
+from golf_jax.errors import UserError
+
 _SPACE = "\u2581"  # SentencePiece's "▁" word-boundary marker
 # CaseOps (golf_jax/data/caseops.py): TITLE, ALLCAPS, CAPNEXT, ESC and the ids a CaseOps tokenizer holds them at
 CASEOPS_OPERATORS = ("\ue001", "\ue002", "\ue003", "\ue004")
@@ -37,7 +39,7 @@ def load_tokenizer(path: str | os.PathLike, vocab_size: int) -> spm.SentencePiec
     """Load a SentencePiece model and check it matches model.vocab_size."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(
+        raise UserError(
             f"tokenizer model {path} does not exist; pass the .model file the shards were "
             "built with (e.g. ../shared/data/tokenizers/fineweb_1024_bpe.model)"
         )
@@ -45,12 +47,12 @@ def load_tokenizer(path: str | os.PathLike, vocab_size: int) -> spm.SentencePiec
     try:
         sp.Load(str(path))
     except (OSError, RuntimeError) as e:
-        raise ValueError(
+        raise UserError(
             f"tokenizer model {path} could not be loaded ({e}); it must be a SentencePiece "
             ".model file"
         ) from e
     if int(sp.vocab_size()) != int(vocab_size):
-        raise ValueError(
+        raise UserError(
             f"tokenizer {path} has {sp.vocab_size()} pieces but model.vocab_size is "
             f"{vocab_size}; set --config.model.vocab_size={sp.vocab_size()} or use the "
             f"tokenizer with {vocab_size} pieces"

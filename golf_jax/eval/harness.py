@@ -28,7 +28,6 @@ names it. The ledger (golf_jax/eval/ledger.py) records ranges, not rows.
 from __future__ import annotations
 
 import functools
-import sys
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
@@ -36,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from tqdm import tqdm
 
 from golf_jax import mesh as mesh_lib
 from golf_jax.data.tokenizer import ByteLUT, target_bytes
@@ -44,6 +42,7 @@ from golf_jax.eval.bpb import BpbAccumulator
 from golf_jax.eval.compiled import cached
 from golf_jax.eval.ledger import Ledger
 from golf_jax.eval.windows import Units, gather_batch, unit_ranges
+from golf_jax.progress import progress
 
 
 NORMALIZATION_TOL = 1e-5  # |log Σ_v p(v)| of an evaluator's own fp32 log-distribution (variants §5.2, C2)
@@ -127,6 +126,7 @@ class HarnessResult:
     unit_nll: np.ndarray | None = None  # [units, 2] float64 NLL sums (with, without) when base logits exist
     max_abs_logsumexp: float | None = None  # worst |log Σ p| of an evaluator's own "logp" (None: logits)
     probes: dict | None = None  # {target: (logp float32 [V], recorded NLL)} at the asked targets
+    blocks: np.ndarray | None = None  # [blocks, 3] float64 per block: NLL sum (nats), tokens, bytes
 
 
 def make_predict(model):
@@ -224,8 +224,8 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
     nll_all = np.full(units.num_targets, np.nan) if record_nll else None
     ledger.compliant = ledger.compliant and evaluator.compliant
     ledger.notes.extend(n for n in evaluator.notes if n not in ledger.notes)
-    bar = tqdm(total=len(units), desc=f"eval {evaluator.name}", unit="win", file=sys.stderr,
-               disable=None, mininterval=2.0, leave=False)
+    bar = progress(f"eval {evaluator.name}", "win", len(units))
+    per_block = np.zeros((len(blocks), 3))  # read as the batches drain: no extra host sync
     pending: list = []
     try:
         for b, idx in enumerate(blocks):
@@ -252,24 +252,24 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
                 nbytes = int(np.sum(np.where(arrays["mask"], credited, 0), dtype=np.int64))
                 base_sum = None if base is None else score_jit(base, put["y"], put["mask"])[1]
                 pending.append((nll_sum, base_sum, len(sub), int(arrays["mask"].sum()), nbytes,
-                                (nll_BxS, arrays["target"], arrays["mask"]) if record_nll else None))
+                                (nll_BxS, arrays["target"], arrays["mask"]) if record_nll else None, b))
                 ledger.score(unit_ranges(sub))
                 bar.update(len(sub))
                 if len(pending) > 64:  # these batches finished long ago: no stall
-                    _drain(pending[:32], acc, nll_all, base_acc, unit_rows)
+                    _drain(pending[:32], acc, nll_all, base_acc, unit_rows, per_block)
                     del pending[:32]
             reveal = Reveal(val_tokens, ledger.scored, b, len(blocks), evaluator.compliant and enforce)
             evaluator.update(reveal)
             if reveal.reads:
                 ledger.update(reveal.reads, block=b)
-        _drain(pending, acc, nll_all, base_acc, unit_rows)
+        _drain(pending, acc, nll_all, base_acc, unit_rows, per_block)
         pending.clear()
     finally:
         bar.close()
     lse = float(max(np.max(np.asarray(v)) for v in jax.device_get(worst_lse))) if worst_lse else None
     if not unit_rows:
-        return HarnessResult(acc, ledger, nll_all, max_abs_logsumexp=lse, probes=probes)
-    return HarnessResult(acc, ledger, nll_all, base_acc, np.concatenate(unit_rows), lse, probes)
+        return HarnessResult(acc, ledger, nll_all, max_abs_logsumexp=lse, probes=probes, blocks=per_block)
+    return HarnessResult(acc, ledger, nll_all, base_acc, np.concatenate(unit_rows), lse, probes, per_block)
 
 
 def _collect_probes(probes: dict, probe_set: np.ndarray, arrays: dict, dist, nll_BxS, is_logits: bool) -> None:
@@ -313,12 +313,14 @@ def _fit_inputs(evaluator, obj: Objective, val_tokens: np.ndarray, units: Units,
             "obj_mask_BxF": mesh_lib.put_global_batch(mesh, mask)}
 
 
-def _drain(pending: list, acc: BpbAccumulator, nll_all, base_acc: BpbAccumulator, unit_rows: list) -> None:
+def _drain(pending: list, acc: BpbAccumulator, nll_all, base_acc: BpbAccumulator, unit_rows: list,
+           per_block: np.ndarray) -> None:
     """Read finished batches' sums (device → host) into the float64 accumulators."""
     sums = jax.device_get([(p[0], p[1]) for p in pending])
-    for (_, _, n, tokens, nbytes, rec), (rows, base_rows) in zip(pending, sums):
+    for (_, _, n, tokens, nbytes, rec, b), (rows, base_rows) in zip(pending, sums):
         rows = np.asarray(rows, np.float64)
         acc.add(float(np.sum(rows)), tokens, nbytes)
+        per_block[b] += np.sum(rows), tokens, nbytes
         if base_rows is not None:
             base_rows = np.asarray(base_rows, np.float64)
             base_acc.add(float(np.sum(base_rows)), tokens, nbytes)

@@ -14,6 +14,7 @@ from golf_jax.data.tokenizer import ByteLUT, target_bytes
 from golf_jax.eval.bpb import BpbAccumulator
 from golf_jax.model import layers
 from golf_jax import mesh as mesh_lib
+from golf_jax.progress import progress
 
 
 def make_eval_step(model: nn.Module):
@@ -57,13 +58,21 @@ def eval_batches(val_tokens: np.ndarray, seq_len: int, batch_seqs: int, multiple
 
 def evaluate(eval_step_jit, params, mesh: Mesh, val_tokens: np.ndarray, seq_len: int, batch_seqs: int,
              lut: ByteLUT) -> BpbAccumulator:
-    """Score the whole val stream; per-batch sums come back to the host as float64."""
+    """Score the whole val stream; per-batch sums come back to the host as float64.
+
+    The progress counts a batch once the next one is queued and it has finished (one step
+    late: the device stays busy).
+    """
     acc = BpbAccumulator()
     pending, nbytes = [], []
+    bar = progress("val", "tok", (len(val_tokens) - 1) // seq_len * seq_len)
     for batch, b in eval_batches(val_tokens, seq_len, batch_seqs, mesh.devices.size, lut):
         device_batch = {k: mesh_lib.put_global_batch(mesh, v) for k, v in batch.items()}
         pending.append(eval_step_jit(params, device_batch))
         nbytes.append(b)
+        if len(pending) > 1:
+            jax.block_until_ready(pending[-2])
+            bar.update(batch["mask"].size)  # a full batch: only the last one is padded
     for sums, b in zip(jax.device_get(pending), nbytes):
         acc.add(float(sums["nll_sum"]), int(sums["tokens"]), b)
     return acc

@@ -170,7 +170,8 @@ class Slot:
         # The δ a batch starts from: the previous batch's last one (score_first's chain, or a
         # warm start of a logit-space mode), else zeros; the hidden-space modes start at 0.
         self._carries = s.mode == "score_first" or (s.warm_start and s.mode not in HIDDEN)
-        self._carry = jnp.zeros((int(model.cfg.vocab_size),), jnp.float32)
+        # Replicated like the δ each batch returns: a first δ on one device would recompile the second batch.
+        self._carry = jnp.zeros((int(model.cfg.vocab_size),), jnp.float32, device=mesh_lib.replicated(mesh))
         self._fn = cached(model, ("slot", mesh, settings_key(s)), lambda: jax.jit(self._build(model)))
         self._in_flight = adapt.InFlight()
         self._diag: list = []
@@ -291,3 +292,18 @@ class Slot:
             return logits, base, delta[last], diag
 
         return batch
+
+
+def summary(s, units, res, diag: dict, run) -> dict:
+    """The SLOT stage's diagnostics: bpb with and without δ on the same windows, solver effort.
+
+    Per scoring unit (for plots and the audit) they go to `slot_windows.npz` in the run dir.
+    """
+    if run is not None and run.is_writer:
+        np.savez_compressed(run.path / "slot_windows.npz", first_target=units.first_target, count=units.count,
+                            nll_with=res.unit_nll[:, 0], nll_without=res.unit_nll[:, 1], **diag)
+    return {"mode": s.mode, "solver": s.solver, "windows": len(units),
+            "val_bpb_without_slot": res.base_acc.val_bpb, "slot_gain_bpb": res.acc.val_bpb - res.base_acc.val_bpb,
+            "mean_iterations": float(np.mean(diag["iterations"])),
+            "mean_evaluations": float(np.mean(diag["evaluations"])),
+            "mean_delta_norm": float(np.mean(diag["delta_norm"]))}

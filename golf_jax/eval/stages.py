@@ -10,8 +10,10 @@ The train pipeline, `python -m golf_jax.evaluate` and the packed submission scri
 * slot: a δ per window fitted by L-BFGS and added to the logits (§6.4; golf_jax/eval/slot.py).
 
 Each stage writes `ledger_<stage>.json` (golf_jax/eval/ledger.py) and reports its
-bpb, time and compliance. Weights adapted on val (pre-quant TTT, or TTT with
-eval.ttt.carry) enter later ledgers as prior reads, which their verify() flags.
+bpb, time and compliance; a stage scored through the harness also writes
+`blocks_<stage>.npy`, each block's (TTT's chunks') NLL, tokens and bytes. Weights adapted on val
+(pre-quant TTT, or TTT with eval.ttt.carry) enter later ledgers as prior reads, which
+their verify() flags.
 
 A user's own evaluator (`golf_jax.audit --evaluator MODULE:FACTORY`) runs as the one
 stage in place of eval.stages: `factory(EvalContext) -> evaluator` with the harness's
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from golf_jax.eval import harness, plain, ttt
+from golf_jax.eval import harness, plain
 from golf_jax.eval.ledger import Ledger
 from golf_jax.eval.windows import WINDOW_RULES, check_geometry, chunk_of, num_chunks, sliding_units
 
@@ -57,15 +59,25 @@ def check_config(cfg) -> None:
     if e.sliding.window_rule not in WINDOW_RULES:
         raise ValueError(f"eval.sliding.window_rule={e.sliding.window_rule!r}: use one of {WINDOW_RULES}")
     check_geometry(L, e.sliding.stride)
-    ttt.check_config(e.ttt, L, e.sliding.stride, used="ttt" in names)
-    if e.ttt.mode == "phased":  # imported here only: a submission without phased TTT need not pack it
+    # Each TTT module is imported only here and where it runs: a submission packs only its own.
+    if e.ttt.mode == "phased":
         from golf_jax.eval import phased_ttt
 
+        if "ttt" in names and (e.ttt.lookahead or e.ttt.carry):
+            raise ValueError("eval.ttt.lookahead and eval.ttt.carry reproduce PR #1318; set eval.ttt.mode=pr1318 to use them")
         phased_ttt.check_config(e.phased, L, used="ttt" in names)
+    else:
+        from golf_jax.eval import ttt
+
+        ttt.check_config(e.ttt, L, e.sliding.stride, used="ttt" in names)
     if "slot" in names:  # imported here only: a submission without SLOT need not pack it
         from golf_jax.eval import slot
 
         slot.check_config(e.slot, L, e.sliding.stride)
+    if e.profile:  # imported here only: golf_jax/packset.py GATES
+        from golf_jax.eval import profile
+
+        profile.parse(e.profile, names)
 
 
 def noncompliance(cfg) -> list[str]:
@@ -144,9 +156,14 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
     predict = harness.model_predict(model, mesh)  # one compile for sliding and TTT (and later passes)
     rows = harness.batch_rows(e.sliding.batch_windows, mesh)
     per_target = record_nll or probe_targets is not None
+    wrap = lambda evaluator: evaluator  # noqa: E731
+    if e.profile and run is not None:  # eval.profile: trace a stage's batches (golf_jax/eval/profile.py)
+        from golf_jax.eval import profile
+
+        wrap = profile.Tracer(e.profile, run.path).wrap
 
     def score(evaluator, units, blocks, ledger):
-        return harness.run(evaluator, val_tokens, units, blocks, lut, mesh, rows, ledger, record_nll, enforce,
+        return harness.run(wrap(evaluator), val_tokens, units, blocks, lut, mesh, rows, ledger, record_nll, enforce,
                            probe_targets)
 
     names = ["custom"] if custom is not None else stage_list(e)
@@ -187,18 +204,20 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
             evaluator = slot.Slot(model, params, mesh, e.slot, L, e.sliding.stride)
             res = score(evaluator, units, [np.arange(len(units))], ledger)
             acc, nll = res.acc, res.nll
-            extra = _slot_summary(e.slot, units, res, evaluator.diagnostics(), run)
+            extra = slot.summary(e.slot, units, res, evaluator.diagnostics(), run)
         elif e.ttt.mode == "phased":
             from golf_jax.eval import phased_ttt
 
             res, extra = phased_ttt.evaluate(cfg, model, params, val_tokens, lut, mesh, ledger, L, record_nll,
-                                             enforce, probe_targets, documents)
+                                             enforce, probe_targets, documents, wrap)
             acc, nll = res.acc, res.nll
         else:
             units = sliding_units(T, L, e.sliding.stride, "merged")
             K = num_chunks(T, e.ttt.chunk_tokens)
             chunk = chunk_of(units, e.ttt.chunk_tokens)
             blocks = [np.flatnonzero(chunk == c) for c in range(K)]
+            from golf_jax.eval import ttt
+
             adapter = ttt.ScoreFirstTTT(model, predict, params, mesh, e.ttt, L, K)
             res = score(adapter, units, blocks, ledger)
             acc, nll = res.acc, res.nll
@@ -218,23 +237,10 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
                                     None if res is None else res.probes)
         if run is not None and run.is_writer:
             ledger.write(run.path / f"ledger_{name}.json")
+            if res:  # per block (TTT's chunks), for golf_jax/report
+                np.save(run.path / f"blocks_{name}.npy", res.blocks)
         verdict = "ledger ok" if not problems and ledger.compliant else "NON-COMPLIANT: " + "; ".join(
             problems or ledger.notes)
         log(f"eval {name}: val_bpb {acc.val_bpb:.4f} ({seconds:.1f} s) val_loss {acc.val_loss:.4f} "
             f"tokens {int(acc.token_count):,} [{verdict}]")
     return results
-
-
-def _slot_summary(s, units, res, diag: dict, run) -> dict:
-    """The SLOT stage's diagnostics: bpb with and without δ on the same windows, solver effort.
-
-    Per scoring unit (for plots and the audit) they go to `slot_windows.npz` in the run dir.
-    """
-    if run is not None and run.is_writer:
-        np.savez_compressed(run.path / "slot_windows.npz", first_target=units.first_target, count=units.count,
-                            nll_with=res.unit_nll[:, 0], nll_without=res.unit_nll[:, 1], **diag)
-    return {"mode": s.mode, "solver": s.solver, "windows": len(units),
-            "val_bpb_without_slot": res.base_acc.val_bpb, "slot_gain_bpb": res.acc.val_bpb - res.base_acc.val_bpb,
-            "mean_iterations": float(np.mean(diag["iterations"])),
-            "mean_evaluations": float(np.mean(diag["evaluations"])),
-            "mean_delta_norm": float(np.mean(diag["delta_norm"]))}

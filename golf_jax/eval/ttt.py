@@ -44,8 +44,6 @@ def check_config(t, seq_len: int, stride: int, used: bool = True) -> None:
         return
     if (t.lookahead or t.carry) and t.mode != "pr1318":
         raise ValueError("eval.ttt.lookahead and eval.ttt.carry reproduce PR #1318; set eval.ttt.mode=pr1318 to use them")
-    if t.mode == "phased":  # its own geometry: golf_jax/eval/phased_ttt.check_config
-        return
     if seq_len % stride:
         raise ValueError(f"eval.ttt needs eval.sliding.stride={stride} to divide the eval seq_len={seq_len}, "
                          "so that every scored span lies inside one chunk")

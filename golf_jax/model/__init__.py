@@ -11,10 +11,9 @@ from typing import Any
 
 from flax import linen as nn
 
-from golf_jax.config import base_config
 from golf_jax.model import gpt
 from golf_jax.model.blocks import MLP_ACTIVATIONS
-from golf_jax.model.layers import MATRIX_INITS
+from golf_jax.model.layers import ATTENTION_IMPLS, MATRIX_INITS
 
 ENUMS = {
     "matrix_init": tuple(MATRIX_INITS),
@@ -24,6 +23,7 @@ ENUMS = {
     "smear_gate": ("off", "record", "window"),
     "attn_gate": ("off", "sparse"),
     "parallel_mode": ("gptj", "two_lane"),
+    "attention_impl": ATTENTION_IMPLS,
 }
 
 # key -> (is its feature on?, the setting that switches it on)
@@ -71,6 +71,8 @@ def check_config(m: Any) -> None:
                          "at least one block (the reference requires a start layer > 0)")
     if not 0.0 <= m.loop_enable_frac <= 1.0:
         raise ValueError(f"model.loop_enable_frac={m.loop_enable_frac}: use a fraction of training in [0, 1]")
+    from golf_jax.config import base_config  # the schema: a submission does not pack it (golf_jax/packer.py)
+
     defaults = base_config().model
     for key, (is_on, switch) in DEPENDENT_KEYS.items():
         if m[key] != defaults[key] and not is_on(m):

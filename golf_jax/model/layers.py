@@ -87,27 +87,65 @@ def apply_rotary(x_BxTxNxH: jax.Array, cos_TxR: jax.Array, sin_TxR: jax.Array) -
     return jnp.concatenate(rotated, axis=-1)
 
 
-def default_attention_impl() -> str | None:
-    """cuDNN flash attention on GPU, XLA elsewhere (cuDNN raises on CPU)."""
-    return "cudnn" if jax.default_backend() == "gpu" else None
+ATTENTION_IMPLS = ("auto", "xla", "chunked", "cudnn")
 
 
-def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, implementation: str | None = "auto",
-                     segment_ids_BxT: jax.Array | None = None):
-    """Causal GQA attention through jax.nn.dot_product_attention (scale 1/√H).
+def chunked_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT=None, block: int = 0):
+    """Causal GQA attention by query blocks, for where no fused kernel exists (the CPU).
 
-    `segment_ids_BxT` (documents packed in one row) also masks attention across
-    segments, so each document sees only itself; that path uses XLA's kernel.
+    Block [a, b) scores keys [0, a) unmasked and its own keys [a, b) causally, so the
+    scores above the diagonal (about half of T×T) are never formed and a block's stay in
+    cache; q is scaled before the matmul and the softmax normalised after the PV matmul,
+    which saves two passes over the scores (docs/perf.md). The G query heads of a KV head
+    are rows of one matmul. Block 0: 64 rows, or T/16 past T = 1024 (bounds the unrolled
+    blocks, so the compile time). Every row sees its own key, so its max is finite.
     """
-    if implementation == "auto":
-        implementation = default_attention_impl()
-    mask = None
-    if segment_ids_BxT is not None:
-        mask = (segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :])[:, None, :, :]
-        implementation = None
-    return jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask, is_causal=True, implementation=implementation
-    )
+    B, T, N, H = q_BxTxNxH.shape
+    K = k_BxTxKxH.shape[2]
+    G, block, seg = N // K, block or max(64, T // 16), segment_ids_BxT
+    q = (q_BxTxNxH * (1.0 / math.sqrt(H))).reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
+    k, v = k_BxTxKxH.transpose(0, 2, 1, 3), v_BxTxKxH.transpose(0, 2, 1, 3)
+    outs = []
+    for a in range(0, T, block):
+        b = min(a + block, T)
+        spans, scores = [(0, a), (a, b)] if a else [(a, b)], []
+        for lo, hi in spans:
+            sc = jnp.einsum("bkrh,bksh->bkrs", q[:, :, :, a:b].reshape(B, K, -1, H), k[:, :, lo:hi],
+                            preferred_element_type=jnp.float32).reshape(B, K, G, b - a, hi - lo)
+            mask = jnp.tri(b - a, dtype=bool) if lo == a else True
+            if seg is not None:
+                mask = (mask & (seg[:, a:b, None] == seg[:, None, lo:hi]))[:, None, None]
+            scores.append(sc if mask is True else jnp.where(mask, sc, -jnp.inf))
+        m = scores[0].max(-1, keepdims=True)
+        if a:
+            m = jnp.maximum(m, scores[1].max(-1, keepdims=True))
+        e = [jnp.exp(sc - jax.lax.stop_gradient(m)) for sc in scores]
+        o = sum(jnp.einsum("bkrs,bksh->bkrh", p.astype(v.dtype).reshape(B, K, -1, hi - lo), v[:, :, lo:hi],
+                           preferred_element_type=jnp.float32) for p, (lo, hi) in zip(e, spans))
+        outs.append((o.reshape(B, K, G, b - a, H) / sum(p.sum(-1, keepdims=True) for p in e)).astype(v.dtype))
+    return jnp.concatenate(outs, axis=3).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+
+
+def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, implementation: str = "auto",
+                     segment_ids_BxT: jax.Array | None = None):
+    """Causal GQA attention (scale 1/√H); `segment_ids_BxT` (documents packed in one row)
+    also masks attention across segments, so each document sees only itself.
+
+    "auto": cuDNN flash attention on GPU (segments go in as its mask), else, or where
+    cuDNN refuses the shape (it raises while tracing), the chunked path; "xla": jax's
+    reference path, which forms all T×T scores.
+    """
+    seg = segment_ids_BxT
+    mask = None if seg is None else (seg[:, :, None] == seg[:, None, :])[:, None]
+    impl = "cudnn" if implementation == "auto" and jax.default_backend() == "gpu" else implementation
+    if impl in ("cudnn", "xla"):
+        try:
+            return jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask, is_causal=True,
+                                                implementation=impl)
+        except (RuntimeError, ValueError, NotImplementedError):
+            if implementation != "auto":
+                raise
+    return chunked_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, seg)
 
 
 def normed_rotary_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, q_gain_N, rot_dims: int, rope_base: float, implementation,

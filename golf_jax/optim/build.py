@@ -20,6 +20,7 @@ from golf_jax.optim.muon import NS_COEFFS, scale_by_muon
 
 LABELS = ("muon", "embed", "scalar", "head", "frozen")
 MUON_VARIANTS = ("muon", "muoneq_r")
+DTYPES = ("bfloat16", "float32")  # Muon's Newton-Schulz and momentum buffer
 
 
 def scale_by_lr(base_lr: float) -> optax.GradientTransformationExtraArgs:
@@ -102,13 +103,23 @@ def _check_labels(param_labels: Any) -> None:
         )
 
 
+def check_config(opt_cfg: Any) -> None:
+    """The opt.* choices, before anything compiles."""
+    for key, allowed in (("muon_variant", MUON_VARIANTS), ("muon_ns_coeffs", tuple(NS_COEFFS)),
+                         ("muon_ns_dtype", DTYPES), ("muon_momentum_dtype", DTYPES)):
+        value = _get(opt_cfg, key, allowed[0], required=False)
+        if value not in allowed:
+            raise ValueError(f"opt.{key}={value!r}: use one of {', '.join(map(repr, allowed))}")
+
+
 def build_optimizer(
-    opt_cfg: Any, param_labels: Any | Callable[[Any], Any]
+    opt_cfg: Any, param_labels: Any | Callable[[Any], Any], mesh: Any = None
 ) -> optax.GradientTransformationExtraArgs:
     """Clip (optional), then per-label transforms; see the module docstring.
 
     Optional config fields: `muon_ns_dtype` ("bfloat16"), `muon_momentum_dtype`
-    ("float32"; the reference keeps a bf16 buffer).
+    ("float32"; the reference keeps a bf16 buffer), `muon_sharded_ns` (False): Newton–Schulz
+    split over `mesh`, the mesh the step runs on (without one every device runs all of it).
     """
     if not callable(param_labels):
         _check_labels(param_labels)
@@ -118,12 +129,9 @@ def build_optimizer(
     embed_wd = _get(opt_cfg, "embed_weight_decay", None, required=False)
     embed_wd = adam_wd if embed_wd is None else float(embed_wd)
     muon_wd = float(_get(opt_cfg, "muon_weight_decay"))
+    check_config(opt_cfg)
     variant = _get(opt_cfg, "muon_variant", "muon", required=False)
-    if variant not in MUON_VARIANTS:
-        raise ValueError(f"opt.muon_variant={variant!r}: use one of {', '.join(map(repr, MUON_VARIANTS))}")
     ns_coeffs = _get(opt_cfg, "muon_ns_coeffs", "standard", required=False)
-    if ns_coeffs not in NS_COEFFS:
-        raise ValueError(f"opt.muon_ns_coeffs={ns_coeffs!r}: use one of {', '.join(map(repr, NS_COEFFS))}")
 
     muon_parts: list[optax.GradientTransformation] = [
         scale_by_muon(
@@ -136,6 +144,7 @@ def build_optimizer(
             ),
             row_normalize=variant == "muoneq_r",
             ns_coeffs=NS_COEFFS[ns_coeffs],
+            ns_mesh=mesh if _get(opt_cfg, "muon_sharded_ns", False, required=False) else None,
         )
     ]
     if muon_wd:

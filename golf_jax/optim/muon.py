@@ -18,6 +18,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
+
+from golf_jax import mesh as mesh_lib
 
 NS5_COEFFS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
 # Polar Express (PR #1344, used by #1787 / #1855): per-iteration minimax coefficients
@@ -84,6 +87,28 @@ def newton_schulz5(
     return x
 
 
+def newton_schulz_sharded(mats: list[jax.Array], mesh: Mesh, **ns_kwargs: Any) -> list[jax.Array]:
+    """Parallel Muon (reference §4.2): `newton_schulz5` of each matrix, the work split over
+    the mesh's data axis instead of repeated on every device.
+
+    Matrices of one shape are stacked into a bank, padded with zero matrices (which stay
+    zero) to a multiple of the device count, and sharded along the bank axis, so each
+    device orthogonalizes its share; the replicated result is XLA's all-gather.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, m in enumerate(mats):
+        groups.setdefault((m.shape, m.dtype), []).append(i)
+    out: list[Any] = [None] * len(mats)
+    for idx in groups.values():
+        bank = jnp.stack([mats[i] for i in idx])
+        bank = jnp.pad(bank, [(0, -len(idx) % mesh.devices.size)] + [(0, 0)] * (bank.ndim - 1))
+        bank = jax.lax.with_sharding_constraint(bank, mesh_lib.data_sharded(mesh))
+        bank = jax.lax.with_sharding_constraint(newton_schulz5(bank, **ns_kwargs), mesh_lib.replicated(mesh))
+        for k, i in enumerate(idx):
+            out[i] = bank[k]
+    return out
+
+
 def normalize_rows(u: jax.Array, eps: float = 1e-7) -> jax.Array:
     """MuonEq-R (the SP8192 stack, #1735 L226-300): each output row of the reference's
     `(out, in)` matrix divided by its L2 norm (clamped at eps) before Newton–Schulz, so
@@ -130,11 +155,14 @@ def scale_by_muon(
     eps: float = 1e-7,
     row_normalize: bool = False,
     ns_coeffs: Any = NS5_COEFFS,
+    ns_mesh: Mesh | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Muon direction `sqrt(max(1, out/in)) · NS5(g + μ·buf)`, without lr or decay.
 
     `row_normalize` is MuonEq-R: NS5 sees `normalize_rows(g + μ·buf)` instead.
     `ns_coeffs`: NS5_COEFFS or a per-iteration table (POLAR_EXPRESS_COEFFS).
+    `ns_mesh`: split NS5 over its devices (`newton_schulz_sharded`); None: every device
+    orthogonalizes every matrix.
 
     μ is the extra arg `muon_momentum` when given to `update` (a traced scalar, so a
     warmup does not recompile), else `momentum`. Weight decay and the (negative)
@@ -171,15 +199,17 @@ def scale_by_muon(
 
         buffer = jax.tree.map(new_buffer, updates, state.momentum_buffer)
 
-        def direction(g: jax.Array, buf: jax.Array) -> jax.Array:
+        def ns_input(g: jax.Array, buf: jax.Array) -> jax.Array:
             buf32 = buf.astype(jnp.float32)
             u = g.astype(jnp.float32) + mu * buf32 if nesterov else buf32
-            if row_normalize:
-                u = normalize_rows(u)
-            o = newton_schulz5(u, steps=ns_steps, eps=eps, coeffs=ns_coeffs, dtype=ns_dtype)
-            return (o.astype(jnp.float32) * muon_shape_scale(g.shape)).astype(g.dtype)
+            return normalize_rows(u) if row_normalize else u
 
-        out = jax.tree.map(direction, updates, buffer)
+        ns = dict(steps=ns_steps, eps=eps, coeffs=ns_coeffs, dtype=ns_dtype)
+        grads, tree = jax.tree.flatten(updates)
+        us = [ns_input(g, b) for g, b in zip(grads, tree.flatten_up_to(buffer))]
+        orth = newton_schulz_sharded(us, ns_mesh, **ns) if ns_mesh is not None else [newton_schulz5(u, **ns) for u in us]
+        out = tree.unflatten([(o.astype(jnp.float32) * muon_shape_scale(g.shape)).astype(g.dtype)
+                              for o, g in zip(orth, grads)])
         count = optax.safe_increment(state.count)
         return out, MuonState(count=count, momentum_buffer=buffer)
 

@@ -52,7 +52,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from golf_jax.quant.compress import compress, decompress
 
 MAGIC = b"GOLFJAX1"
 VERSION = 1  # written when no tensor has a low-rank correction
@@ -301,6 +300,8 @@ def serialize(
     """Container, compressed (``compressor=None``: raw). ``int6_storage="auto"``
     compresses both the int8 and the packed6 layouts and keeps the smaller one
     (the header records which)."""
+    from golf_jax.quant.compress import compress  # here only: a per-group submission need not pack it
+
     options = ("int8", "packed6") if int6_storage == "auto" else (int6_storage,)
     best = None
     for storage in options:
@@ -311,18 +312,24 @@ def serialize(
     return best
 
 
+def _decompress(blob: bytes) -> bytes:
+    from golf_jax.quant.compress import decompress  # here only, as in serialize
+
+    return decompress(blob)
+
+
 def deserialize(blob: bytes) -> dict[str, QuantTensor]:
     """Inverse of ``serialize`` (raw or compressed; the stream names its codec)."""
     blob = bytes(blob)
     if blob[:8] == PERGROUP_MAGIC:
         raise ContainerError("a per-group artifact (export.compressor='pergroup_*'): read it with "
                              "golf_jax.quant.export.read_tensors")
-    return unpack(blob if blob[:8] == MAGIC else decompress(blob))
+    return unpack(blob if blob[:8] == MAGIC else _decompress(blob))
 
 
 def int6_storage_of(blob: bytes) -> str:
     """Which int6 layout a blob uses (read from its header)."""
-    raw = bytes(blob) if bytes(blob[:8]) == MAGIC else decompress(blob)
+    raw = bytes(blob) if bytes(blob[:8]) == MAGIC else _decompress(blob)
     _, hlen, _ = _PRE.unpack_from(raw)
     return json.loads(raw[_PRE.size : _PRE.size + hlen].decode("utf-8"))["int6_storage"]
 

@@ -38,9 +38,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jax
 import numpy as np
 from flax import traverse_util
 
+from golf_jax.errors import UserError
+from golf_jax.progress import progress
 from golf_jax.quant import container, gptq, hessian, prune, rowquant
 from golf_jax.quant.prune import ArtifactBudgetError
 
@@ -114,9 +117,17 @@ def check_config(ex) -> None:
             raise ValueError(f"export.{key}={k} needs export.gptq_clip='sdclip' (or set it to 0)")
     if ex.compressor and ex.compressor not in COMPRESSORS:
         raise ValueError(f"export.compressor={ex.compressor!r}: use '' (the format's default) or one of {COMPRESSORS}")
+    if ex.compressor and not int6:
+        raise ValueError(f"export.compressor={ex.compressor!r} needs export.format in {INT6_FORMATS} "
+                         "(int8_zlib always uses zlib; or set export.compressor='')")
+    if ex.int6_storage not in ("auto", "int8", "packed6"):
+        raise ValueError(f"export.int6_storage={ex.int6_storage!r}: use 'auto', 'int8' or 'packed6'")
+    if ex.calib_source not in hessian.CALIB_SOURCES:
+        raise ValueError(f"export.calib_source={ex.calib_source!r}: use one of {hessian.CALIB_SOURCES}")
+    for key, low in (("calib_seqs", 1), ("calib_seq_len", 0), ("gptq_block", 1), ("reserve_seconds", 0)):
+        if ex[key] < low:
+            raise ValueError(f"export.{key}={ex[key]}: use a value >= {low}")
     if ex.compressor in PERGROUP:
-        if not int6:
-            raise ValueError(f"export.compressor={ex.compressor!r} needs export.format in {INT6_FORMATS}")
         if ex.int6_storage == "packed6":
             raise ValueError(f"export.compressor={ex.compressor!r} stores int6 as bytes (rows are reordered); "
                              "set export.int6_storage='auto' or 'int8'")
@@ -198,7 +209,7 @@ def quantize_int6(arrays: dict[str, np.ndarray], labels: dict[str, str], ex, hes
             "matrices another way (e.g. stacked banks) must route them through layers.Linear, or use "
             "export.format=rtn_int6")
     quantized = []  # LQER candidates: the matrices quantized from their float values
-    for name, arr in arrays.items():
+    for name, arr in progress("quantize", "tensor", items=arrays.items()):
         if ex.gate_int8 and is_gate(name):
             if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
                 raise ValueError(f"export.gate_int8: {name} has shape {arr.shape} ({arr.dtype}); int8 rows need a "
@@ -278,6 +289,18 @@ def serializer(tensors: dict[str, container.QuantTensor], ex, compressor: str):
     return functools.partial(container.serialize, int6_storage=storage, compressor=compressor), storage, unpruned
 
 
+def check_weights(arrays: dict[str, np.ndarray]) -> None:
+    """Refuse weights no artifact holds: not finite, or past fp16's range (65504 holds the small
+    tensors and every row scale). A run that diverged without a NaN loss, its loss stuck at
+    ln V, ends here, before anything is written."""
+    peaks = {n: float(np.max(np.abs(a.astype(np.float32)), initial=0)) for n, a in arrays.items()}
+    bad = [f"{n} (max |w| {v:.3g})" for n, v in peaks.items() if not v <= 65504]  # NaN too
+    if bad:
+        raise UserError(f"export: {len(bad)} of {len(arrays)} weight tensors are not finite or past fp16's "
+                        f"65504, e.g. {', '.join(bad[:3])}: training diverged; lower opt.*_lr or set "
+                        "opt.grad_clip_norm. Nothing was written")
+
+
 def export_artifact(params, labels, cfg, out_dir: Path, code_bytes: int, calib=None) -> ArtifactInfo:
     """Write `model.golfjax` into out_dir; raise ArtifactBudgetError over the budget.
 
@@ -285,6 +308,7 @@ def export_artifact(params, labels, cfg, out_dir: Path, code_bytes: int, calib=N
     hence int6); `code_bytes` the counted code (golf_jax.codebytes.code_bytes()).
     `calib` (a hessian.Calibration) is required for gptq_int6.
     """
+    check_weights(named_arrays(params))
     ex, fmt = cfg.export, cfg.export.format
     path = Path(out_dir) / "model.golfjax"
     report: dict = {"export_format": fmt}
@@ -309,7 +333,8 @@ def export_artifact(params, labels, cfg, out_dir: Path, code_bytes: int, calib=N
         try:
             tensors, pr = prune.prune_to_budget(tensors, ex.budget_bytes, code_bytes, ser, log=print, unpruned_blob=unpruned)
         except ArtifactBudgetError:
-            path.write_bytes(unpruned)  # never lose a run's output
+            if jax.process_index() == 0:  # one writer; the others read it (pipeline)
+                path.write_bytes(unpruned)  # never lose a run's output
             raise
         blob = pr.blob
         report.update(int6_storage=storage, pruned=pr.n_pruned, prune_candidates=pr.n_candidates, unpruned_weight_bytes=pr.unpruned_bytes)
@@ -321,7 +346,8 @@ def export_artifact(params, labels, cfg, out_dir: Path, code_bytes: int, calib=N
         raise ValueError(f"export.format={fmt!r}: known formats are 'int8_zlib', 'gptq_int6', 'rtn_int6'")
     report["compressor"] = compressor
     info = ArtifactInfo(path, len(blob), code_bytes, report)
-    path.write_bytes(blob)  # written before the check: never lose a run's output
+    if jax.process_index() == 0:
+        path.write_bytes(blob)  # written before the check: never lose a run's output
     if info.total_bytes > ex.budget_bytes:
         raise ArtifactBudgetError(
             f"artifact {info.path} is {info.total_bytes:,} bytes (weights {info.weight_bytes:,} + code "

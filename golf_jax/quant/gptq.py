@@ -15,8 +15,6 @@ are exact rewrites of the textbook algorithm (up to float summation order).
 
 from __future__ import annotations
 
-import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -314,43 +312,3 @@ def rtn_quantize(W: np.ndarray, *, clip_range: int = INT6_CLIP, percentiles=PERC
     W = np.asarray(W, np.float32)
     S16, labels = _candidate_scales(W, clip_range, clip, percentiles, sdclip_k, scale_floor)
     return _fallback(W, S16, labels, clip_range, 0.0)
-
-
-RECORD_SHAPES = {"q": (512, 512), "k": (256, 512), "v": (256, 512), "o": (512, 512),
-                 "up": (1536, 512), "down": (512, 1536)}
-
-
-def bench_record_shapes(layers: int = 11, weight_std: float = 1.0, seed: int = 0,
-                        threads: int | None = 1, **kw) -> float:
-    """Time GPTQ on the 66 record matrices (random W, random SPD H = X^T X / n,
-    n = 2*cols). weight_std=1 keeps every row off the 1/31 floor, so all five
-    candidates are distinct (the worst case); trained weights (std ~0.02) hit
-    the floor and run ~5x faster. Returns seconds spent inside gptq_quantize."""
-    rng = np.random.default_rng(seed)
-    total, n_mats = 0.0, 0
-    per: dict[str, float] = {}
-    for _ in range(layers):
-        for name, (r, c) in RECORD_SHAPES.items():
-            X = rng.standard_normal((2 * c, c), dtype=np.float32)
-            H = X.T @ X / np.float32(2 * c)
-            W = rng.standard_normal((r, c), dtype=np.float32) * np.float32(weight_std)
-            t0 = time.perf_counter()
-            gptq_quantize(W, H, threads=threads, **kw)
-            dt = time.perf_counter() - t0
-            total += dt
-            per[name] = per.get(name, 0.0) + dt
-            n_mats += 1
-    detail = " ".join(f"{k}={v:.2f}s" for k, v in per.items())
-    print(f"gptq bench: {n_mats} matrices, {len(kw.get('percentiles', PERCENTILES))} candidates, "
-          f"weight_std={weight_std}, blas threads={threads}: {total:.2f} s ({detail})")
-    return total
-
-
-if __name__ == "__main__":
-    if "--bench" not in sys.argv[1:]:
-        print("usage: python -m golf_jax.quant.gptq --bench [--std X] [--threads N|default]")
-        sys.exit(2)
-    args = sys.argv[1:]
-    std = float(args[args.index("--std") + 1]) if "--std" in args else 1.0
-    thr = args[args.index("--threads") + 1] if "--threads" in args else "1"
-    bench_record_shapes(weight_std=std, threads=None if thr == "default" else int(thr))

@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 
 from golf_jax.model import layers
 from golf_jax import mesh as mesh_lib
+from golf_jax.progress import progress
 
 CALIB_SOURCES = ("train", "val", "selfgen")
 TIED_EMBED_KEY = "tok_emb/embedding"  # the tied table's params path, [V, D]
@@ -116,7 +117,8 @@ def collect_hessians(model: nn.Module, params, seqs_NxT: np.ndarray, mesh: Mesh,
 
     Batches of `batch_seqs` rows (rounded up to a multiple of the device count) are
     sharded over the data axis; the last batch is zero-padded and its padded rows get
-    weight 0. The sums stay on device between batches (donated accumulator).
+    weight 0. The sums stay on device between batches (donated accumulator); each batch
+    waits for them before its dispatch, so the progress runs at most one batch ahead.
     """
     seqs = np.asarray(seqs_NxT, np.int32)
     n, T = seqs.shape
@@ -134,44 +136,17 @@ def collect_hessians(model: nn.Module, params, seqs_NxT: np.ndarray, mesh: Mesh,
                             jax.ShapeDtypeStruct((bs, T), jnp.int32))
     acc = jax.device_put({k: np.zeros(v.shape, v.dtype) for k, v in shapes.items()}, rep)
     accumulate = jax.jit(step, in_shardings=(rep, rep, dat, dat), out_shardings=rep, donate_argnums=(0,))
-    for start in range(0, n, bs):
+    for start in progress("calibration", "batch", items=range(0, n, bs)):
         chunk = seqs[start : start + bs]
         w = np.zeros(bs, np.float32)
         w[: len(chunk)] = 1.0
         x = np.zeros((bs, T), np.int32)
         x[: len(chunk)] = chunk
-        acc = accumulate(acc, params, mesh_lib.put_global_batch(mesh, x), mesh_lib.put_global_batch(mesh, w))
+        x, w = mesh_lib.put_global_batch(mesh, x), mesh_lib.put_global_batch(mesh, w)
+        jax.block_until_ready(acc)  # the devices idle only for a dispatch: this batch is on them already
+        acc = accumulate(acc, params, x, w)
     host = jax.device_get(acc)
     return {k: np.asarray(v, np.float32) / np.float32(n) for k, v in host.items()}
-
-
-def generate(model: nn.Module, params, num_seqs: int, seq_len: int, mesh: Mesh, seed: int,
-             temperature: float = 0.8, bos_id: int = 1) -> np.ndarray:
-    """Self-generated calibration text: sample autoregressively from BOS (seeded).
-
-    No KV cache: each of the T-1 steps runs a full forward of the fixed [N, T]
-    buffer (causal, so later positions do not affect position t); O(T²) work, fine
-    for calibration-sized N.
-    """
-    ndev = mesh.devices.size
-    n_pad = -(-num_seqs // ndev) * ndev
-    rep, dat = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-
-    def run(p, buf, key):
-        def body(t, carry):
-            buf, key = carry
-            key, sub = jax.random.split(key)
-            logits = model.apply({"params": p}, buf)[:, t, :].astype(jnp.float32)
-            nxt = jax.random.categorical(sub, logits / temperature, axis=-1).astype(jnp.int32)
-            return buf.at[:, t + 1].set(nxt), key
-
-        return jax.lax.fori_loop(0, seq_len - 1, body, (buf, key))[0]
-
-    buf = np.zeros((n_pad, seq_len), np.int32)
-    buf[:, 0] = bos_id
-    out = jax.jit(run, in_shardings=(rep, dat, rep), out_shardings=dat)(
-        params, mesh_lib.put_global_batch(mesh, buf), jax.random.PRNGKey(seed))
-    return np.asarray(jax.device_get(out))[:num_seqs]
 
 
 def calibration_sequences(cfg, source: str, num_seqs: int, seq_len: int, *, data_dir: Path | None = None,
@@ -189,7 +164,9 @@ def calibration_sequences(cfg, source: str, num_seqs: int, seq_len: int, *, data
         if toks.size < need:
             raise ValueError(f"export.calib_source='val': {toks.size} val tokens < {num_seqs}×{seq_len}; "
                              "lower export.calib_seqs or export.calib_seq_len")
-    elif source == "selfgen":
+    elif source == "selfgen":  # imported here only: a submission that does not self-generate need not pack it
+        from golf_jax.quant.selfgen import generate
+
         return generate(model, params, num_seqs, seq_len, mesh, cfg.seed, bos_id=bos_id)
     else:
         raise ValueError(f"export.calib_source={source!r}: use one of {CALIB_SOURCES}")

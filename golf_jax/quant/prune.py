@@ -20,13 +20,14 @@ from typing import Callable
 
 import numpy as np
 
+from golf_jax.errors import UserError
 from golf_jax.quant.container import QuantTensor, serialize
 
 ARTIFACT_LIMIT_BYTES = 16_000_000
 REFERENCE_TARGET_BYTES = int(15.9 * 1024 * 1024)  # 16,672,358: the reference's MiB target
 
 
-class ArtifactBudgetError(ValueError):
+class ArtifactBudgetError(UserError):
     """The artifact cannot fit the byte budget even with the maximum allowed pruning."""
 
 

@@ -1,4 +1,4 @@
-"""`python -m golf_jax.train --config=configs/smoke.py [--config.key=value ...]`: the whole job
+"""`python -m golf_jax.train --config=configs/smoke.py [--config.key=value ...] [--debug]`: the whole job
 (golf_jax/pipeline.py). An entry point, outside the stage import order."""
 
 from __future__ import annotations
@@ -6,17 +6,24 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+from golf_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 
 
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from golf_jax import compile_cache, multihost
     from golf_jax.pipeline import run
+    from golf_jax.report import tensorboard
 
+    multihost.initialize_from_env()  # before any device is touched
+    compile_cache.enable()  # before the first compile: a rerun reads its executables back (docs/perf.md)
+    tensorboard.attach()  # TensorBoard events beside metrics.jsonl (a submission writes none)
     run(_CONFIG.value)
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main)

@@ -8,6 +8,8 @@ metrics are read one step late. Periodic validation is a callback the pipeline p
 With train.checkpoint_every > 0 the state is saved asynchronously (see
 golf_jax/train/checkpoint.py, which also explains how the loader state survives the
 Prefetcher's read-ahead); train.resume_from continues the latest checkpoint of a run.
+SIGTERM / SIGINT (golf_jax/rundir.py) stop the loop between steps: the step in hand is
+saved as a checkpoint, then the run ends as `Interrupted`.
 """
 
 from __future__ import annotations
@@ -29,9 +31,8 @@ from golf_jax import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax.data.loader import SequentialLoader
 from golf_jax.model import gpt
-from golf_jax.optim import schedule
-from golf_jax.rundir import RunDir
-from golf_jax.train import recipe as recipe_lib
+from golf_jax.optim import build, schedule
+from golf_jax.rundir import Interrupted, RunDir
 from golf_jax.train import step as step_lib
 
 
@@ -40,7 +41,15 @@ class TrainingError(RuntimeError):
 
 
 def check_config(cfg, num_devices: int) -> None:
+    """The train, schedule, opt and model keys' enums and ranges, before anything compiles."""
     t = cfg.train
+    for key, low in (("iterations", 0), ("seq_len", 1), ("batch_tokens", 1), ("swa_every", 1), ("val_every", 0),
+                     ("checkpoint_every", 0), ("max_wallclock_seconds", 0), ("late_qat_threshold", 0)):
+        if t[key] < low:
+            raise ValueError(f"train.{key}={t[key]}: use a value >= {low}")
+    if not 0 <= t.ema_decay < 1:
+        raise ValueError(f"train.ema_decay={t.ema_decay}: use 0 (off) or a decay in (0, 1)")
+    _parse_profile(t.profile_steps)
     if t.batch_tokens % (num_devices * t.seq_len):
         raise ValueError(
             f"train.batch_tokens={t.batch_tokens} must be a multiple of devices×seq_len = "
@@ -48,6 +57,7 @@ def check_config(cfg, num_devices: int) -> None:
         )
     model_lib.check_config(cfg.model)
     schedule.check_config(cfg.schedule)
+    build.check_config(cfg.opt)
     if cfg.data.loader not in ("sequential", "coprime", "shuffled"):
         raise ValueError(f"data.loader={cfg.data.loader!r}: use 'sequential', 'coprime' or 'shuffled'")
 
@@ -120,7 +130,7 @@ def fit(cfg, model, tx, recipe, state, loader, mesh, run: RunDir, validate: Call
     if t.resume_from or t.checkpoint_every > 0:
         from golf_jax.train import checkpoint as ckpt_lib  # orbax only when asked for (eval stays light)
     if t.resume_from:
-        state, meta, saved_step = ckpt_lib.restore(t.resume_from, state, cfg)
+        state, meta, saved_step = ckpt_lib.restore(t.resume_from, state, cfg, log=run.log)
         loader.load_state_dict(meta["loader"])  # before the Prefetcher starts reading
         extra = {"resumed_from": str(t.resume_from), "resumed_step": saved_step}
         run.log(f"resumed from {t.resume_from} at step {saved_step} (train_time {meta['train_time_s']:.1f}s)")
@@ -149,12 +159,15 @@ def fit(cfg, model, tx, recipe, state, loader, mesh, run: RunDir, validate: Call
     profile = _parse_profile(t.profile_steps)
     train_time, step, stop_after, pending, val_bpb = float(meta["train_time_s"]), int(meta["step"]), None, None, float("nan")
     qat_on_step = meta["late_qat_step"]
+    if recipe.qat_mask is not None:  # imported on its branch only: golf_jax/packset.py GATES
+        from golf_jax.train import qat
     loop_on_step = meta.get("loop_on_step") if unlooped_step is not None else 0
     save_meta = lambda seconds: {"step": step, "train_time_s": seconds, "late_qat_step": qat_on_step,  # noqa: E731
                                  "loop_on_step": loop_on_step, "loader": batch_loader_state}
     t0 = time.perf_counter()
     clock = lambda: train_time + time.perf_counter() - t0  # noqa: E731 (training seconds so far)
-    batch = first
+    batch, interrupted = first, False
+    run.defer_signals = True  # from here a signal only sets run.stop_signal, which the loop polls
     while True:
         last = step == t.iterations or (stop_after is not None and step >= stop_after)
         if last or (t.val_every > 0 and step % t.val_every == 0):
@@ -184,7 +197,7 @@ def fit(cfg, model, tx, recipe, state, loader, mesh, run: RunDir, validate: Call
         batch.update(step_lib.schedule_inputs(
             lr,
             schedule.muon_momentum(step, cfg.opt.muon_momentum_warmup_start, cfg.opt.muon_momentum, cfg.opt.muon_momentum_warmup_steps),
-            recipe_lib.qat_alpha(lr, t.late_qat_threshold, qat_on_step is not None),
+            0.0 if recipe.qat_mask is None or qat_on_step is None else qat.qat_alpha(lr, t.late_qat_threshold),
         ))
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             state, metrics = (unlooped_step if loop_on_step is None else looped_step)(state, batch)
@@ -196,9 +209,15 @@ def fit(cfg, model, tx, recipe, state, loader, mesh, run: RunDir, validate: Call
         _report(run, pending, t, tokens_per_step, clock)  # the previous step's metrics: one step late
         elapsed = clock()
         pending = (step, metrics, batch["lr_scale"])
-        if cap_s is not None and stop_after is None and _agree(elapsed >= cap_s):
+        capped, interrupted = _agree(cap_s is not None and stop_after is None and elapsed >= cap_s,
+                                     run.stop_signal is not None)
+        if capped:
             stop_after = step
             run.log(f"wallclock cap {cap_s:.0f}s reached at step {step}")
+        if interrupted:  # saved below, like a last step
+            jax.block_until_ready(state)
+            train_time += time.perf_counter() - t0
+            break
         more = step < t.iterations and not (stop_after is not None and step >= stop_after)
         # The last step is saved after the loop, with the training time measured once its
         # steps have finished (clock() here runs ahead of steps still in flight).
@@ -207,12 +226,16 @@ def fit(cfg, model, tx, recipe, state, loader, mesh, run: RunDir, validate: Call
         if more:
             batch, batch_loader_state = prefetch.next()
 
+    run.defer_signals = False  # a second signal stops at once
     run.log(f"training: {step} steps in {train_time:.1f}s ({1000 * train_time / max(step, 1):.1f} ms/step)")
     if checkpointer is not None:
         checkpointer.save(step, state, save_meta(train_time))  # the final state, with its measured training time
         checkpointer.close()
         run.log(f"checkpoint of step {step} in {ckpt_lib.checkpoint_dir(run.path)}")
         extra["last_checkpoint_step"] = step
+    if interrupted or run.stop_signal:  # SIGTERM (15) when another host got the signal
+        resume = f"; resume with --config.train.resume_from={run.path}" if checkpointer else ""
+        raise Interrupted(run.stop_signal or 15, f" at step {step}{resume}")
     if unlooped_step is not None:
         extra["loop_on_step"] = loop_on_step
     return FitResult(state, step, train_time, val_bpb, qat_on_step, extra)
@@ -241,14 +264,16 @@ def _report(run: RunDir, pending, t, tokens_per_step: int, clock, force: bool = 
             f"step {step}/{t.iterations} loss {loss:.4f} lr_scale {float(lr):.3f} "
             f"{ms:.1f} ms/step {tokens_per_step / (ms / 1000):,.0f} tok/s"
         )
-    run.metrics({"step": step, "loss": loss, "grad_norm": float(metrics["grad_norm"]), "train_time_s": elapsed})
+    run.metrics({"step": step, "loss": loss, "grad_norm": float(metrics["grad_norm"]), "lr_scale": float(lr),
+                 "train_time_s": elapsed})
 
 
-def _agree(flag: bool) -> bool:
-    """All hosts stop on the same step (a host sync, only in multi-host runs)."""
+def _agree(*flags: bool) -> tuple[bool, ...]:
+    """Each flag, true on every host if it is on any: all hosts stop on the same step (a host
+    sync, only in multi-host runs)."""
     if jax.process_count() == 1:
-        return flag
-    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+        return flags
+    return tuple(bool(f) for f in np.max(multihost_utils.process_allgather(np.int32(flags)), axis=0))
 
 
 def _parse_profile(spec: str) -> tuple[int, int] | None:

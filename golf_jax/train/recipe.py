@@ -1,8 +1,8 @@
-"""Weight averaging (EMA, SWA) and late soft-round QAT, as pure functions of pytrees.
+"""Weight averaging (EMA, SWA), as pure functions of pytrees, and the recipe of a train step.
 
 They run inside the jitted step: the EMA after every optimizer step, SWA snapshots
-when `lr_scale < swa_lr_threshold` and `step % swa_every == 0`, and QAT on the
-weights the forward sees once the host turns `qat_alpha` on (reference §4.5, §4.6).
+when `lr_scale < swa_lr_threshold` and `step % swa_every == 0` (reference §4.5). Late
+soft-round QAT (§4.6) lives in golf_jax/train/qat.py; the recipe carries its mask.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import traverse_util
-
-INT6_CLIP = 31
 
 
 @dataclass(frozen=True)
@@ -24,53 +21,6 @@ class Recipe:
     swa_every: int = 50
     swa_lr_threshold: float = 0.2
     qat_mask: Any = None  # pytree of bools: the kernels QAT soft-rounds (None = QAT off)
-
-
-def qat_mask(params, labels, reference_scope: bool):
-    """Which kernels late QAT soft-rounds.
-
-    Default: the Muon-labelled matrices, i.e. what is exported as int6. The
-    reference's scope (`compat.qat_reference_scope`) is its CastedLinear set: the
-    non-Muon matmul kernels (bigram/VE projections, MTP heads), never exported int6.
-    """
-    flat_p, flat_l = traverse_util.flatten_dict(params), traverse_util.flatten_dict(labels)
-
-    def chosen(path) -> bool:
-        if path[-1] != "kernel":
-            return False
-        return flat_l[path] != "muon" if reference_scope else flat_l[path] == "muon"
-
-    return traverse_util.unflatten_dict({p: chosen(p) for p in flat_p})
-
-
-def soft_round_int6(w_INxOUT: jax.Array, alpha: jax.Array) -> jax.Array:
-    """q·s with a differentiable tanh soft-round (not an STE), per output channel.
-
-    s = max(max|W|/31, 1/31) per output column (no gradient); r = w/s − floor − ½;
-    q = clamp(floor + ½ + ½·tanh(α r)/tanh(α/2), −32, 31).
-    """
-    scale = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(w_INxOUT), axis=-2, keepdims=True) / INT6_CLIP, 1 / INT6_CLIP))
-    w_n = w_INxOUT / scale
-    floor = jax.lax.stop_gradient(jnp.floor(w_n))
-    r = w_n - floor - 0.5
-    q = floor + 0.5 + 0.5 * jnp.tanh(alpha * r) / jnp.tanh(alpha / 2)
-    return jnp.clip(q, -INT6_CLIP - 1, INT6_CLIP) * scale
-
-
-def qat_alpha(lr_scale: float, threshold: float, active: bool) -> float:
-    """α = 1 + 15·clip(1 − lr_scale/threshold, 0, 1) once QAT is on; 0 means off."""
-    if not active:
-        return 0.0
-    return 1.0 + 15.0 * min(max(1.0 - lr_scale / threshold, 0.0), 1.0)
-
-
-def apply_qat(params, mask, alpha: jax.Array):
-    """Soft-round the masked kernels when alpha > 0; the identity otherwise."""
-
-    def on(p):
-        return jax.tree.map(lambda w, m: soft_round_int6(w, alpha) if m else w, p, mask)
-
-    return jax.lax.cond(alpha > 0, on, lambda p: p, params)
 
 
 def ema_update(ema, params, decay: float):

@@ -56,7 +56,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
 
     def loss_fn(params, batch: dict):
         if recipe.qat_mask is not None:
-            params = recipe_lib.apply_qat(params, recipe.qat_mask, batch["qat_alpha"])
+            from golf_jax.train import qat  # imported on its branch only: golf_jax/packset.py GATES
+
+            params = qat.apply_qat(params, recipe.qat_mask, batch["qat_alpha"])
         return model.apply({"params": params}, batch["x"], batch["y"], method=model.loss)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -83,7 +85,11 @@ def schedule_inputs(lr_scale: float, muon_momentum: float, qat_alpha: float = 0.
 
 def build_recipe(cfg, params, labels) -> Recipe:
     t = cfg.train
-    mask = recipe_lib.qat_mask(params, labels, cfg.compat.qat_reference_scope) if t.late_qat_threshold > 0 else None
+    mask = None
+    if t.late_qat_threshold > 0:
+        from golf_jax.train import qat
+
+        mask = qat.qat_mask(params, labels, cfg.compat.qat_reference_scope)
     return Recipe(t.ema_decay, t.swa_enabled, t.swa_every, t.swa_lr_threshold, mask)
 
 

@@ -1,0 +1,81 @@
+"""`python -m golf_jax.bench --config=configs/X.py --stage={train,eval,sliding,ttt,slot,gptq,export} [--json OUT]`
+
+Times one stage's real compiled function on random tokens and weights (no data
+needed) and prints the time per unit, tokens/s, MFU with its FLOP count, compile time
+and XLA's peak-memory analysis. Any width: on a CPU shrink it with overrides, e.g.
+`--config.model.model_dim=64 --config.model.num_layers=2`.
+
+`--compare=B` times the config (A) and B alternately in one process and prints B/A:
+B is another config file (`configs/record.py`, or `configs/record.py:pr1318`; it gets
+the same `--config.*` overrides as A) or settings of A (`model.num_layers=4,opt.muon_ns_steps=3`).
+`--profile_dir=DIR` writes a jax.profiler trace of the timed calls (golf_jax/bench/trace_ops.py
+summarises its top ops; docs/profiling.md).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from golf_jax import cli, compile_cache
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_STAGE = flags.DEFINE_enum("stage", "train", ["train", "eval", "sliding", "ttt", "slot", "gptq", "export"],
+                           "Which stage to time.")
+_JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
+_CALLS = flags.DEFINE_integer("calls", 0, "Timed calls (a step, a batch of windows, a chunk, ...; 0: the stage's "
+                              "default).")
+_WARMUP = flags.DEFINE_integer("warmup", -1, "Untimed calls after compilation (-1: the stage's default; at least 1 "
+                               "for a compiled stage).")
+_TOKENS = flags.DEFINE_integer("tokens", 0, "Time enough calls to cover this many targets (eval stages) or tokens.")
+_PER_DEVICE_SEQS = flags.DEFINE_integer("per_device_seqs", 0, "train: sequences per device (0: train.batch_tokens).")
+_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device for MFU (0: from the device kind).")
+_COMPARE = flags.DEFINE_string("compare", None, "B: a config file[:arg], or key=value[,key=value] settings of A.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "--compare: rounds of A then B.")
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of the timed calls here.")
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _COMPARE.value and _PROFILE_DIR.value:
+        raise app.UsageError("--profile_dir traces one stage: drop --compare")
+    from golf_jax.bench import run
+    from golf_jax.bench.measure import lines
+
+    where = compile_cache.enable()
+    cfg = _CONFIG.value
+    kw = dict(calls=_CALLS.value, warmup=_WARMUP.value, tokens=_TOKENS.value, per_device_seqs=_PER_DEVICE_SEQS.value,
+              peak_tflops=_PEAK_TFLOPS.value)
+    print(f"persistent compilation cache: {where or 'off'}")
+    if _COMPARE.value:
+        cfg_b = run.config_b(cfg, _COMPARE.value, sys.argv)
+        out = run.compare(cfg, cfg_b, _STAGE.value, rounds=_ROUNDS.value, **kw)
+        for label in ("a", "b"):
+            print(f"{label.upper()} = {out[label]['config']}")
+            print("\n".join(lines(out[label])))
+        for r, ((ta, tb), q) in enumerate(zip(out["rounds"], out["round_ratios"])):
+            print(f"round {r}: A {1000 * ta:.2f} ms/call  B {1000 * tb:.2f} ms/call  "
+                  f"B/A {q:.3f} per {out['a']['unit']}")
+        print(f"B/A (time per {out['a']['unit']}, median of the rounds): {out['ratio_b_over_a']:.3f}")
+    else:
+        out = run.run_stage(cfg, _STAGE.value, profile_dir=_PROFILE_DIR.value, **kw)
+        print(f"config: {out['config']}")
+        print("\n".join(lines(out)))
+        if _PROFILE_DIR.value:
+            from golf_jax.bench import trace_ops
+
+            print(f"trace: {out['trace_dir']}")
+            print(trace_ops.table(trace_ops.top_ops(out["trace_dir"])))
+    out["compile_cache"] = str(where) if where else None
+    if _JSON.value:
+        Path(_JSON.value).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    cli.run(main)

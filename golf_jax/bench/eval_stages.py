@@ -1,0 +1,167 @@
+"""The evaluation stages' compiled functions, as golf_jax/eval/stages.py dispatches them.
+
+Random weights (the model's init) and random tokens; units in the steady state:
+
+* eval: plain.jit_eval_step on one batch of eval.batch_tokens (unit: batch);
+* sliding: the fixed model's predict (harness.FixedModel) on eval.sliding.batch_windows
+  windows of eval seq_len tokens scoring `stride` positions each (unit: window);
+* ttt: one chunk of score-first TTT (ttt.ScoreFirstTTT): predict on the chunk's
+  chunk_tokens/stride windows, then its update, epochs × steps on the chunk (unit: chunk);
+* slot: the SLOT evaluator's predict (slot.Slot: forward, L-BFGS fit of δ on the
+  objective, scored logits) on a batch of windows (unit: window).
+
+The harness's host work (gathering windows, byte counts, the ledger) and its fp32
+log-softmax of the scored logits are not timed: the bench times device work. The
+evaluators call the executables compiled ahead of time in place of their jitted
+functions (the same program, traced once rather than twice).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from golf_jax import mesh as mesh_lib
+from golf_jax import model as model_lib
+from golf_jax.bench import flops
+from golf_jax.bench.measure import Bench, compile_aot
+from golf_jax.errors import UserError
+from golf_jax.eval import adapt, harness, plain, stages
+from golf_jax.eval.windows import gather_batch, sliding_units
+
+
+def _model(cfg, mesh, L: int):
+    model = model_lib.build_model(cfg.model)
+    init = jax.jit(lambda r: model.init(r, np.zeros((1, L), np.int32))["params"],
+                   out_shardings=mesh_lib.replicated(mesh))
+    return model, init(jax.random.PRNGKey(cfg.seed))
+
+
+def _windows(cfg, mesh, L: int, rows: int):
+    """(stream, units, arrays) of `rows` steady-state windows (after window 0's pieces)."""
+    stride = int(cfg.eval.sliding.stride)
+    first = -(-L // stride)
+    num_targets = L + (rows + 1) * stride
+    tokens = np.random.default_rng(cfg.seed).integers(0, cfg.model.vocab_size, num_targets + 1).astype(np.int32)
+    units = sliding_units(num_targets, L, stride, "merged").take(np.arange(first, first + rows))
+    return tokens, units, gather_batch(tokens, units, rows)
+
+
+def _put(mesh, arrays: dict, keys) -> dict:
+    return {k: mesh_lib.put_global_batch(mesh, arrays[k]) for k in keys}
+
+
+def build_eval(cfg, mesh) -> Bench:
+    L = stages.eval_seq_len(cfg)
+    model, params = _model(cfg, mesh, L)
+    n = mesh.devices.size
+    rows = max(n, -(-max(int(cfg.eval.batch_tokens) // L, 1) // n) * n)  # as plain.eval_batches
+    tokens = np.random.default_rng(cfg.seed).integers(0, cfg.model.vocab_size, (rows, L + 1)).astype(np.int32)
+    batch = _put(mesh, {"x": tokens[:, :-1], "y": tokens[:, 1:], "mask": np.ones((rows, L), bool)}, ("x", "y", "mask"))
+    step = plain.jit_eval_step(plain.make_eval_step(model), mesh)
+    compiled, compile_s = compile_aot(step, params, batch)
+    return Bench("eval", "batch", 1, lambda: compiled(params, batch),
+                 "forward, logits at every position (bench/flops.py)",
+                 flops_per_unit=flops.forward(cfg, params, L, rows, rows * L), tokens_per_unit=rows * L,
+                 targets_per_unit=rows * L, compiled={"eval_step": compiled}, compile_s=compile_s,
+                 settings={"batch": f"{rows} x {L}"})
+
+
+def build_sliding(cfg, mesh) -> Bench:
+    L, S = stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
+    model, params = _model(cfg, mesh, L)
+    rows = harness.batch_rows(int(cfg.eval.sliding.batch_windows), mesh)
+    _, _, arrays = _windows(cfg, mesh, L, rows)
+    put = _put(mesh, arrays, ("x", "pos"))
+    predict = harness.model_predict(model, mesh)
+    compiled, compile_s = compile_aot(predict, params, put["x"], put["pos"])
+    evaluator = harness.FixedModel(compiled, params)
+    inputs = {"x_BxL": put["x"], "pos_BxS": put["pos"], "num_units": rows}
+    return Bench("sliding", "window", rows, lambda: evaluator.predict(inputs),
+                 "forward of the window, logits at its stride positions (bench/flops.py)",
+                 flops_per_unit=flops.forward(cfg, params, L, 1, S), tokens_per_unit=L, targets_per_unit=S,
+                 compiled={"predict": compiled}, compile_s=compile_s,
+                 settings={"windows_per_batch": rows, "seq_len": L, "stride": S})
+
+
+def build_ttt(cfg, mesh) -> Bench:
+    t, L, S = cfg.eval.ttt, stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
+    if t.mode == "phased":
+        raise UserError("bench --stage=ttt times score-first TTT (eval.ttt.mode=score_first or pr1318); for "
+                        "phased TTT time the stage with python -m golf_jax.evaluate --config.eval.stages=ttt")
+    from golf_jax.eval import ttt
+
+    ttt.check_config(t, L, S)
+    C = int(t.chunk_tokens)
+    model, params = _model(cfg, mesh, L)
+    rows = harness.batch_rows(int(cfg.eval.sliding.batch_windows), mesh)
+    _, _, arrays = _windows(cfg, mesh, L, rows)
+    put = _put(mesh, arrays, ("x", "pos"))
+    predict = harness.model_predict(model, mesh)
+    c_pred, s_pred = compile_aot(predict, params, put["x"], put["pos"])
+    adapter = ttt.ScoreFirstTTT(model, c_pred, params, mesh, t, L, 2)  # chunk 0 of 2: trained, at LR scale 1
+    stream = np.random.default_rng(cfg.seed + 1).integers(0, cfg.model.vocab_size, C + 1).astype(np.int32)
+    reveal = harness.Reveal(stream, lambda a, b: True, 0, 2, True)
+    inputs = {"x_BxL": put["x"], "pos_BxS": put["pos"], "num_units": rows}
+    windows = C // S
+    batches = -(-windows // rows)
+    x, y = adapt.sequences(stream, L)
+    batch = _put(mesh, adapt.padded_rows(x[: adapter._rows], y[: adapter._rows], adapter._rows), ("x", "y", "w"))
+    batch["hparams"] = {"lr_scale": np.float32(1.0)}
+    c_step, s_step = compile_aot(adapter._step, adapter.state, batch)  # the adapter's jitted train step
+    adapter._step = c_step
+
+    def call():
+        for _ in range(batches):
+            adapter.predict(inputs)
+        adapter.update(reveal)
+        return adapter.state
+
+    seqs = x.shape[0]
+    train_flops = int(t.epochs) * seqs * L * flops.train_per_token(cfg, params, L, mtp_heads=False)
+    return Bench("ttt", "chunk", 1, call,
+                 "scoring forwards of the chunk's windows + epochs × its sequences × (6·N + 6·L·T·D) "
+                 "(bench/flops.py)",
+                 flops_per_unit=flops.forward(cfg, params, L, windows, windows * S) + train_flops,
+                 tokens_per_unit=windows * L + int(t.epochs) * seqs * L, targets_per_unit=C,
+                 compiled={"predict": c_pred, "train_step": c_step}, compile_s=s_pred + s_step,
+                 settings={"mode": t.mode, "chunk_tokens": C, "windows_per_chunk": windows, "predict_batches": batches,
+                           "train_steps": int(t.epochs) * -(-seqs // adapter._rows), "train_rows": adapter._rows},
+                 extra=lambda: {"train_steps_done": adapter.steps}, calls=2, warmup=1)
+
+
+def build_slot(cfg, mesh) -> Bench:
+    from golf_jax.eval import slot
+
+    e, L = cfg.eval, stages.eval_seq_len(cfg)
+    S = int(e.sliding.stride)
+    slot.check_config(e.slot, L, S)
+    model, params = _model(cfg, mesh, L)
+    rows = harness.batch_rows(int(e.sliding.batch_windows), mesh)
+    tokens, units, arrays = _windows(cfg, mesh, L, rows)
+    evaluator = slot.Slot(model, params, mesh, e.slot, L, S)
+    obj = evaluator.objective(units, rows)
+    target = units.start[:, None] + obj.pos_BxF
+    obj_y = np.where(obj.mask_BxF, tokens[np.where(obj.mask_BxF, target + 1, 0)], 0).astype(np.int32)
+    put = _put(mesh, {**arrays, "opos": obj.pos_BxF.astype(np.int32), "oy": obj_y, "omask": obj.mask_BxF},
+               ("x", "pos", "opos", "oy", "omask"))
+    inputs = {"x_BxL": put["x"], "pos_BxS": put["pos"], "num_units": rows, "obj_pos_BxF": put["opos"],
+              "obj_y_BxF": put["oy"], "obj_mask_BxF": put["omask"]}
+    compiled, compile_s = compile_aot(evaluator._fn, params, put["x"], put["pos"], put["opos"], put["oy"],  # its jit
+                                      put["omask"], evaluator._carry, np.int32(rows - 1))
+    evaluator._fn = compiled
+    F = obj.pos_BxF.shape[1]
+
+    def solver_effort() -> dict:
+        d = evaluator.diagnostics()
+        return {"mean_iterations": float(np.mean(d["iterations"])),
+                "mean_evaluations": float(np.mean(d["evaluations"]))}
+
+    return Bench("slot", "window", rows, lambda: evaluator.predict(inputs)["logits"],
+                 "forward of the window, logits at its stride and objective positions; the solver's "
+                 "FLOPs are not counted (bench/flops.py)",
+                 flops_per_unit=flops.forward(cfg, params, L, 1, S + F), tokens_per_unit=L, targets_per_unit=S,
+                 compiled={"slot_batch": compiled}, compile_s=compile_s,
+                 settings={"mode": e.slot.mode, "solver": e.slot.solver, "max_iter": int(e.slot.max_iter),
+                           "objective_positions": F, "windows_per_batch": rows, "seq_len": L, "stride": S},
+                 extra=solver_effort)

@@ -1,0 +1,93 @@
+"""The top ops of a jax.profiler trace by time: what a step or a batch spends its time on.
+
+Reads the trace viewer's `*.trace.json.gz` (the newest run under DIR/plugins/profile/)
+and sums the durations of op events: on a CPU (host tracer level 3) each executed HLO
+instruction (a fusion, a dot, a copy) is an event named after it; on a GPU the kernels
+carry the instruction in args.hlo_op. With the executables' HLO text beside the trace
+(`python -m golf_jax.bench --profile_dir` writes `<name>.hlo.txt` there), each
+instruction is named by the JAX op it came from (its metadata op_name, e.g.
+`GPT.hidden/blocks_*/attn/dot_general`), forward or backward, and ops of the same
+origin in every block are added up.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import re
+from pathlib import Path
+
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?metadata=\{[^}]*op_name=\"([^\"]*)\"")
+_BLOCK = re.compile(r"blocks_\d+")
+
+
+def trace_file(trace_dir) -> Path:
+    files = sorted(Path(trace_dir).glob("plugins/profile/*/*.trace.json.gz"))
+    if not files:
+        raise FileNotFoundError(f"no plugins/profile/*/*.trace.json.gz under {trace_dir}: not a jax.profiler trace dir")
+    return files[-1]
+
+
+def hlo_origins(trace_dir) -> dict[str, str]:
+    """{instruction name: op_name metadata} from the *.hlo.txt files in trace_dir."""
+    out: dict[str, str] = {}
+    for path in sorted(Path(trace_dir).glob("*.hlo.txt")):
+        for line in path.read_text().splitlines():
+            m = _INSTR.match(line)
+            if m:
+                out[m.group(1)] = m.group(2)
+    return out
+
+
+def op_times(events: list[dict], known: dict | None = None) -> dict[str, list]:
+    """{op: [µs, count]} of the op events: HLO instructions (known names, or args.hlo_op),
+    else, without HLO, every event off the Python thread that is not the runtime's own."""
+    threads = {(e.get("pid"), e.get("tid")): e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    out: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        name = (e.get("args") or {}).get("hlo_op") or e["name"]
+        if known:
+            if name not in known:
+                continue
+        elif "::" in name or name.startswith("$") or threads.get((e.get("pid"), e.get("tid")), "") == "python":
+            continue
+        out[name][0] += float(e.get("dur", 0.0))
+        out[name][1] += 1
+    return dict(out)
+
+
+def origin(op_name: str) -> str:
+    """`jit(f)/transpose(jvp(GPT.loss))/GPT.hidden/blocks_3/mlp/dot_general` ->
+    `backward GPT.hidden/blocks_*/mlp/dot_general`."""
+    parts = op_name.split("/")[1:] if op_name.startswith("jit(") else op_name.split("/")
+    phase = ""
+    if parts and parts[0].startswith("transpose(jvp("):
+        phase, parts = "backward ", parts[1:]
+    elif parts and parts[0].startswith("jvp("):
+        phase, parts = "forward ", parts[1:]
+    return phase + _BLOCK.sub("blocks_*", "/".join(parts))
+
+
+def top_ops(trace_dir, n: int = 15, by_origin: bool = True) -> list[dict]:
+    """The n ops that took longest in the trace: {op, ms, share, count}, by JAX origin when the HLO is there."""
+    events = json.loads(gzip.open(trace_file(trace_dir)).read())["traceEvents"]
+    known = hlo_origins(trace_dir)
+    times = op_times(events, known or None)
+    total = sum(t for t, _ in times.values()) or 1.0
+    rows: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
+    for name, (t, c) in times.items():
+        key = origin(known[name]) if by_origin and name in known else name
+        rows[key][0] += t
+        rows[key][1] += c
+    ranked = sorted(rows.items(), key=lambda kv: -kv[1][0])[:n]
+    return [{"op": k, "ms": t / 1000.0, "share": t / total, "count": c} for k, (t, c) in ranked]
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'ms':>9} {'share':>6} {'count':>6}  op"]
+    lines += [f"{r['ms']:9.1f} {100 * r['share']:5.1f}% {r['count']:6d}  {r['op']}" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""`python -m golf_jax.export RUN_DIR [--eval]`: the artifact again, from RUN_DIR/params.msgpack.
+
+The job saves its float weights (after averaging and any pre-quant TTT) as params.msgpack
+just before it exports, so a run whose export failed (over budget, diverged weights, a
+crash, a bug fixed since) keeps its training. This rebuilds the model of RUN_DIR/config.json,
+exports with the run's export.* settings (gptq_int6 calibrates again, on the data the run
+recorded in data.json), writes RUN_DIR/model.golfjax and submission.py and prints the
+bytes; --eval then runs the config's eval stages on the new artifact (as the job does).
+RUN_DIR/export.json records the result. Never packed: a submission does not re-export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from golf_jax.errors import UserError, exit_code
+
+
+def read_params(path: Path, like: dict) -> dict:
+    """The params pytree in `path` (flax msgpack), checked against `like`'s names and shapes."""
+    import numpy as np
+    from flax import serialization, traverse_util
+
+    flat = traverse_util.flatten_dict(serialization.msgpack_restore(path.read_bytes()))
+    want = traverse_util.flatten_dict(like)
+    wrong = sorted("/".join(k) for k in set(want) | set(flat)
+                   if k not in flat or k not in want or np.shape(flat[k]) != tuple(want[k].shape))
+    if wrong:
+        raise UserError(f"{path} does not fit the model of {path.parent / 'config.json'}: {len(wrong)} tensors "
+                        f"missing or of another shape, e.g. {wrong[:3]}; pass the run directory that wrote it")
+    return traverse_util.unflatten_dict(flat)
+
+
+def reexport(run_dir: str | Path, evaluate: bool = False, log=print) -> dict:
+    """Export RUN_DIR/params.msgpack with the run's config (and evaluate it); returns export.json's contents."""
+    import jax
+
+    from golf_jax import codebytes, mesh as mesh_lib, model as model_lib, pipeline, submission
+    from golf_jax.config import base_config
+    from golf_jax.quant import export, hessian
+
+    run_dir = Path(run_dir)
+    weights = run_dir / "params.msgpack"
+    if not weights.is_file():
+        raise UserError(f"{weights}: no such file; pass a run directory whose job reached the export stage "
+                        "(it saves params.msgpack just before exporting)")
+    cfg = base_config()  # keys added to the schema since the run keep their defaults
+    cfg.update(submission.load_config(run_dir / "config.json"))
+    submission.eval_data(cfg, run_dir / "config.json")  # the data the run trained and evaluated on
+    mesh = mesh_lib.make_mesh()
+    model = model_lib.build_model(cfg.model)
+    abstract = pipeline.abstract_params(model, cfg.train.seq_len)
+    params = read_params(weights, abstract)
+    labels = model_lib.param_labels(cfg.model, abstract, cfg.compat)
+    calib = None
+    if cfg.export.format == "gptq_int6":
+        data = pipeline.load_data(cfg)
+        calib = hessian.calibrate(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)), mesh,
+                                  data_dir=data.data_dir, val_tokens=data.val_tokens, bos_id=data.bos_id, log=log)
+    script = codebytes.script(cfg)
+    (run_dir / "submission.py").write_bytes(script)
+    info = export.export_artifact(params, labels, cfg, run_dir, len(script), calib=calib)
+    log(f"artifact: {info.path} weights {info.weight_bytes:,} B + code {info.code_bytes:,} B = "
+        f"{info.total_bytes:,} B (budget {cfg.export.budget_bytes:,})")
+    out = {"artifact_path": str(info.path), "weight_bytes": info.weight_bytes, "code_bytes": info.code_bytes,
+           "artifact_bytes": info.total_bytes, **info.report}
+    if evaluate:
+        t0 = time.perf_counter()
+        results = pipeline.evaluate_artifact(cfg, info.path, mesh, log=log)
+        out.update(pipeline.evaluation_summary(cfg, results, time.perf_counter() - t0))  # run_stages logs each
+    (run_dir / "export.json").write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m golf_jax.export", description=__doc__.split("\n")[0])
+    ap.add_argument("run_dir", help="a training run's directory (holds config.json and params.msgpack)")
+    ap.add_argument("--eval", action="store_true", help="then run the config's eval stages on the artifact")
+    args = ap.parse_args(argv)
+    reexport(args.run_dir, evaluate=args.eval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(exit_code(main))
