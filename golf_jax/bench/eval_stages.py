@@ -51,6 +51,17 @@ def _put(mesh, arrays: dict, keys) -> dict:
     return {k: mesh_lib.put_global_batch(mesh, arrays[k]) for k in keys}
 
 
+def _compiled_predict(cfg, mesh, L: int):
+    """(model, params, rows, inputs, compiled, compile_s): the sliding predict that sliding and
+    TTT score with, compiled for one batch of steady-state windows (its inputs)."""
+    model, params = _model(cfg, mesh, L)
+    rows = harness.batch_rows(int(cfg.eval.sliding.batch_windows), mesh)
+    _, _, arrays = _windows(cfg, mesh, L, rows)
+    put = _put(mesh, arrays, ("x", "pos"))
+    compiled, compile_s = compile_aot(harness.model_predict(model, mesh), params, put["x"], put["pos"])
+    return model, params, rows, {"x_BxL": put["x"], "pos_BxS": put["pos"], "num_units": rows}, compiled, compile_s
+
+
 def build_eval(cfg, mesh) -> Bench:
     L = stages.eval_seq_len(cfg)
     model, params = _model(cfg, mesh, L)
@@ -69,14 +80,8 @@ def build_eval(cfg, mesh) -> Bench:
 
 def build_sliding(cfg, mesh) -> Bench:
     L, S = stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
-    model, params = _model(cfg, mesh, L)
-    rows = harness.batch_rows(int(cfg.eval.sliding.batch_windows), mesh)
-    _, _, arrays = _windows(cfg, mesh, L, rows)
-    put = _put(mesh, arrays, ("x", "pos"))
-    predict = harness.model_predict(model, mesh)
-    compiled, compile_s = compile_aot(predict, params, put["x"], put["pos"])
+    model, params, rows, inputs, compiled, compile_s = _compiled_predict(cfg, mesh, L)
     evaluator = harness.FixedModel(compiled, params)
-    inputs = {"x_BxL": put["x"], "pos_BxS": put["pos"], "num_units": rows}
     return Bench("sliding", "window", rows, lambda: evaluator.predict(inputs),
                  "forward of the window, logits at its stride positions (bench/flops.py)",
                  flops_per_unit=flops.forward(cfg, params, L, 1, S), tokens_per_unit=L, targets_per_unit=S,
@@ -93,16 +98,10 @@ def build_ttt(cfg, mesh) -> Bench:
 
     ttt.check_config(t, L, S)
     C = int(t.chunk_tokens)
-    model, params = _model(cfg, mesh, L)
-    rows = harness.batch_rows(int(cfg.eval.sliding.batch_windows), mesh)
-    _, _, arrays = _windows(cfg, mesh, L, rows)
-    put = _put(mesh, arrays, ("x", "pos"))
-    predict = harness.model_predict(model, mesh)
-    c_pred, s_pred = compile_aot(predict, params, put["x"], put["pos"])
+    model, params, rows, inputs, c_pred, s_pred = _compiled_predict(cfg, mesh, L)
     adapter = ttt.ScoreFirstTTT(model, c_pred, params, mesh, t, L, 2)  # chunk 0 of 2: trained, at LR scale 1
     stream = np.random.default_rng(cfg.seed + 1).integers(0, cfg.model.vocab_size, C + 1).astype(np.int32)
     reveal = harness.Reveal(stream, lambda a, b: True, 0, 2, True)
-    inputs = {"x_BxL": put["x"], "pos_BxS": put["pos"], "num_units": rows}
     windows = C // S
     batches = -(-windows // rows)
     x, y = adapt.sequences(stream, L)
