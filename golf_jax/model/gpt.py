@@ -191,7 +191,7 @@ class GPT(nn.Module):
         """Softcapped logits; `bias_V` (PR #675's SLOT logit bias) and the head's LoRA
         (phased TTT) are added before the softcap."""
         dtype = jnp.dtype(self.cfg.compute_dtype)
-        logits = jnp.dot(h_BxTxD.astype(dtype), self.tok_emb.embedding.astype(dtype).T)
+        logits = layers.matmul_2d(h_BxTxD.astype(dtype), self.tok_emb.embedding.astype(dtype).T)
         if lora is not None and "head_A" in lora:
             logits = logits + layers.lora_delta(h_BxTxD.astype(dtype), {k: lora[k] for k in ("head_A", "head_B", "scale")},
                                                 "head")
