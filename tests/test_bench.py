@@ -94,6 +94,13 @@ def test_eval_stages_report_windows_chunks_and_xla_agrees_on_the_forward_flops(m
     assert (r["targets_per_unit"], s["windows_per_chunk"], s["predict_batches"], s["train_steps"]) == (64, 8, 2, 1)
     assert r["train_steps_done"] == 2 * s["train_steps"] and set(r["memory"]) == {"predict", "train_step"}
 
+    phased = {"eval.ttt.mode": "phased", "eval.phased.chunk_size": 8, "eval.phased.batch_docs": 2,
+              "eval.phased.lora_rank": 4, "eval.phased.prefix_docs": 0}
+    r = run.run_stage(tiny(**{"model.num_layers": 1, **phased}), "ttt", calls=1, warmup=1, mesh=mesh1)
+    check(r, "ttt", "block")  # one block of phased TTT: 2 documents' chunks of 8 from full 32-token windows
+    assert (r["targets_per_unit"], r["tokens_per_unit"], r["settings"]["window"]) == (16, 64, 32)
+    assert r["lora_steps_done"] == 2 and set(r["memory"]) == {"lora_forward", "lora_step"}
+
     r = run.run_stage(cfg, "slot", calls=1, mesh=mesh1)
     check(r, "slot", "window")
     assert r["settings"]["objective_positions"] == 31 and r["mean_evaluations"] >= 1
@@ -174,16 +181,22 @@ def test_trace_ops_sums_op_time_by_origin(tmp_path):
               {"ph": "X", "pid": 1, "tid": 2, "name": "fusion.1", "dur": 300.0},
               {"ph": "X", "pid": 1, "tid": 2, "name": "fusion.2", "dur": 100.0},
               {"ph": "X", "pid": 1, "tid": 2, "name": "fusion.3", "dur": 600.0},
+              {"ph": "X", "pid": 1, "tid": 2, "name": "ynn_fusion.4", "dur": 200.0},
               {"ph": "X", "pid": 1, "tid": 2, "name": "ThunkExecutor::Execute", "dur": 5000.0}]
     (run_dir / "vm.trace.json.gz").write_bytes(gzip.compress(json.dumps({"traceEvents": events}).encode()))
     (tmp_path / "step.hlo.txt").write_text(
         '  %fusion.1 = f32[4]{0} fusion(%a), metadata={op_name="jit(f)/jvp(GPT.loss)/blocks_0/mlp/dot_general"}\n'
         '  %fusion.2 = f32[4]{0} fusion(%a), metadata={op_name="jit(f)/jvp(GPT.loss)/blocks_1/mlp/dot_general"}\n'
-        '  ROOT %fusion.3 = f32[4]{0} fusion(%a), metadata={op_name="jit(f)/transpose(jvp(GPT.loss))/blocks_1/mul"}\n')
+        '  %ynn_fusion.4 = f32[4]{0} fusion(%a), kind=kCustom, calls=%fused_computation.4\n'
+        '  ROOT %fusion.3 = f32[4]{0} fusion(%a), metadata={op_name="jit(f)/transpose(jvp(GPT.loss))/blocks_1/mul"}\n'
+        '}\n\n%fused_computation.4 (param_0: f32[4]) -> f32[4] {\n'
+        '  ROOT %dot.9 = f32[4]{0} dot(%param_0), metadata={op_name="jit(f)/jvp(GPT.loss)/blocks_2/attn/dot_general"}\n')
     rows = trace_ops.top_ops(tmp_path)
+    # ynn_fusion.4 has no metadata of its own: it is named by its fused computation's ROOT
     assert [(r["op"], r["ms"], r["count"]) for r in rows] == [("backward blocks_*/mul", 0.6, 1),
-                                                             ("forward blocks_*/mlp/dot_general", 0.4, 2)]
-    assert rows[0]["share"] == pytest.approx(0.6)
+                                                             ("forward blocks_*/mlp/dot_general", 0.4, 2),
+                                                             ("forward blocks_*/attn/dot_general", 0.2, 1)]
+    assert rows[0]["share"] == pytest.approx(0.5)
 
 
 def test_compile_cache_dir_from_the_environment(tmp_path, monkeypatch):

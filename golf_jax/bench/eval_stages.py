@@ -7,6 +7,9 @@ Random weights (the model's init) and random tokens; units in the steady state:
   windows of eval seq_len tokens scoring `stride` positions each (unit: window);
 * ttt: one chunk of score-first TTT (ttt.ScoreFirstTTT): predict on the chunk's
   chunk_tokens/stride windows, then its update, epochs × steps on the chunk (unit: chunk);
+  with eval.ttt.mode="phased", one block of phased TTT (phased_ttt.PhasedTTT): the LoRA
+  forward of batch_docs documents' chunks from full-width windows, then its LoRA AdamW step
+  (unit: block; the global SGD phases are train steps of the eval model, not timed here);
 * slot: the SLOT evaluator's predict (slot.Slot: forward, L-BFGS fit of δ on the
   objective, scored logits) on a batch of windows (unit: window).
 
@@ -25,7 +28,6 @@ from golf_jax import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax.bench import flops
 from golf_jax.bench.measure import Bench, compile_aot
-from golf_jax.errors import UserError
 from golf_jax.eval import adapt, harness, plain, stages
 from golf_jax.eval.windows import gather_batch, sliding_units
 
@@ -92,8 +94,7 @@ def build_sliding(cfg, mesh) -> Bench:
 def build_ttt(cfg, mesh) -> Bench:
     t, L, S = cfg.eval.ttt, stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
     if t.mode == "phased":
-        raise UserError("bench --stage=ttt times score-first TTT (eval.ttt.mode=score_first or pr1318); for "
-                        "phased TTT time the stage with python -m golf_jax.evaluate --config.eval.stages=ttt")
+        return build_phased(cfg, mesh)
     from golf_jax.eval import ttt
 
     ttt.check_config(t, L, S)
@@ -164,3 +165,54 @@ def build_slot(cfg, mesh) -> Bench:
                  settings={"mode": e.slot.mode, "solver": e.slot.solver, "max_iter": int(e.slot.max_iter),
                            "objective_positions": F, "windows_per_batch": rows, "seq_len": L, "stride": S},
                  extra=solver_effort)
+
+
+def build_phased(cfg, mesh) -> Bench:
+    """One steady-state block of phased TTT: every row a document whose chunk is scored from
+    a full eval-seq_len window and then trained on (not its last chunk)."""
+    from golf_jax.eval import phased_plan, phased_ttt
+    from golf_jax.model.embeddings import BOS_ID
+
+    p, L = cfg.eval.phased, stages.eval_seq_len(cfg)
+    phased_ttt.check_config(p, L)
+    C = int(p.chunk_size)
+    rows = harness.batch_rows(int(p.batch_docs), mesh)
+    c = -(-L // C)  # the first chunk whose window is the full L; a chunk after it keeps the row training
+    P = (c + 2) * C  # targets per document
+    rng = np.random.default_rng(cfg.seed)
+    docs_ = rng.integers(BOS_ID + 1, cfg.model.vocab_size, (rows, P)).astype(np.int32)
+    docs_[:, 0] = BOS_ID
+    stream = np.append(docs_.reshape(-1), np.int32(BOS_ID))
+    plan = phased_plan.build(phased_plan.find_documents(stream), rows, rows, C, L, 0, int(p.num_phases))
+    model, params = _model(cfg, mesh, L)
+    evaluator = phased_ttt.PhasedTTT(model, params, mesh, p, plan, L)
+    arrays = gather_batch(stream, plan.units.take(plan.blocks[c]), rows)
+    put = _put(mesh, arrays, ("x", "pos"))
+    inputs = {"x_BxL": put["x"], "pos_BxS": put["pos"], "num_units": rows}
+    W = arrays["x"].shape[1]
+    c_fwd, s_fwd = compile_aot(evaluator._fwd, params, evaluator.lora, evaluator._scale, put["x"], put["pos"])
+    evaluator._fwd = c_fwd
+    logits, pullback = c_fwd(params, evaluator.lora, evaluator._scale, put["x"], put["pos"])
+    y = mesh_lib.put_global_batch(mesh, np.zeros((rows, C), np.int32))
+    w = mesh_lib.put_global_batch(mesh, np.ones((rows, C), np.float32))
+    c_step, s_step = compile_aot(evaluator._step, evaluator.lora, evaluator._opt, pullback, logits, y, w, np.int32(1))
+    evaluator._step = c_step
+    del logits, pullback
+    reveal = lambda: harness.Reveal(stream, lambda a, b: True, c, len(plan.blocks), True)  # noqa: E731
+
+    def call():
+        evaluator.predict(inputs)
+        evaluator.update(reveal())
+        return evaluator.lora
+
+    fwd = flops.forward(cfg, params, W, rows, rows * C)
+    return Bench("ttt", "block", 1, call,
+                 "forward of the block's windows with logits at its chunks, and the backward to the adapters: "
+                 "input gradients only, about one more forward with attention twice (bench/flops.py); LoRA "
+                 "matmuls not counted",
+                 flops_per_unit=2 * fwd + flops.attention_forward(cfg, W, rows), tokens_per_unit=rows * W,
+                 targets_per_unit=rows * C, compiled={"lora_forward": c_fwd, "lora_step": c_step},
+                 compile_s=s_fwd + s_step,
+                 settings={"mode": "phased", "rows": rows, "chunk": C, "window": W, "lora_rank": int(p.lora_rank),
+                           "lora_modules": str(p.lora_modules)},
+                 extra=lambda: {"lora_steps_done": evaluator.lora_steps})

@@ -48,6 +48,12 @@ def train_per_token(cfg, params, seq_len: int, mtp_heads: bool = True) -> float:
     return 6.0 * matmul_params(cfg, params, mtp_heads) + 6.0 * n_layers * seq_len * int(cfg.model.model_dim)
 
 
+def attention_forward(cfg, seq_len: int, sequences: float) -> float:
+    """The causal attention term of `forward`: 2·L·T·D per token."""
+    n_layers, _ = _layers_and_uses(cfg)
+    return sequences * seq_len * 2.0 * n_layers * seq_len * int(cfg.model.model_dim)
+
+
 def forward(cfg, params, seq_len: int, sequences: float, logit_positions: float) -> float:
     """FLOPs of `sequences` forwards of seq_len tokens with logits formed at `logit_positions` positions in all."""
     n_layers, _ = _layers_and_uses(cfg)

@@ -18,7 +18,10 @@ import json
 import re
 from pathlib import Path
 
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?metadata=\{[^}]*op_name=\"([^\"]*)\"")
+_INSTR = re.compile(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s*=")
+_OP_NAME = re.compile(r"metadata=\{[^}]*op_name=\"([^\"]*)\"")
+_OPCODE = re.compile(r"=\s*\S+\s+([\w\-]+)\(")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _BLOCK = re.compile(r"blocks_\d+")
 
 
@@ -29,14 +32,51 @@ def trace_file(trace_dir) -> Path:
     return files[-1]
 
 
+def parse_origins(hlo_text: str) -> dict[str, str]:
+    """{instruction name: op_name metadata} of every instruction in an HLO module's text.
+
+    A fusion often carries no metadata of its own (XLA:CPU's YNNPACK fusions, which hold
+    most dots, never do); it is named by the op its fused computation's ROOT came from.
+    """
+    own: dict[str, str | None] = {}
+    opcode: dict[str, str] = {}
+    calls: dict[str, str] = {}
+    roots: dict[str, str] = {}  # computation -> its ROOT instruction
+    computation = ""
+    for line in hlo_text.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            computation = line.split()[0].lstrip("%")
+            continue
+        m = _INSTR.match(line)
+        if not m:
+            continue
+        name = m.group(2)
+        op = _OP_NAME.search(line)
+        own[name] = op.group(1) if op else None
+        code = _OPCODE.search(line)
+        opcode[name] = code.group(1) if code else name.split(".")[0]
+        c = _CALLS.search(line)
+        if c:
+            calls[name] = c.group(1)
+        if m.group(1):
+            roots[computation] = name
+
+    def resolve(name: str, depth: int = 0) -> str:
+        """Own metadata, else the ROOT's of what it calls, else "(no metadata) <ROOT opcode>"
+        (XLA drops the metadata of dots it rewrites, e.g. batched attention einsums)."""
+        root = roots.get(calls.get(name, ""))
+        if own.get(name) or depth > 8 or not root:
+            return own.get(name) or f"(no metadata) {opcode[name]}"
+        return resolve(root, depth + 1)
+
+    return {name: resolve(name) for name in own}
+
+
 def hlo_origins(trace_dir) -> dict[str, str]:
     """{instruction name: op_name metadata} from the *.hlo.txt files in trace_dir."""
     out: dict[str, str] = {}
     for path in sorted(Path(trace_dir).glob("*.hlo.txt")):
-        for line in path.read_text().splitlines():
-            m = _INSTR.match(line)
-            if m:
-                out[m.group(1)] = m.group(2)
+        out.update(parse_origins(path.read_text()))
     return out
 
 
