@@ -182,21 +182,27 @@ def test_trace_ops_sums_op_time_by_origin(tmp_path):
               {"ph": "X", "pid": 1, "tid": 2, "name": "fusion.2", "dur": 100.0},
               {"ph": "X", "pid": 1, "tid": 2, "name": "fusion.3", "dur": 600.0},
               {"ph": "X", "pid": 1, "tid": 2, "name": "ynn_fusion.4", "dur": 200.0},
+              {"ph": "X", "pid": 1, "tid": 2, "name": "ynn_fusion.5", "dur": 100.0},
               {"ph": "X", "pid": 1, "tid": 2, "name": "ThunkExecutor::Execute", "dur": 5000.0}]
     (run_dir / "vm.trace.json.gz").write_bytes(gzip.compress(json.dumps({"traceEvents": events}).encode()))
     (tmp_path / "step.hlo.txt").write_text(
         '  %fusion.1 = f32[4]{0} fusion(%a), metadata={op_name="jit(f)/jvp(GPT.loss)/blocks_0/mlp/dot_general"}\n'
         '  %fusion.2 = f32[4]{0} fusion(%a), metadata={op_name="jit(f)/jvp(GPT.loss)/blocks_1/mlp/dot_general"}\n'
         '  %ynn_fusion.4 = f32[4]{0} fusion(%a), kind=kCustom, calls=%fused_computation.4\n'
+        '  %ynn_fusion.5 = f32[4]{0} fusion(%a), kind=kCustom, calls=%fused_computation.5\n'
         '  ROOT %fusion.3 = f32[4]{0} fusion(%a), metadata={op_name="jit(f)/transpose(jvp(GPT.loss))/blocks_1/mul"}\n'
         '}\n\n%fused_computation.4 (param_0: f32[4]) -> f32[4] {\n'
-        '  ROOT %dot.9 = f32[4]{0} dot(%param_0), metadata={op_name="jit(f)/jvp(GPT.loss)/blocks_2/attn/dot_general"}\n')
+        '  ROOT %dot.9 = f32[4]{0} dot(%param_0), metadata={op_name="jit(f)/jvp(GPT.loss)/blocks_2/attn/dot_general"}\n'
+        '}\n\n%fused_computation.5 (param_1: f32[4]) -> f32[4] {\n'
+        '  %dot.10 = f32[4,4]{1,0} dot(%param_1, %param_1)\n'
+        '  ROOT %reduce.11 = f32[4]{0} reduce(%dot.10), metadata={op_name="jit(f)/jvp(GPT.loss)/blocks_2/attn/reduce_sum"}\n')
     rows = trace_ops.top_ops(tmp_path)
-    # ynn_fusion.4 has no metadata of its own: it is named by its fused computation's ROOT
-    assert [(r["op"], r["ms"], r["count"]) for r in rows] == [("backward blocks_*/mul", 0.6, 1),
-                                                             ("forward blocks_*/mlp/dot_general", 0.4, 2),
-                                                             ("forward blocks_*/attn/dot_general", 0.2, 1)]
-    assert rows[0]["share"] == pytest.approx(0.5)
+    # ynn fusions have no metadata of their own: they are named by their fused computation's ROOT,
+    # and one whose ROOT is not its only dot says so
+    assert [(r["op"], r["ms"], r["count"]) for r in rows] == [
+        ("backward blocks_*/mul", 0.6, 1), ("forward blocks_*/mlp/dot_general", 0.4, 2),
+        ("forward blocks_*/attn/dot_general", 0.2, 1), ("forward blocks_*/attn/reduce_sum (fused with 1 dot)", 0.1, 1)]
+    assert rows[0]["share"] == pytest.approx(0.6 / 1.3)
 
 
 def test_compile_cache_dir_from_the_environment(tmp_path, monkeypatch):

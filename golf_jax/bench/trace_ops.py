@@ -42,6 +42,7 @@ def parse_origins(hlo_text: str) -> dict[str, str]:
     opcode: dict[str, str] = {}
     calls: dict[str, str] = {}
     roots: dict[str, str] = {}  # computation -> its ROOT instruction
+    dots: collections.Counter = collections.Counter()  # computation -> its dot instructions
     computation = ""
     for line in hlo_text.splitlines():
         if line and not line[0].isspace() and line.rstrip().endswith("{"):
@@ -60,6 +61,8 @@ def parse_origins(hlo_text: str) -> dict[str, str]:
             calls[name] = c.group(1)
         if m.group(1):
             roots[computation] = name
+        if opcode[name] == "dot":
+            dots[computation] += 1
 
     def resolve(name: str, depth: int = 0) -> str:
         """Own metadata, else the ROOT's of what it calls, else "(no metadata) <ROOT opcode>"
@@ -69,7 +72,15 @@ def parse_origins(hlo_text: str) -> dict[str, str]:
             return own.get(name) or f"(no metadata) {opcode[name]}"
         return resolve(root, depth + 1)
 
-    return {name: resolve(name) for name in own}
+    def label(name: str) -> str:
+        """A fusion whose ROOT is not its only dot says so: YNNPACK fuses a whole attention
+        block (scores, softmax, AV) into one op, named after its last step."""
+        n = dots[calls.get(name, "")]
+        root = roots.get(calls.get(name, ""), "")
+        extra = n - (opcode.get(root) == "dot")
+        return resolve(name) + (f" (fused with {n} dot{'s' * (n > 1)})" if extra > 0 else "")
+
+    return {name: label(name) for name in own}
 
 
 def hlo_origins(trace_dir) -> dict[str, str]:
