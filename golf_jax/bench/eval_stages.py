@@ -180,9 +180,9 @@ def build_phased(cfg, mesh) -> Bench:
     c = -(-L // C)  # the first chunk whose window is the full L; a chunk after it keeps the row training
     P = (c + 2) * C  # targets per document
     rng = np.random.default_rng(cfg.seed)
-    docs_ = rng.integers(BOS_ID + 1, cfg.model.vocab_size, (rows, P)).astype(np.int32)
-    docs_[:, 0] = BOS_ID
-    stream = np.append(docs_.reshape(-1), np.int32(BOS_ID))
+    doc_tokens = rng.integers(BOS_ID + 1, cfg.model.vocab_size, (rows, P)).astype(np.int32)
+    doc_tokens[:, 0] = BOS_ID
+    stream = np.append(doc_tokens.reshape(-1), np.int32(BOS_ID))
     plan = phased_plan.build(phased_plan.find_documents(stream), rows, rows, C, L, 0, int(p.num_phases))
     model, params = _model(cfg, mesh, L)
     evaluator = phased_ttt.PhasedTTT(model, params, mesh, p, plan, L)

@@ -56,15 +56,15 @@ def linear_override_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float
 MATRIX_INITS = {"torch_default": torch_linear_init, "orthogonal": torch_orthogonal}
 
 
-def matmul_2d(x_NxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
-    """`x @ w` with the leading dims of x flattened into one, as a 2-D dot.
+def matmul_2d(x_xI: jax.Array, w_IxO: jax.Array) -> jax.Array:
+    """`x @ w` for x of any leading dims [..., I], flattened into one for a 2-D dot.
 
     Same maths as a [B, T, I] dot, but XLA:CPU lays out a 3-D dot's weight gradient by
     writing the [B, T, O] output gradient transposed (a strided copy of activation size,
     15% of a train step); the 2-D form has none (docs/perf.md). The reshapes are bitcasts.
     """
-    y = jnp.dot(x_NxI.reshape(-1, x_NxI.shape[-1]), w_IxO)
-    return y.reshape(*x_NxI.shape[:-1], w_IxO.shape[-1])
+    y = jnp.dot(x_xI.reshape(-1, x_xI.shape[-1]), w_IxO)
+    return y.reshape(*x_xI.shape[:-1], w_IxO.shape[-1])
 
 
 class Linear(nn.Module):
