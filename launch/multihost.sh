@@ -13,6 +13,7 @@ config=${1:?usage: GOLF_JAX_COORDINATOR=HOST:PORT GOLF_JAX_NUM_PROCESSES=N GOLF_
 : "${GOLF_JAX_PROCESS_ID:?set GOLF_JAX_PROCESS_ID (0 on the coordinator's host, then 1, 2, ...)}"
 export GOLF_JAX_COORDINATOR GOLF_JAX_NUM_PROCESSES GOLF_JAX_PROCESS_ID
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
+# The other XLA GPU flags, each on and off against this: python bench/xla_flags_ab.py (docs/perf.md).
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$HOME/.cache/golf_jax/xla}
 exec python -m golf_jax.train --config="$config" "$@"

@@ -224,3 +224,30 @@ def test_compile_cache_dir_from_the_environment(tmp_path, monkeypatch):
 def test_gpu_standing_script_parses():
     proc = subprocess.run(["bash", "-n", str(REPO_ROOT / "bench" / "gpu_standing.sh")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def _xla_flags_ab():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("xla_flags_ab", REPO_ROOT / "bench" / "xla_flags_ab.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_xla_flags_ab_pairs_each_flag_with_its_rounds_baseline(capsys, tmp_path):
+    ab = _xla_flags_ab()
+    assert ab.plan(["latency_hiding", "autotune_0"], 2) == [
+        (0, "baseline"), (0, "latency_hiding"), (0, "autotune_0"),
+        (1, "baseline"), (1, "latency_hiding"), (1, "autotune_0")]
+    table = ab.ratios({"baseline": [2.0, 4.0], "latency_hiding": [1.0, 3.0], "autotune_0": [0.0, 6.0]})
+    assert table["latency_hiding"] == {"ratios": [0.5, 0.75], "median": 0.625}
+    assert table["autotune_0"] == {"ratios": [1.5], "median": 1.5}  # a failed run (0.0) drops out
+    out_dir = tmp_path / "ab"
+    assert ab.main(["--dry-run", "--out", str(out_dir), "--rounds", "1", "--flags", "no_triton_gemm", "--",
+                    "--stage=eval"]) == 0
+    out = capsys.readouterr().out  # each flag on top of the environment's XLA_FLAGS
+    assert out.count("--stage=eval") == 2 and "--xla_gpu_enable_triton_gemm=false'" in out
+    assert not out_dir.exists()
+    with pytest.raises(SystemExit):
+        ab.main(["--dry-run", "--flags", "latency"])
