@@ -56,8 +56,7 @@ def attention_forward(cfg, seq_len: int, sequences: float) -> float:
 
 def forward(cfg, params, seq_len: int, sequences: float, logit_positions: float) -> float:
     """FLOPs of `sequences` forwards of seq_len tokens with logits formed at `logit_positions` positions in all."""
-    n_layers, _ = _layers_and_uses(cfg)
     V, D = int(cfg.model.vocab_size), int(cfg.model.model_dim)
     body = matmul_params(cfg, params, mtp_heads=False) - V * D
-    per_token = 2.0 * body + 2.0 * n_layers * seq_len * D
-    return sequences * seq_len * per_token + logit_positions * 2.0 * V * D
+    return (sequences * seq_len * 2.0 * body + attention_forward(cfg, seq_len, sequences)
+            + logit_positions * 2.0 * V * D)
