@@ -44,17 +44,15 @@ def test_chunked_matches_xla(shape, segments):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
-def test_auto_is_chunked_on_cpu_and_where_cudnn_refuses(monkeypatch):
-    """"auto" is the chunked path on the CPU; on a GPU it asks cuDNN first, and where cuDNN
-    raises while tracing (here: none on the CPU) the chunked path answers, while an
-    explicit "cudnn" keeps the error."""
+def test_auto_is_chunked_on_cpu_and_an_explicit_cudnn_keeps_its_error():
+    """"auto" is the chunked path in a program compiled for the CPU (it chooses by the platform it is
+    lowered for: tests/test_target.py compiles it for an H100), while an explicit "cudnn" raises
+    (no cuDNN here, or with the CUDA plugin installed: f32 inputs it refuses)."""
     q, k, v, seg = qkv_seg(1, 16, 4, 2, 8, seed=3)
     attend = jax.jit(layers.causal_attention, static_argnums=3)
     want = np.asarray(jax.jit(layers.chunked_attention)(q, k, v, seg))
     np.testing.assert_array_equal(np.asarray(attend(q, k, v, "auto", seg)), want)
-    monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
-    np.testing.assert_array_equal(np.asarray(attend(q, k, v, "auto", seg)), want)
-    with pytest.raises(RuntimeError):
+    with pytest.raises((RuntimeError, ValueError)):
         attend(q, k, v, "cudnn", seg)
 
 

@@ -114,7 +114,7 @@ def test_slot_starts_its_carried_delta_replicated_like_the_delta_it_returns(mesh
 
     cfg = tiny()
     evaluator = slot.Slot(model_lib.build_model(cfg.model), None, mesh1, cfg.eval.slot, 32, 8)  # builds, no compile
-    assert evaluator._carry.sharding == mesh_lib.replicated(mesh1)
+    assert evaluator.zero_delta().sharding == mesh_lib.replicated(mesh1)
 
 
 def _abstract(cfg):

@@ -10,6 +10,12 @@ B is another config file (`configs/record.py`, or `configs/record.py:pr1318`; it
 the same `--config.*` overrides as A) or settings of A (`model.num_layers=4,opt.muon_ns_steps=3`).
 `--profile_dir=DIR` writes a jax.profiler trace of the timed calls (golf_jax/bench/trace_ops.py
 summarises its top ops; docs/profiling.md).
+
+`--target=h100|h200 --devices=N` compiles the stage for N GPUs of that kind without one
+(golf_jax/bench/target.py): shape-only, nothing runs; it reports the memory analysis, FLOPs,
+bytes, collectives and a roofline bound. Its stages are train, eval, sliding, ttt, slot and
+calib (one batch of the GPTQ calibration pass). It needs `pip install "jax[cuda12]==<jax version>"`
+and runs jax on the CPU (it sets JAX_PLATFORMS=cpu itself).
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ from ml_collections import config_flags
 from golf_jax import cli, compile_cache
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
-_STAGE = flags.DEFINE_enum("stage", "train", ["train", "eval", "sliding", "ttt", "slot", "gptq", "export"],
-                           "Which stage to time.")
+_STAGE = flags.DEFINE_enum("stage", "train", ["train", "eval", "sliding", "ttt", "slot", "gptq", "export", "calib"],
+                           "Which stage to time (calib: with --target only).")
 _JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
 _CALLS = flags.DEFINE_integer("calls", 0, "Timed calls (a step, a batch of windows, a chunk, ...; 0: the stage's "
                               "default).")
@@ -37,6 +43,13 @@ _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device f
 _COMPARE = flags.DEFINE_string("compare", None, "B: a config file[:arg], or key=value[,key=value] settings of A.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "--compare: rounds of A then B.")
 _PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of the timed calls here.")
+_TARGET = flags.DEFINE_string("target", None, "Compile for this GPU instead of timing here: h100 or h200 "
+                              "(ahead of time, shape-only; needs the CUDA plugin, no GPU).")
+_DEVICES = flags.DEFINE_integer("devices", 8, "--target: how many GPUs of one host to compile for.")
+_SIZE_BATCH = flags.DEFINE_bool("size_batch", False, "--target, eval stages: also find the largest batch that "
+                                 "fits (a second compile at twice the rows).")
+_ROWS = flags.DEFINE_integer("rows", 0, "--target: the eval stages' global batch (windows, documents, sequences; "
+                             "0: the config's).")
 
 
 def main(argv) -> None:
@@ -44,6 +57,8 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _COMPARE.value and _PROFILE_DIR.value:
         raise app.UsageError("--profile_dir traces one stage: drop --compare")
+    if _TARGET.value:
+        return _compile_for_target()
     from golf_jax.bench import run
     from golf_jax.bench.measure import lines
 
@@ -72,6 +87,23 @@ def main(argv) -> None:
             print(f"trace: {out['trace_dir']}")
             print(trace_ops.table(trace_ops.top_ops(out["trace_dir"])))
     out["compile_cache"] = str(where) if where else None
+    if _JSON.value:
+        Path(_JSON.value).write_text(json.dumps(out, indent=1))
+
+
+def _compile_for_target() -> None:
+    """--target: the stage's programs compiled for absent GPUs; nothing is timed or cached."""
+    if _COMPARE.value or _PROFILE_DIR.value:
+        raise app.UsageError("--target compiles, it times nothing: drop --compare and --profile_dir")
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")  # the GPUs are abstract; a real one must not be initialised
+    from golf_jax.bench import target
+
+    # Not the persistent cache: a deviceless executable is not autotuned, and a real GPU run would read it back.
+    out = target.run_target(_CONFIG.value, _STAGE.value, _TARGET.value, _DEVICES.value, rows=_ROWS.value,
+                            per_device_seqs=_PER_DEVICE_SEQS.value, size_batch=_SIZE_BATCH.value)
+    print("\n".join(target.lines(out)))
     if _JSON.value:
         Path(_JSON.value).write_text(json.dumps(out, indent=1))
 

@@ -148,7 +148,7 @@ def build_slot(cfg, mesh) -> Bench:
     inputs = {"x_BxL": put["x"], "pos_BxS": put["pos"], "num_units": rows, "obj_pos_BxF": put["opos"],
               "obj_y_BxF": put["oy"], "obj_mask_BxF": put["omask"]}
     compiled, compile_s = compile_aot(evaluator._fn, params, put["x"], put["pos"], put["opos"], put["oy"],  # its jit
-                                      put["omask"], evaluator._carry, np.int32(rows - 1))
+                                      put["omask"], evaluator.zero_delta(), np.int32(rows - 1))
     evaluator._fn = compiled
     F = obj.pos_BxF.shape[1]
 

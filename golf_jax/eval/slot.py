@@ -170,17 +170,22 @@ class Slot:
         # The δ a batch starts from: the previous batch's last one (score_first's chain, or a
         # warm start of a logit-space mode), else zeros; the hidden-space modes start at 0.
         self._carries = s.mode == "score_first" or (s.warm_start and s.mode not in HIDDEN)
-        # Replicated like the δ each batch returns: a first δ on one device would recompile the second batch.
-        self._carry = jnp.zeros((int(model.cfg.vocab_size),), jnp.float32, device=mesh_lib.replicated(mesh))
+        self._vocab = int(model.cfg.vocab_size)
+        self._carry = None  # made at the first batch: constructing a Slot allocates nothing (bench --target)
         self._fn = cached(model, ("slot", mesh, settings_key(s)), lambda: jax.jit(self._build(model)))
         self._in_flight = adapt.InFlight()
         self._diag: list = []
+
+    def zero_delta(self) -> jax.Array:
+        return jnp.zeros((self._vocab,), jnp.float32, device=mesh_lib.replicated(self._mesh))
 
     def objective(self, units: Units, rows: int) -> Objective:
         return objective(self.mode, units, rows, self._focal)
 
     def predict(self, inputs: dict) -> dict:
         n = inputs["num_units"]
+        if self._carry is None:  # replicated like the δ each batch returns: one on one device would recompile
+            self._carry = self.zero_delta()
         logits, base, carry, diag = self._fn(self._params, inputs["x_BxL"], inputs["pos_BxS"], inputs["obj_pos_BxF"],
                                              inputs["obj_y_BxF"], inputs["obj_mask_BxF"], self._carry, np.int32(n - 1))
         if self._carries:

@@ -57,6 +57,16 @@ def check_config(t, seq_len: int, stride: int, used: bool = True) -> None:
                          f"({seq_len}); nothing would be trained")
 
 
+def trainer(model, params, mesh: Mesh, t):
+    """(trainable mask, init, step) of the chunk updates: eval.ttt's optimizer on the unfrozen
+    weights, jitted once per settings (golf_jax/eval/adapt.py)."""
+    trainable = adapt.trainable_mask(params, t.freeze_blocks, t.freeze_scope)
+    tx = build_adaptation_optimizer(t.optimizer, float(t.lr), trainable, momentum=float(t.momentum),
+                                    b1=float(t.beta1), b2=float(t.beta2), eps=float(t.eps),
+                                    weight_decay=float(t.weight_decay), grad_clip=float(t.grad_clip))
+    return (trainable, *adapt.lm_trainer(model, tx, mesh, ("ttt", settings_key(t))))
+
+
 class ScoreFirstTTT:
     """An evaluator whose update trains on the chunk just scored."""
 
@@ -68,11 +78,7 @@ class ScoreFirstTTT:
                        "next, unscored chunk (PR #1318, non-compliant)"] if t.lookahead else [])
         self._t, self._seq_len, self._num_chunks, self._mesh = t, seq_len, num_chunks, mesh
         self._predict = predict
-        self.trainable = adapt.trainable_mask(params, t.freeze_blocks, t.freeze_scope)
-        tx = build_adaptation_optimizer(t.optimizer, float(t.lr), self.trainable, momentum=float(t.momentum),
-                                        b1=float(t.beta1), b2=float(t.beta2), eps=float(t.eps),
-                                        weight_decay=float(t.weight_decay), grad_clip=float(t.grad_clip))
-        init, self._step = adapt.lm_trainer(model, tx, mesh, ("ttt", settings_key(t)))
+        self.trainable, init, self._step = trainer(model, params, mesh, t)
         self.state = init(params)
         self._in_flight = adapt.InFlight()
         self._rows = -(-min(t.batch_seqs, max(t.chunk_tokens // seq_len, 1)) // mesh.devices.size) * mesh.devices.size

@@ -142,21 +142,35 @@ def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, implementation: str = "aut
     """Causal GQA attention (scale 1/√H); `segment_ids_BxT` (documents packed in one row)
     also masks attention across segments, so each document sees only itself.
 
-    "auto": cuDNN flash attention on GPU (segments go in as its mask), else, or where
-    cuDNN refuses the shape (it raises while tracing), the chunked path; "xla": jax's
-    reference path, which forms all T×T scores.
+    "auto": cuDNN flash attention where the program is compiled for a CUDA device (segments
+    go in as its mask), else, or where cuDNN refuses the shape (it raises while tracing), the
+    chunked path. The choice is made when the program is lowered, for the devices it is
+    compiled for (`lax.platform_dependent`), not by the process's default backend, so an
+    ahead-of-time compile for an H100 on a CPU host gets cuDNN too. "xla": jax's reference
+    path, which forms all T×T scores.
     """
     seg = segment_ids_BxT
     mask = None if seg is None else (seg[:, :, None] == seg[:, None, :])[:, None]
-    impl = "cudnn" if implementation == "auto" and jax.default_backend() == "gpu" else implementation
-    if impl in ("cudnn", "xla"):
-        try:
-            return jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask, is_causal=True,
-                                                implementation=impl)
-        except (RuntimeError, ValueError, NotImplementedError):
-            if implementation != "auto":
-                raise
-    return chunked_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, seg)
+
+    def chunked(q, k, v):
+        return chunked_attention(q, k, v, seg)
+
+    def fused(impl):
+        def attend(q, k, v):
+            try:
+                return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation=impl)
+            except (RuntimeError, ValueError, NotImplementedError):
+                if implementation != "auto":
+                    raise
+                return chunked(q, k, v)
+
+        return attend
+
+    if implementation == "auto":
+        return jax.lax.platform_dependent(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, cuda=fused("cudnn"), default=chunked)
+    if implementation in ("cudnn", "xla"):
+        return fused(implementation)(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+    return chunked(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
 
 
 def normed_rotary_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, q_gain_N, rot_dims: int, rope_base: float, implementation,

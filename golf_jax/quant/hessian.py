@@ -110,8 +110,22 @@ def xtx_forward(model: nn.Module, params, tokens_BxT: jax.Array,
     return store
 
 
+BATCH_SEQS = 8  # calibration sequences per batch (rounded up to a multiple of the device count)
+
+
+def jit_accumulate(model: nn.Module, mesh: Mesh, tied_embed: bool = False):
+    """`accumulate(acc, params, x, w)`: acc + one batch's Σ xᵀx (acc donated, batch split over the data mesh)."""
+    rep, dat = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
+
+    def step(acc, p, x, w):
+        store = xtx_forward(model, p, x, w, tied_embed)
+        return {k: acc[k] + store[k] for k in store}
+
+    return jax.jit(step, in_shardings=(rep, rep, dat, dat), out_shardings=rep, donate_argnums=(0,))
+
+
 def collect_hessians(model: nn.Module, params, seqs_NxT: np.ndarray, mesh: Mesh,
-                     batch_seqs: int = 8, tied_embed: bool = False) -> dict[str, np.ndarray]:
+                     batch_seqs: int = BATCH_SEQS, tied_embed: bool = False) -> dict[str, np.ndarray]:
     """H = Σ XᵀX / N over N calibration sequences, as fp32 numpy [in, in] per kernel
     (and per tied table with tied_embed, see xtx_forward).
 
@@ -124,18 +138,12 @@ def collect_hessians(model: nn.Module, params, seqs_NxT: np.ndarray, mesh: Mesh,
     n, T = seqs.shape
     ndev = mesh.devices.size
     bs = max(ndev, -(-batch_seqs // ndev) * ndev)
-    rep, dat = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-
-    def step(acc, p, x, w):
-        store = xtx_forward(model, p, x, w, tied_embed)
-        return {k: acc[k] + store[k] for k in store}
-
     if n == 0:
         raise ValueError("collect_hessians: no calibration sequences (export.calib_seqs must be > 0)")
     shapes = jax.eval_shape(lambda p, x: xtx_forward(model, p, x, tied_embed=tied_embed), params,
                             jax.ShapeDtypeStruct((bs, T), jnp.int32))
-    acc = jax.device_put({k: np.zeros(v.shape, v.dtype) for k, v in shapes.items()}, rep)
-    accumulate = jax.jit(step, in_shardings=(rep, rep, dat, dat), out_shardings=rep, donate_argnums=(0,))
+    acc = jax.device_put({k: np.zeros(v.shape, v.dtype) for k, v in shapes.items()}, mesh_lib.replicated(mesh))
+    accumulate = jit_accumulate(model, mesh, tied_embed)
     for start in progress("calibration", "batch", items=range(0, n, bs)):
         chunk = seqs[start : start + bs]
         w = np.zeros(bs, np.float32)
