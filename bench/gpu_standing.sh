@@ -2,6 +2,8 @@
 # The standing GPU benchmarks (docs/perf.md), on one GPU (an H200 or H100), meant to fit in 8 minutes:
 #   * the train step of configs/baseline.py and configs/record.py at 48 x 2048 tokens per device
 #     (the record's per-GPU batch, 786,432 tokens over 8 GPUs);
+#   * the same record step compiled ahead of time for an H100 (bench --target), to set the prediction
+#     (peak memory, roofline bound) beside the measurement, and bench/gpu_description.py;
 #   * the record's plain eval, sliding-window and SLOT batches over a 4 M-target slice;
 #   * if the reference's train_gpt.py is there (REF_TRAIN_GPT, default build/ref/train_gpt.py, where
 #     tools/torch_side_by_side.py says to put it; build/ is ignored, so carry it to a device machine),
@@ -37,6 +39,10 @@ bench() {
 BATCH=(--per_device_seqs=48 --config.train.seq_len=2048)
 bench train_baseline --config=configs/baseline.py --stage=train "${BATCH[@]}" --calls=20
 bench train_record --config=configs/record.py --stage=train "${BATCH[@]}" --calls=20
+# The ahead-of-time prediction of the same step (peak memory, roofline bound) beside its measurement,
+# and the card's own description against ours (golf_jax/bench/gpu_targets.py).
+bench train_record_aot --config=configs/record.py --stage=train "${BATCH[@]}" --target=h100 --devices=1
+python bench/gpu_description.py --target=h100 2>&1 | tee "$OUT/gpu_description.txt" || true
 for stage in eval sliding slot; do
   bench "${stage}_record" --config=configs/record.py --stage=$stage --tokens=4000000
 done

@@ -162,3 +162,18 @@ def test_ring_collective_time_on_eight_gpus(kind, factor):
 def test_shape_bytes_counts_tuples_and_scalars():
     assert hlo_stats.shape_bytes("(bf16[2,3]{1,0}, f32[], s8[5])") == 2 * 6 + 4 + 5
     assert np.isclose(hlo_stats.shape_bytes("pred[7]"), 7)
+
+
+def test_gpu_description_names_each_field_the_card_gives_differently():
+    import importlib.util
+
+    from golf_jax.paths import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("gpu_description", REPO_ROOT / "bench" / "gpu_description.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ours = gpu_targets.target_config(gpu_targets.GPUS["h100"])
+    card = ours.replace("core_count: 132", "core_count: 114").replace('platform_name: "CUDA"\n', "")
+    assert module.differences(ours, ours) == []
+    assert module.differences(ours, card) == ["gpu_device_info.core_count: ours 132, the card's 114",
+                                              "platform_name: ours CUDA, the card's (absent)"]

@@ -48,6 +48,7 @@ _TARGET = flags.DEFINE_string("target", None, "Compile for this GPU instead of t
 _DEVICES = flags.DEFINE_integer("devices", 8, "--target: how many GPUs of one host to compile for.")
 _SIZE_BATCH = flags.DEFINE_bool("size_batch", False, "--target, eval stages: also find the largest batch that "
                                  "fits (a second compile at twice the rows).")
+_HLO_DIR = flags.DEFINE_string("hlo_dir", None, "--target: write each program's optimized HLO text here.")
 _ROWS = flags.DEFINE_integer("rows", 0, "--target: the eval stages' global batch (windows, documents, sequences; "
                              "0: the config's).")
 
@@ -102,7 +103,7 @@ def _compile_for_target() -> None:
 
     # Not the persistent cache: a deviceless executable is not autotuned, and a real GPU run would read it back.
     out = target.run_target(_CONFIG.value, _STAGE.value, _TARGET.value, _DEVICES.value, rows=_ROWS.value,
-                            per_device_seqs=_PER_DEVICE_SEQS.value, size_batch=_SIZE_BATCH.value)
+                            per_device_seqs=_PER_DEVICE_SEQS.value, size_batch=_SIZE_BATCH.value, hlo_dir=_HLO_DIR.value)
     print("\n".join(target.lines(out)))
     if _JSON.value:
         Path(_JSON.value).write_text(json.dumps(out, indent=1))

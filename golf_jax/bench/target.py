@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -245,8 +246,9 @@ PLANS = {"train": plan_train, "eval": plan_eval, "sliding": plan_sliding, "ttt":
          "calib": plan_calib}
 
 
-def compile_plan(plan: StagePlan, spec: gpu_targets.GpuSpec, devices: int) -> dict:
-    """Compile every program of the plan and report it (per device, per call of the program)."""
+def compile_plan(plan: StagePlan, spec: gpu_targets.GpuSpec, devices: int, hlo_dir: str | None = None) -> dict:
+    """Compile every program of the plan and report it (per device, per call of the program); with
+    hlo_dir, write each program's optimized HLO there (`<stage>.<program>.hlo.txt`)."""
     cpu = jax.devices("cpu")[0].client
     peak, out = spec.bf16_tflops * 1e12, {}
     for prog in plan.programs:
@@ -254,6 +256,9 @@ def compile_plan(plan: StagePlan, spec: gpu_targets.GpuSpec, devices: int) -> di
         compiled = prog.jitted.lower(*prog.args).compile()
         seconds = time.perf_counter() - t0
         text = compiled.as_text()
+        if hlo_dir:
+            Path(hlo_dir).mkdir(parents=True, exist_ok=True)
+            (Path(hlo_dir) / f"{plan.stage}.{prog.name}.hlo.txt").write_text(text)
         stats = hlo_stats.analyze(text)
         cost = jax._src.lib.xla_client._xla.hlo_module_cost_analysis(cpu, compiled.runtime_executable().hlo_modules()[0])
         mem = compiled.memory_analysis()
@@ -291,7 +296,7 @@ def _f32_dots(text: str) -> int:
 
 
 def run_target(cfg, stage: str, target: str, devices: int, rows: int = 0, per_device_seqs: int = 0,
-               size_batch: bool = False) -> dict:
+               size_batch: bool = False, hlo_dir: str | None = None) -> dict:
     """The stage compiled for `devices` GPUs of kind `target`: its report (JSON-able); with
     size_batch (eval stages), also the largest batch that fits (`largest_rows`)."""
     if stage not in PLANS:
@@ -299,7 +304,7 @@ def run_target(cfg, stage: str, target: str, devices: int, rows: int = 0, per_de
     spec = gpu_targets.spec_of(target)
     mesh = gpu_targets.target_mesh(spec, devices)
     plan = plan_train(cfg, mesh, per_device_seqs) if stage == "train" else PLANS[stage](cfg, mesh, rows)
-    progs = compile_plan(plan, spec, devices)
+    progs = compile_plan(plan, spec, devices, hlo_dir)
     calls = plan.settings.get("calls") or {name: 1 for name in progs}
     unit_s = sum(calls.get(n, 0) * p["bound_ms"] for n, p in progs.items()) / 1e3 / plan.units_per_call
     xla = sum(calls.get(n, 0) * p["xla_flops"] for n, p in progs.items()) * devices / plan.units_per_call
