@@ -104,20 +104,25 @@ def test_lora_hooks():
     assert S == 10  # [0,1,2,3,2,3,2,3,4,5]
     rng = np.random.default_rng(2)
     shapes = {"q": (D, D), "k": (KH, D), "v": (KH, D), "o": (D, D), "mlp": (D, D)}
-    lora = {f"{n}_A": jnp.asarray(rng.standard_normal((S, r, i)), jnp.float32) for n, (o, i) in shapes.items()}
-    lora.update({f"{n}_B": jnp.zeros((S, o, r)) for n, (o, i) in shapes.items()})
-    lora.update(head_A=jnp.asarray(rng.standard_normal((r, D)), jnp.float32), head_B=jnp.zeros((V, r)),
+    B = 2  # rows (documents), each with its own adapters
+    lora = {f"{n}_A": jnp.asarray(rng.standard_normal((B, S, r, i)), jnp.float32) for n, (o, i) in shapes.items()}
+    lora.update({f"{n}_B": jnp.zeros((B, S, o, r)) for n, (o, i) in shapes.items()})
+    lora.update(head_A=jnp.asarray(rng.standard_normal((B, r, D)), jnp.float32), head_B=jnp.zeros((B, V, r)),
                 scale=jnp.asarray(72.0))
-    tokens = jnp.asarray(rng.integers(0, V, (2, 9)), jnp.int32)
+    tokens = jnp.asarray(rng.integers(0, V, (B, 9)), jnp.int32)
     fwd = jax.jit(lambda lo: model.apply({"params": params}, tokens, lora=lo))
     base = np.asarray(jax.jit(model.apply)({"params": params}, tokens))
     # B = 0: the model unchanged (another compiled graph: fp32 roundoff only)
     np.testing.assert_allclose(np.asarray(fwd(lora)), base, rtol=1e-5, atol=1e-5)
-    head_b = jnp.asarray(rng.standard_normal((V, r)) * 1e-3, jnp.float32)
-    h = model.apply({"params": params}, tokens, method=model.hidden)
-    raw = h @ params["tok_emb"]["embedding"].T + 72.0 * (h @ lora["head_A"].T) @ head_b.T
-    np.testing.assert_allclose(np.asarray(fwd({**lora, "head_B": head_b})), np.asarray(layers.softcap(raw, 30.0)),
+    head_b = jnp.asarray(rng.standard_normal((B, V, r)) * 1e-3, jnp.float32)
+    h = np.asarray(model.apply({"params": params}, tokens, method=model.hidden), np.float64)
+    emb, head_a = np.asarray(params["tok_emb"]["embedding"], np.float64), np.asarray(lora["head_A"], np.float64)
+    raw = np.stack([h[b] @ emb.T + 72.0 * (h[b] @ head_a[b].T) @ np.asarray(head_b[b], np.float64).T
+                    for b in range(B)])  # row b with its own adapter, in float64
+    np.testing.assert_allclose(np.asarray(fwd({**lora, "head_B": head_b})), 30.0 * np.tanh(raw / 30.0),
                                rtol=1e-5, atol=1e-5)
-    for name in shapes:  # every adapter reaches the logits
-        b = lora[f"{name}_B"].at[1].set(jnp.asarray(rng.standard_normal(lora[f"{name}_B"].shape[1:]), jnp.float32))
-        assert not np.allclose(np.asarray(fwd({**lora, f"{name}_B": b})), base, atol=1e-4), name
+    for name in shapes:  # every adapter reaches the logits, of its own row only
+        b = lora[f"{name}_B"].at[1, 1].set(jnp.asarray(rng.standard_normal(lora[f"{name}_B"].shape[2:]), jnp.float32))
+        got = np.asarray(fwd({**lora, f"{name}_B": b}))
+        assert not np.allclose(got[1], base[1], atol=1e-4), name
+        np.testing.assert_allclose(got[0], base[0], rtol=1e-5, atol=1e-5)

@@ -178,9 +178,11 @@ def _plan_phased(cfg, mesh, rows: int = 0) -> StagePlan:
     scale = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
     x = _batch(mesh, {"x": ((rows, L), jnp.int32), "pos": ((rows, C), jnp.int32), "y": ((rows, C), jnp.int32),
                       "w": ((rows, C), jnp.float32)})
-    logits, pullback = jax.eval_shape(fwd, params, lora, scale, x["x"], x["pos"])
-    # The forward's outputs stay where the forward left them: rows split over the mesh.
-    logits, pullback = _shaped((logits, pullback), dat) if mesh.devices.size > 1 else (logits, pullback)
+    # The forward's outputs (logits and the VJP's residuals) stay where it left them: a leaf with a
+    # row per document split over the mesh, the rest (weights, scalars) replicated.
+    logits, pullback = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dat if a.ndim and a.shape[0] == rows else rep),
+        jax.eval_shape(fwd, params, lora, scale, x["x"], x["pos"]))
     init, g_step = phased_ttt._global_trainer(model, mesh, p, params)
     g_rows = harness.batch_rows(int(p.global_batch_seqs), mesh)
     g_batch = _batch(mesh, {k: ((g_rows, L), jnp.int32) for k in ("x", "y", "seg")})

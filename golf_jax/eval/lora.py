@@ -5,8 +5,8 @@ layer order) adapters on Q, K, V, the attention output (fed the block's normed i
 and the MLP (fed the MLP's normed input, added to its output), plus one on the LM head
 (fed the final hidden, added before the softcap). Delta = (α/r)·(x Aᵀ)Bᵀ with
 A ~ U(±1/√in) and B = 0, so a fresh adapter leaves the model unchanged. Every array
-here has a leading row axis (one document per row); the forward is `jax.vmap` of the
-model over it, and AdamW is elementwise, so documents never interact.
+here has a leading row axis (one document per row), a batch axis of the adapters'
+matmuls in the model's forward, and AdamW is elementwise, so documents never interact.
 """
 
 from __future__ import annotations
@@ -53,13 +53,10 @@ def forward(model, params, lora: dict, scale, x_BxW: jax.Array, pos_BxS: jax.Arr
     logits are never formed.
     """
 
-    def one(lora_d, x_W, pos_S):
-        adapters = {**lora_d, "scale": scale}
-        h = model.apply({"params": params}, x_W[None], lora=adapters, method=model.hidden)[0]
-        h_S = jnp.take(h, pos_S, axis=0)[None]
-        return model.apply({"params": params}, h_S, lora=adapters, method=model.logits_from_hidden)[0]
-
-    return jax.vmap(one)(lora, x_BxW, pos_BxS)
+    adapters = {**lora, "scale": scale}
+    h_BxWxD = model.apply({"params": params}, x_BxW, lora=adapters, method=model.hidden)
+    h_BxSxD = jnp.take_along_axis(h_BxWxD, pos_BxS[..., None], axis=1)
+    return model.apply({"params": params}, h_BxSxD, lora=adapters, method=model.logits_from_hidden)
 
 
 def chunk_cotangent(logits_BxSxV: jax.Array, y_BxS: jax.Array, w_BxS: jax.Array) -> jax.Array:

@@ -59,9 +59,9 @@ class Attention(nn.Module):
         B, T, D = h_BxTxD.shape
         N, K = cfg.num_heads, cfg.num_kv_heads
         H = D // N
-        q = layers.Linear(D, dtype, init, name="c_q")(h_BxTxD) + layers.lora_delta(h_BxTxD, lora, "q")
-        k = layers.Linear(K * H, dtype, init, name="c_k")(h_BxTxD) + layers.lora_delta(h_BxTxD, lora, "k")
-        v = layers.Linear(K * H, dtype, init, name="c_v")(h_BxTxD) + layers.lora_delta(h_BxTxD, lora, "v")
+        q = layers.Linear(D, dtype, init, name="c_q")(h_BxTxD) + layers.lora_delta(h_BxTxD, lora, "q", dtype)
+        k = layers.Linear(K * H, dtype, init, name="c_k")(h_BxTxD) + layers.lora_delta(h_BxTxD, lora, "k", dtype)
+        v = layers.Linear(K * H, dtype, init, name="c_v")(h_BxTxD) + layers.lora_delta(h_BxTxD, lora, "v", dtype)
         q, k = q.reshape(B, T, N, H), k.reshape(B, T, K, H)
         if ve_BxTxKH is not None:
             v = v + ve_BxTxKH.astype(v.dtype)
@@ -77,7 +77,7 @@ class Attention(nn.Module):
             logits = h_BxTxD[..., : cfg.gate_window] @ gate_w.astype(h_BxTxD.dtype).T
             y = y * jax.nn.sigmoid(cfg.attn_gate_scale * logits)[..., None].astype(y.dtype)
         out = layers.Linear(D, dtype, nn.initializers.zeros, name="proj")(y.reshape(B, T, D))
-        return out + layers.lora_delta(h_BxTxD, lora, "o")
+        return out + layers.lora_delta(h_BxTxD, lora, "o", dtype)
 
 
 class MLP(nn.Module):
@@ -130,7 +130,7 @@ class Block(nn.Module):
             return h if s is None else h * s
 
         def mlp_out(h):
-            return mlp(h) + layers.lora_delta(h, lora, "mlp")
+            return mlp(h) + layers.lora_delta(h, lora, "mlp", self.cfg.compute_dtype)
 
         mix = resid_mix.astype(x.dtype)
         x_in = mix[0] * x + mix[1] * x0

@@ -72,10 +72,10 @@ def lora_slots(cfg: Any) -> int:
 
 
 def slot_lora(lora: dict | None, u: int) -> dict | None:
-    """Slot u's adapters (A/B of q, k, v, o, mlp) from the stacked LoRA pytree."""
+    """Slot u's adapters (A/B of q, k, v, o, mlp) of every row, from the stacked LoRA pytree."""
     if lora is None:
         return None
-    out = {k: v[u] for k, v in lora.items() if k.endswith(("_A", "_B")) and not k.startswith("head_")}
+    out = {k: v[:, u] for k, v in lora.items() if k.endswith(("_A", "_B")) and not k.startswith("head_")}
     out["scale"] = lora["scale"]
     return out
 
@@ -135,9 +135,9 @@ class GPT(nn.Module):
         the first norm: a continuous input through which causality can be checked.
         `segment_ids_BxT` keeps packed documents apart in attention; with
         `model.doc_isolation` they come from the tokens (a new segment at every BOS).
-        `lora` (phased TTT) holds per-use adapters stacked on a leading slot axis, slot
-        u = the u-th block call of the layer order (see `lora_slots`), plus `scale`
-        and the head's adapter.
+        `lora` (phased TTT) holds each row's adapters, [B, slot, ...] with slot u = the u-th
+        block call of the layer order (see `lora_slots`), plus `scale` and the head's
+        adapter [B, ...].
         """
         dtype = self.residual_dtype
         if self.cfg.doc_isolation and segment_ids_BxT is None:  # segment = documents begun so far (causal)
@@ -193,8 +193,8 @@ class GPT(nn.Module):
         dtype = jnp.dtype(self.cfg.compute_dtype)
         logits = layers.matmul_2d(h_BxTxD.astype(dtype), self.tok_emb.embedding.astype(dtype).T)
         if lora is not None and "head_A" in lora:
-            logits = logits + layers.lora_delta(h_BxTxD.astype(dtype), {k: lora[k] for k in ("head_A", "head_B", "scale")},
-                                                "head")
+            logits = logits + layers.lora_delta(h_BxTxD, {k: lora[k] for k in ("head_A", "head_B", "scale")}, "head",
+                                                dtype)
         if bias_V is not None:
             logits = logits.astype(jnp.float32) + bias_V
         return layers.softcap(logits, self.cfg.logit_softcap)

@@ -188,16 +188,22 @@ def normed_rotary_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, q_gain_N, rot_dims:
     return causal_attention(q, k, v_BxTxKxH, implementation, segment_ids_BxT)
 
 
-def lora_delta(x: jax.Array, lora: dict | None, name: str) -> jax.Array | float:
-    """`scale · (x Aᵀ) Bᵀ` of the adapter `name` (A [r, in], B [out, r]), or 0 without one.
+def lora_delta(x: jax.Array, lora: dict | None, name: str, dtype) -> jax.Array | float:
+    """`scale · (x Aᵀ) Bᵀ` of the adapter `name`, each row b of x with its own (A [B, r, in],
+    B [B, out, r]), or 0 without one.
 
     The per-document LoRA of phased TTT (#1855): B starts at 0, so a fresh adapter
-    leaves the model unchanged.
+    leaves the model unchanged. Rows are a batch axis of the einsums (as the reference's
+    bmm), not a vmap of the model: cuDNN's attention under vmap cannot take the segment
+    mask. In the compute dtype, as the reference's autocast runs it:
+    an fp32 delta would make q, k and v fp32, which cuDNN's attention refuses (the chunked
+    path then ran every phased-TTT forward on a GPU; docs/perf.md).
     """
     if lora is None or name + "_A" not in lora:
         return 0.0
-    a, b = lora[name + "_A"].astype(x.dtype), lora[name + "_B"].astype(x.dtype)
-    return (x @ a.T) @ b.T * lora["scale"].astype(x.dtype)
+    a, b = lora[name + "_A"].astype(dtype), lora[name + "_B"].astype(dtype)
+    xa = jnp.einsum("bti,bri->btr", x.astype(dtype), a)
+    return jnp.einsum("btr,bor->bto", xa, b) * lora["scale"].astype(dtype)
 
 
 def softcap(logits: jax.Array, cap: float) -> jax.Array:
