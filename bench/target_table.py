@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 CONFIGS = ("baseline", "record", "sp8192_legal", "sp8192_prequant_ttt", "frontier", "golf")
 STAGES = ("train", "eval", "sliding", "ttt", "slot", "calib")
+REFERENCE_GPUS = 8  # the challenge's machine: the per-GPU train batch is the config's batch over 8
 
 
 def _config(name: str):
@@ -32,6 +33,8 @@ def _config(name: str):
 
 
 def cell(out: Path, config: str, stage: str, target: str, devices: int) -> dict:
+    """One stage on `devices` GPUs; the train step at the per-GPU batch of 8 GPUs whatever the count
+    (one GPU cannot take the global batch: there is no gradient accumulation)."""
     from golf_jax.bench import target as target_lib
 
     path = out / f"{config}.{stage}.{target}x{devices}.json"
@@ -39,7 +42,10 @@ def cell(out: Path, config: str, stage: str, target: str, devices: int) -> dict:
         return json.loads(path.read_text())
     t0 = time.perf_counter()
     try:
-        r = target_lib.run_target(_config(config), stage, target, devices, size_batch=stage != "train")
+        cfg = _config(config)
+        per_gpu = int(cfg.train.batch_tokens) // (REFERENCE_GPUS * int(cfg.train.seq_len))
+        r = target_lib.run_target(cfg, stage, target, devices, size_batch=stage != "train",
+                                  per_device_seqs=per_gpu if stage == "train" else 0)
     except Exception as e:  # a cell that does not compile is a finding, not the end of the table
         r = {"config": config, "stage": stage, "devices": devices, "error": f"{type(e).__name__}: {e}"[:400]}
     r["wall_s"] = time.perf_counter() - t0

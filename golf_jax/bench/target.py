@@ -238,9 +238,13 @@ def plan_calib(cfg, mesh, rows: int = 0) -> StagePlan:
     x = _batch(mesh, {"x": ((rows, T), jnp.int32), "w": ((rows,), jnp.float32)})
     acc = _shaped(jax.eval_shape(lambda p, t: hessian.xtx_forward(model, p, t, tied_embed=tied), params, x["x"]),
                   mesh_lib.replicated(mesh))
+    _, uses = flops._layers_and_uses(cfg)
+    times = lambda path: uses[int(path.split("/")[0].split("_")[1])] if path.startswith("blocks_") else 1  # noqa: E731
+    xtx = sum(2.0 * a.shape[0] * a.shape[1] * times(path) for path, a in acc.items()) * rows * T
     return StagePlan("calib", "batch", 1,
                      [Program("accumulate", hessian.jit_accumulate(model, mesh, tied), (acc, params, x["x"], x["w"]))],
-                     flops.forward(cfg, params, T, rows, 0), "the forward without logits; the xᵀx sums not counted",
+                     flops.forward(cfg, params, T, rows, 0) + xtx,
+                     "the forward without logits + 2·in² per token for each kernel's Σ xᵀx",
                      tokens_per_unit=rows * T, settings={"rows": rows, "seq_len": T, "calib_seqs": int(ex.calib_seqs)})
 
 

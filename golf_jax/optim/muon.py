@@ -93,7 +93,10 @@ def newton_schulz_sharded(mats: list[jax.Array], mesh: Mesh, **ns_kwargs: Any) -
 
     Matrices of one shape are stacked into a bank, padded with zero matrices (which stay
     zero) to a multiple of the device count, and sharded along the bank axis, so each
-    device orthogonalizes its share; the replicated result is XLA's all-gather.
+    device orthogonalizes its share; the replicated result is XLA's all-gather. The bank
+    is pinned replicated before it is split: otherwise XLA propagates the split back into
+    the gradients and momentum and reassembles them with one all-to-all per matrix (70 in
+    the record's step, compiled for 8 H100s; docs/perf.md).
     """
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(mats):
@@ -102,6 +105,7 @@ def newton_schulz_sharded(mats: list[jax.Array], mesh: Mesh, **ns_kwargs: Any) -
     for idx in groups.values():
         bank = jnp.stack([mats[i] for i in idx])
         bank = jnp.pad(bank, [(0, -len(idx) % mesh.devices.size)] + [(0, 0)] * (bank.ndim - 1))
+        bank = jax.lax.with_sharding_constraint(bank, mesh_lib.replicated(mesh))
         bank = jax.lax.with_sharding_constraint(bank, mesh_lib.data_sharded(mesh))
         bank = jax.lax.with_sharding_constraint(newton_schulz5(bank, **ns_kwargs), mesh_lib.replicated(mesh))
         for k, i in enumerate(idx):
