@@ -215,3 +215,27 @@ def roofline(stats: Stats, peak_flops: float, memory_bw: float) -> dict:
             "top_kernels": [{"name": k.name, "opcode": k.opcode, "count": k.count, "gflops": k.flops / 1e9,
                              "mbytes": k.bytes / 1e6,
                              "ms": 1e3 * k.count * max(k.flops / peak_flops, k.bytes / memory_bw)} for k in top]}
+
+
+def f32_dots(hlo_text: str) -> int:
+    """Dots whose operands are both f32: where bf16 is meant, they run far below the tensor-core peak."""
+    n = 0
+    for instrs in parse(hlo_text)[0].values():
+        shapes = {i.name: i.shape for i in instrs}
+        n += sum(1 for i in instrs if i.opcode == "dot" and len(i.operands) == 2
+                 and all(shapes.get(o, "").startswith("f32") for o in i.operands))
+    return n
+
+
+def xla_cost(compiled) -> dict:
+    """XLA's HLO cost analysis (flops, bytes accessed, ...) of an executable's optimized module.
+
+    `compiled.cost_analysis()` gives None for a deviceless GPU executable; the analysis itself
+    is target-independent, so the CPU client runs it on the GPU module.
+    """
+    import jax
+    from jax._src.lib import xla_client
+
+    module = compiled.runtime_executable().hlo_modules()[0]
+    cost = xla_client._xla.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
+    return {k: float(v) for k, v in cost.items()}

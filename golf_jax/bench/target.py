@@ -255,50 +255,37 @@ PLANS = {"train": plan_train, "eval": plan_eval, "sliding": plan_sliding, "ttt":
 def compile_plan(plan: StagePlan, spec: gpu_targets.GpuSpec, devices: int, hlo_dir: str | None = None) -> dict:
     """Compile every program of the plan and report it (per device, per call of the program); with
     hlo_dir, write each program's optimized HLO there (`<stage>.<program>.hlo.txt`)."""
-    cpu = jax.devices("cpu")[0].client
-    peak, out = spec.bf16_tflops * 1e12, {}
+    out = {}
     for prog in plan.programs:
         t0 = time.perf_counter()
         compiled = prog.jitted.lower(*prog.args).compile()
-        seconds = time.perf_counter() - t0
-        text = compiled.as_text()
+        out[prog.name] = {"compile_s": time.perf_counter() - t0, **program_report(compiled, spec, devices)}
         if hlo_dir:
             Path(hlo_dir).mkdir(parents=True, exist_ok=True)
-            (Path(hlo_dir) / f"{plan.stage}.{prog.name}.hlo.txt").write_text(text)
-        stats = hlo_stats.analyze(text)
-        cost = jax._src.lib.xla_client._xla.hlo_module_cost_analysis(cpu, compiled.runtime_executable().hlo_modules()[0])
-        mem = compiled.memory_analysis()
-        m = {k: int(getattr(mem, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "alias")}
-        m["peak"] = m["argument"] + m["output"] + m["temp"] - m["alias"]
-        roof = hlo_stats.roofline(stats, peak, spec.memory_bw)
-        comm = {k: {**v, "ms": 1e3 * hlo_stats.collective_seconds(k, v["bytes"] / max(v["count"], 1), devices,
-                                                                  spec.link_bw) * v["count"]}
-                for k, v in stats.collectives.items()}
-        comm_s = sum(v["ms"] for v in comm.values()) / 1e3
-        out[prog.name] = {
-            "compile_s": seconds, "memory": m, "peak_gib": m["peak"] / 2**30,
-            "xla_flops": float(cost.get("flops", 0.0)) + stats.attention_flops,
-            "xla_flops_without_cudnn": float(cost.get("flops", 0.0)), "cudnn_attention_flops": stats.attention_flops,
-            "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
-            "cudnn_attention_calls": stats.cudnn_attention, "collectives": comm,
-            "roofline_ms": 1e3 * roof["seconds"], "compute_ms": 1e3 * roof["compute_seconds"],
-            "memory_ms": 1e3 * roof["memory_seconds"], "collective_ms": 1e3 * comm_s,
-            "bound_ms": 1e3 * max(roof["seconds"], comm_s), "kernels": roof["kernels"],
-            "top_kernels": roof["top_kernels"],
-            "f32_dots": _f32_dots(text),
-        }
+            (Path(hlo_dir) / f"{plan.stage}.{prog.name}.hlo.txt").write_text(compiled.as_text())
     return out
 
 
-def _f32_dots(text: str) -> int:
-    """Dots whose both operands are f32 (where bf16 is meant, a fifth of the tensor-core rate)."""
-    comps, _ = hlo_stats.parse(text)
-    n = 0
-    for instrs in comps.values():
-        shapes = {i.name: i.shape for i in instrs}
-        n += sum(1 for i in instrs if i.opcode == "dot" and len(i.operands) == 2
-                 and all(shapes.get(o, "").startswith("f32") for o in i.operands))
-    return n
+def program_report(compiled, spec: gpu_targets.GpuSpec, devices: int) -> dict:
+    """One executable's memory, FLOPs, bytes, kernels, collectives and roofline bound (per call)."""
+    text = compiled.as_text()
+    stats = hlo_stats.analyze(text)
+    cost = hlo_stats.xla_cost(compiled)
+    mem = compiled.memory_analysis()
+    m = {k: int(getattr(mem, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "alias")}
+    m["peak"] = m["argument"] + m["output"] + m["temp"] - m["alias"]
+    roof = hlo_stats.roofline(stats, spec.bf16_tflops * 1e12, spec.memory_bw)
+    comm = {k: {**v, "ms": 1e3 * v["count"] * hlo_stats.collective_seconds(k, v["bytes"] / max(v["count"], 1),
+                                                                          devices, spec.link_bw)}
+            for k, v in stats.collectives.items()}
+    comm_ms = sum(v["ms"] for v in comm.values())
+    return {"memory": m, "peak_gib": m["peak"] / 2**30,
+            "xla_flops": cost.get("flops", 0.0) + stats.attention_flops, "xla_flops_without_cudnn": cost.get("flops", 0.0),
+            "cudnn_attention_flops": stats.attention_flops, "bytes_accessed": cost.get("bytes accessed", 0.0),
+            "cudnn_attention_calls": stats.cudnn_attention, "collectives": comm, "collective_ms": comm_ms,
+            "roofline_ms": 1e3 * roof["seconds"], "compute_ms": 1e3 * roof["compute_seconds"],
+            "memory_ms": 1e3 * roof["memory_seconds"], "bound_ms": max(1e3 * roof["seconds"], comm_ms),
+            "kernels": roof["kernels"], "top_kernels": roof["top_kernels"], "f32_dots": hlo_stats.f32_dots(text)}
 
 
 def run_target(cfg, stage: str, target: str, devices: int, rows: int = 0, per_device_seqs: int = 0,
@@ -368,7 +355,8 @@ def lines(r: dict) -> list[str]:
         head.append(f"  [{name}] peak {p['peak_gib']:.2f} GiB, {p['kernels']} kernels, roofline {p['roofline_ms']:.3f} ms "
                     f"(compute {p['compute_ms']:.3f}, memory {p['memory_ms']:.3f}), bytes accessed "
                     f"{p['bytes_accessed'] / 2**30:.2f} GiB, cuDNN attention {cud['forward']:g} fwd + "
-                    f"{cud['backward']:g} bwd; collectives: {coll}")
+                    f"{cud['backward']:g} bwd; collectives: {coll}"
+                    + (f"; {p['f32_dots']} dots with both operands f32" if p["f32_dots"] else ""))
     if "sizing" in r:
         z = r["sizing"]
         head.append(f"  largest batch that fits: {z['largest_rows']} rows ({z['bytes_per_row'] / 2**20:.1f} MiB per "
