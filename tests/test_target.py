@@ -55,6 +55,16 @@ def test_train_step_compiles_for_h100s_with_cudnn_attention_and_its_collectives(
     json.dumps(r)
 
 
+@pytest.mark.parametrize("devices", [1, 8])
+def test_sliding_stage_compiles_for_h100s_with_cudnn_and_no_collective(plugin, devices):
+    from golf_jax.bench import target
+
+    r = target.run_target(tiny(), "sliding", "h100", devices)
+    predict = r["programs"]["predict"]
+    assert predict["cudnn_attention_calls"] == {"forward": 2, "backward": 0} and predict["collectives"] == {}
+    assert r["unit"] == "window" and r["peak_memory_bytes"] > 0 and r["ceiling_targets_per_s"] > 0
+
+
 def test_auto_attention_falls_back_to_chunked_where_cudnn_refuses_on_the_gpu(plugin):
     """fp32 inputs: cuDNN's flash attention refuses them while tracing, and "auto" answers with the
     chunked path in the H100 program; bf16 gets cuDNN (the train test above)."""
