@@ -157,6 +157,7 @@ def test_hlo_counts_kernels_flops_bytes_and_collectives_by_hand():
     # The loop's all-reduce runs 5 times; the all-gather once, counted at its gathered size.
     assert s.collectives == {"all-gather": {"count": 1, "bytes": 8 * 16 * 4},
                              "all-reduce": {"count": 5, "bytes": 5 * 4 * 16 * 4}}
+    assert s.unknown_loops == 0 and hlo_stats.analyze(HLO.replace('"known_trip_count":{"n":"5"}', "")).unknown_loops == 1
     assert hlo_stats.f32_dots(HLO) == 0 and hlo_stats.f32_dots(HLO.replace("bf16[", "f32[")) == 1
     r = hlo_stats.roofline(s, peak_flops=1e12, memory_bw=1e9)
     assert r["kernels"] == 2 and r["seconds"] == pytest.approx(

@@ -6,7 +6,9 @@ non-fused computation is one kernel (or one collective); this module counts, per
 the matmul FLOPs it holds (dots in its fused computation, cuBLAS GEMMs, cuDNN attention)
 and the bytes it reads and writes (its operands and result), so that a roofline bound is
 the sum over kernels of max(FLOPs / peak, bytes / HBM bandwidth). Loops count their body
-`known_trip_count` times. Elementwise FLOPs are not counted (they never bind on an H100).
+`known_trip_count` times, and once where XLA knows no count (a solver's iterations: the
+bound is then per iteration; `Stats.unknown_loops` says how many). Elementwise FLOPs are
+not counted (they never bind on an H100).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Stats:
     collectives: dict = field(default_factory=dict)  # kind -> {"count", "bytes"} per call
     cudnn_attention: dict = field(default_factory=lambda: {"forward": 0, "backward": 0})
     attention_flops: float = 0.0  # inside the cuDNN calls (XLA's own cost analysis counts them as 0)
+    unknown_loops: int = 0  # while loops without a known trip count: their body is counted once
 
 
 def parse(hlo_text: str) -> tuple[dict[str, list[Instr]], str]:
@@ -150,6 +153,7 @@ def analyze(hlo_text: str) -> Stats:
         for ins in comps.get(comp, []):
             if ins.opcode == "while":
                 m = re.search(r'"known_trip_count":\{"n":"(\d+)"', ins.attrs)
+                stats.unknown_loops += m is None
                 for body in _called(ins.attrs, "body"):
                     walk(body, times * (int(m.group(1)) if m else 1))
                 continue

@@ -285,7 +285,8 @@ def program_report(compiled, spec: gpu_targets.GpuSpec, devices: int) -> dict:
             "cudnn_attention_calls": stats.cudnn_attention, "collectives": comm, "collective_ms": comm_ms,
             "roofline_ms": 1e3 * roof["seconds"], "compute_ms": 1e3 * roof["compute_seconds"],
             "memory_ms": 1e3 * roof["memory_seconds"], "bound_ms": max(1e3 * roof["seconds"], comm_ms),
-            "kernels": roof["kernels"], "top_kernels": roof["top_kernels"], "f32_dots": hlo_stats.f32_dots(text)}
+            "kernels": roof["kernels"], "top_kernels": roof["top_kernels"], "f32_dots": hlo_stats.f32_dots(text),
+            "loops_counted_once": stats.unknown_loops}
 
 
 def run_target(cfg, stage: str, target: str, devices: int, rows: int = 0, per_device_seqs: int = 0,
@@ -356,7 +357,9 @@ def lines(r: dict) -> list[str]:
                     f"(compute {p['compute_ms']:.3f}, memory {p['memory_ms']:.3f}), bytes accessed "
                     f"{p['bytes_accessed'] / 2**30:.2f} GiB, cuDNN attention {cud['forward']:g} fwd + "
                     f"{cud['backward']:g} bwd; collectives: {coll}"
-                    + (f"; {p['f32_dots']} dots with both operands f32" if p["f32_dots"] else ""))
+                    + (f"; {p['f32_dots']} dots with both operands f32" if p["f32_dots"] else "")
+                    + (f"; {p['loops_counted_once']} loops of unknown trip count counted once (the bound is per "
+                       "iteration there)" if p["loops_counted_once"] else ""))
     if "sizing" in r:
         z = r["sizing"]
         head.append(f"  largest batch that fits: {z['largest_rows']} rows ({z['bytes_per_row'] / 2**20:.1f} MiB per "
