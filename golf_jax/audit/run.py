@@ -47,42 +47,55 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
     proc = procedure.build(cfg, mesh, data.lut, artifact=weights, params=params, model=model, custom=custom)
     bos = max(int(data.sp.bos_id()), 0)
     proc.documents = phased_plan.find_documents(data.tokens, bos).start  # the slice's, kept by every rerun
+    proc.told = {"num_targets": data.real_targets or len(data.tokens) - 1,
+                 "num_documents": data.real_documents or data.documents, "seed": int(a.seed)}
     e = proc.cfg.eval
     stride = int(e.sliding.stride)
     tokens, T, V = data.tokens, len(data.tokens) - 1, int(proc.cfg.model.vocab_size)
     random_model = params is None and weights is None
     rng = np.random.default_rng(int(a.seed))
     rows = harness.batch_rows(int(e.sliding.batch_windows), mesh)
-    flips = checks.flip_positions(tokens, L, stride, rows, int(e.ttt.chunk_tokens), bos, int(a.flips), rng)
+    geometry = {"seq_len": L, "stride": stride, "rows": rows, "chunk": int(e.ttt.chunk_tokens)}
     cf_vocab = int(a.probe_vocab) if random_model and 1 < int(a.probe_vocab) < V else V
     probes = checks.probe_positions(T, L, stride, int(e.ttt.chunk_tokens), int(a.probes), rng)
+    vocab_probes = checks.probe_positions(T, L, stride, T, int(a.vocab_probes), rng)  # (no chunk:) late, then random
     norm_targets = np.sort(rng.choice(T, size=min(int(a.normalization_positions), T), replace=False))
-    total = 2 + len(flips) + len(probes) * cf_vocab
+    total = 2 + int(a.flips) + len(probes) * cf_vocab + len(vocab_probes) * (1 + int(a.vocab_samples))
     what = "its own evaluator" if custom is not None else f"stages {e.stages}"
     log(f"audit: {cfg.name} ({what}) on {T:,} targets of {data.source}, {data.documents} documents; windows {L}, "
         f"stride {stride}, {rows} rows per batch, TTT chunks {e.ttt.chunk_tokens}; {mesh.devices.size} devices; "
-        f"{'a random model' if random_model else 'the given weights'}; {total:,} runs")
+        f"{'a random model' if random_model else 'the given weights'}; about {total:,} runs")
     bar = tqdm(total=total, desc="audit", unit="run", file=sys.stderr, disable=None, mininterval=2.0, leave=False)
     try:
         base = proc(tokens, probe_targets=norm_targets.tolist())
         bar.update(1)
-        again = proc(tokens)
+        runs = [base, proc(tokens)]
         bar.update(1)
+        if any(not np.array_equal(r.nll, runs[1][s].nll, equal_nan=True) for s, r in base.items()):
+            runs.append(proc(tokens))  # a third run: each target's own noise, from every pair
         result: list[Check] = []
-        floor = checks.noise_floor(base, again)
-        tol = float(floor.details["tolerance"])
+        floor, tol = checks.noise_floor(runs)
         log(f"audit: noise floor {floor.evidence}")
 
+        ranks = {s: r.ledger.score_rank() for s, r in base.items()}
+        places = {s: checks.stream_order(rk, proc.documents, len(tokens)) for s, rk in ranks.items()}
+        flips = checks.flip_plan(tokens, ranks, places, geometry, bos, int(a.flips), rng)
         flip_proc = _counting(proc, bar)
-        result.append(checks.flip_test(flip_proc, tokens, base, flips, V, tol, rng, data.sp))
+        timed = _Timed(result)
+        with timed:
+            result.append(checks.flip_test(flip_proc, tokens, base, flips, V, tol, rng, places, bos, data.sp))
         result.append(checks.normalization(base, tokens, V, data.sp))
         cf_proc, cf_tokens = proc, tokens
-        if cf_vocab != V:  # the random model rebuilt with a small vocabulary: V reruns per probe
-            cf_proc = procedure.build(cfg, mesh, data.lut, custom=custom, vocab_size=cf_vocab)
-            cf_proc.documents = proc.documents
-            cf_tokens = (tokens % cf_vocab).astype(np.int32)
-        result.append(checks.counterfactual(cf_proc, cf_tokens, probes, cf_vocab, L, data.sp if cf_vocab == V else None,
-                                            progress=bar.update))
+        with timed:
+            if cf_vocab != V:  # the random model rebuilt with a small vocabulary: V reruns per probe
+                cf_proc = procedure.build(cfg, mesh, data.lut, custom=custom, vocab_size=cf_vocab)
+                cf_proc.documents, cf_proc.told = proc.documents, proc.told
+                cf_tokens = (tokens % cf_vocab).astype(np.int32)
+            result.append(checks.counterfactual(cf_proc, cf_tokens, probes, cf_vocab, L,
+                                                data.sp if cf_vocab == V else None, progress=bar.update))
+        with timed:
+            result.append(checks.answer_independence(proc, tokens, vocab_probes, int(a.vocab_samples), V, L, rng,
+                                                     data.sp, progress=bar.update))
         result.append(checks.ledger(base))
     finally:
         bar.close()
@@ -103,6 +116,7 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
         "geometry": {"seq_len": L, "stride": stride, "rows": rows, "chunk_tokens": int(e.ttt.chunk_tokens),
                      "slot_focal": int(e.slot.focal), "devices": mesh.devices.size,
                      "counterfactual_vocab": cf_vocab},
+        "told": proc.told,
         "runs": proc.runs + (cf_proc.runs if cf_proc is not proc else 0),
         "seconds": time.perf_counter() - t0,
         "checks": [c.to_json() for c in result],
@@ -111,6 +125,20 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
     for line in table(report).splitlines():
         log(line)
     return report
+
+
+class _Timed:
+    """`with timed: result.append(check)`: the check's seconds go into its details (what each probe costs)."""
+
+    def __init__(self, result: list) -> None:
+        self.result = result
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.result[-1].details["seconds"] = round(time.perf_counter() - self.t0, 2)
 
 
 def _counting(proc, bar):
