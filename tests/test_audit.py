@@ -311,3 +311,15 @@ def test_compliance_doc_renders_reports_and_compares_with_expectations(tmp_path)
     assert "**FAIL (disagrees)**" in text  # lbfgs_slot is expected to fail
     assert "`python -m golf_jax.audit --config=configs/record.py`" in text  # the command, without --json
     assert "ok ∣ fine" in text  # a pipe in the evidence does not break the table
+
+
+def test_disjoint_check_fails_with_the_overlap_count(tmp_path):
+    from golf_jax.data.prepare import write_shard
+
+    write_shard(tmp_path / "fineweb_val_000000.bin", np.array([1, 5, 6, 1, 7, 8, 1, 3], np.uint16))
+    write_shard(tmp_path / "fineweb_train_000000.bin", np.array([1, 7, 8, 1, 5, 6, 1, 2], np.uint16))
+    bad = budgets.disjoint(tmp_path)
+    assert bad.status == "FAIL" and bad.details["overlap"] == 2 and "2 of 3 val documents" in bad.evidence
+    write_shard(tmp_path / "fineweb_train_000000.bin", np.array([1, 7, 9, 1, 2], np.uint16))
+    assert budgets.disjoint(tmp_path).status == "PASS"
+    assert budgets.disjoint(None).status == "SKIP"

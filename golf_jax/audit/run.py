@@ -8,6 +8,7 @@ does not fail it, and says so.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ from tqdm import tqdm
 from golf_jax import mesh as mesh_lib
 from golf_jax.audit import budgets, checks, procedure
 from golf_jax.audit.checks import FAIL, PASS, Check
+from golf_jax.data import source
+from golf_jax.errors import UserError
 from golf_jax.eval import harness, phased_plan, stages
 
 
@@ -104,6 +107,7 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
     result.append(budgets.timings(cfg, summary))
     result.append(budgets.data_access(cfg, summary))
     result.append(budgets.prequant_ttt(cfg))
+    result.append(budgets.disjoint(_data_dir(cfg, artifact)))
     result.insert(0, floor)
     passed = not any(c.status == FAIL for c in result)
     report = {
@@ -125,6 +129,18 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
     for line in table(report).splitlines():
         log(line)
     return report
+
+
+def _data_dir(cfg, artifact) -> Path | None:
+    """The run's shard folder: its data.json's (beside the artifact), else the config's."""
+    recorded = Path(artifact).parent / "data.json" if artifact is not None else None
+    if recorded is not None and recorded.is_file():
+        where = json.loads(recorded.read_text()).get("data_dir")
+        return Path(where) if where else None
+    try:
+        return source.resolve_data(cfg)[0]
+    except UserError:
+        return None
 
 
 class _Timed:
