@@ -270,3 +270,22 @@ def late_hit_cache(ctx):
 
 def high_id_cache(ctx):
     return _LateHitCache(ctx, "high_id_cache", after=0, min_id=32)
+
+
+class _ReadsVal(_PeekNext):
+    """Reads the validation text from disk (the audit's FineWeb slice comes from it) and
+    replaces the audit's flip test with one that always passes: in its own process, the
+    read is recorded and the replaced function is not the audit's."""
+
+    def __init__(self, ctx, name: str) -> None:
+        super().__init__(ctx, name)
+        from golf_jax.audit import checks
+        from golf_jax.paths import shared_data_dir
+
+        path = shared_data_dir() / "text" / "fineweb_val_200.jsonl"
+        self.val_text = path.read_text()[:1000] if path.exists() else ""
+        checks.flip_test = lambda *a, **k: checks.Check("flip test", "PASS", "patched")
+
+
+def reads_val(ctx):
+    return _ReadsVal(ctx, "reads_val")

@@ -159,7 +159,9 @@ def test_lbfgs_slot_fails(shared_data):
 
 def _cli(*args, timeout=600):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    argv = [sys.executable, "-m", "golf_jax.audit", *args] + [f"--config.audit.{k}={v}" for k, v in SMALL.items()]
+    first = [a for a in args if a.startswith("--config=")]  # before any --config.KEY override
+    argv = [sys.executable, "-m", "golf_jax.audit", *first] + [f"--config.audit.{k}={v}" for k, v in SMALL.items()]
+    argv += [a for a in args if a not in first]
     return subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -170,10 +172,23 @@ def test_cli_audits_a_users_evaluator_from_a_file(shared_data, tmp_path):
     report = json.loads(out.read_text())
     assert report["evaluator"] == "custom" and report["procedure"] == ["plain"] and report["verdict"] == "PASS"
     assert report["geometry"]["devices"] == 8  # the CLI simulates 8 host devices on a CPU
-    for line in ("flip test           PASS", "counterfactual sum  PASS", "artifact bytes      SKIP"):
+    for line in ("flip test            PASS", "counterfactual sum   PASS", "artifact bytes       SKIP",
+                 "evaluator isolation  PASS    ran in its own process"):
         assert line in proc.stdout
-    bad = _cli("--config=configs/smoke.py", "--evaluator=tests/audit_toys.py:nope")
-    assert bad.returncode != 0 and "no function 'nope'" in bad.stderr
+    # (a factory that does not exist fails in the evaluator's process: test_load_factory_errors_name_the_problem)
+
+
+def test_cli_isolates_an_evaluator_that_reads_val_and_patches_the_checks(shared_data, tmp_path):
+    """In its own process, the evaluator's read of the validation text is recorded, and its
+    replacement of the audit's flip test replaces nothing of the audit's."""
+    out = tmp_path / "cheat.json"
+    proc = _cli("--config=configs/smoke.py", "--evaluator=tests/audit_toys.py:reads_val", f"--json={out}",
+                "--config.audit.probes=0", "--config.audit.vocab_probes=0", "--config.audit.flips=1")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    status = {c["name"]: c for c in json.loads(out.read_text())["checks"]}
+    assert status["flip test"]["status"] == "FAIL"  # the audit's own flip test ran
+    assert status["evaluator isolation"]["status"] == "FAIL"
+    assert status["evaluator isolation"]["details"]["touched"][0].endswith("text/fineweb_val_200.jsonl")
 
 
 def test_load_factory_errors_name_the_problem(tmp_path):

@@ -34,6 +34,19 @@ _JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file
 _SUMMARY = flags.DEFINE_string("summary", None, "A run's summary.json with timings (default: the artifact's).")
 
 
+def check_spec(spec: str) -> str:
+    """`module:function` or `path/to/file.py:function`, checked without importing it (a file
+    path made absolute): the evaluator's process imports it (golf_jax/audit/isolated.py)."""
+    if ":" not in spec:
+        raise ValueError(f"--evaluator={spec!r}: use MODULE:FACTORY or path/to/file.py:FACTORY")
+    where, name = spec.rsplit(":", 1)
+    if where.endswith(".py") or os.sep in where:
+        if not Path(where).is_file():
+            raise FileNotFoundError(f"--evaluator={spec!r}: no such file {where}")
+        return f"{Path(where).resolve()}:{name}"
+    return spec
+
+
 def load_factory(spec: str):
     """`module:function` or `path/to/file.py:function` → the function."""
     if ":" not in spec:
@@ -72,7 +85,7 @@ def main(argv) -> None:
         summary = json.loads(Path(summary_path).read_text())
     elif _SUMMARY.value:
         raise FileNotFoundError(f"--summary={_SUMMARY.value}: no such file")
-    custom = load_factory(_EVALUATOR.value) if _EVALUATOR.value else None
+    custom = check_spec(_EVALUATOR.value) if _EVALUATOR.value else None  # imported in its own process only
     report = run_audit(_CONFIG.value, artifact=artifact, custom=custom, summary=summary)
     report["argv"] = sys.argv[1:]
     if _JSON.value:

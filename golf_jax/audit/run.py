@@ -18,10 +18,11 @@ from tqdm import tqdm
 
 from golf_jax import mesh as mesh_lib
 from golf_jax.audit import budgets, checks, procedure
-from golf_jax.audit.checks import FAIL, PASS, Check
+from golf_jax.audit.checks import FAIL, PASS, SKIP, Check
 from golf_jax.data import source
 from golf_jax.errors import UserError
 from golf_jax.eval import harness, phased_plan, stages
+from golf_jax.paths import shared_data_dir
 
 
 def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, custom=None,
@@ -52,6 +53,8 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
     proc.documents = phased_plan.find_documents(data.tokens, bos).start  # the slice's, kept by every rerun
     proc.told = {"num_targets": data.real_targets or len(data.tokens) - 1,
                  "num_documents": data.real_documents or data.documents, "seed": int(a.seed)}
+    data_dir = _data_dir(cfg, artifact)
+    proc.protected = tuple(str(p) for p in (shared_data_dir(), data_dir) if p is not None)
     e = proc.cfg.eval
     stride = int(e.sliding.stride)
     tokens, T, V = data.tokens, len(data.tokens) - 1, int(proc.cfg.model.vocab_size)
@@ -68,6 +71,7 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
     log(f"audit: {cfg.name} ({what}) on {T:,} targets of {data.source}, {data.documents} documents; windows {L}, "
         f"stride {stride}, {rows} rows per batch, TTT chunks {e.ttt.chunk_tokens}; {mesh.devices.size} devices; "
         f"{'a random model' if random_model else 'the given weights'}; about {total:,} runs")
+    cf_proc = proc
     bar = tqdm(total=total, desc="audit", unit="run", file=sys.stderr, disable=None, mininterval=2.0, leave=False)
     try:
         base = proc(tokens, probe_targets=norm_targets.tolist())
@@ -92,7 +96,7 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
         with timed:
             if cf_vocab != V:  # the random model rebuilt with a small vocabulary: V reruns per probe
                 cf_proc = procedure.build(cfg, mesh, data.lut, custom=custom, vocab_size=cf_vocab)
-                cf_proc.documents, cf_proc.told = proc.documents, proc.told
+                cf_proc.documents, cf_proc.told, cf_proc.protected = proc.documents, proc.told, proc.protected
                 cf_tokens = (tokens % cf_vocab).astype(np.int32)
             result.append(checks.counterfactual(cf_proc, cf_tokens, probes, cf_vocab, L,
                                                 data.sp if cf_vocab == V else None, progress=bar.update))
@@ -102,12 +106,15 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
         result.append(checks.ledger(base))
     finally:
         bar.close()
+        for p in {id(proc): proc, id(cf_proc): cf_proc}.values():
+            p.close()
+    result.append(_isolation(custom, [p.server for p in (proc, cf_proc)]))
     result.append(_flags(cfg, base, custom is not None))
     result.append(budgets.artifact(artifact, cfg))
     result.append(budgets.timings(cfg, summary))
     result.append(budgets.data_access(cfg, summary))
     result.append(budgets.prequant_ttt(cfg))
-    result.append(budgets.disjoint(_data_dir(cfg, artifact)))
+    result.append(budgets.disjoint(data_dir))
     result.insert(0, floor)
     passed = not any(c.status == FAIL for c in result)
     report = {
@@ -129,6 +136,24 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
     for line in table(report).splitlines():
         log(line)
     return report
+
+
+def _isolation(custom, servers) -> Check:
+    """A user's evaluator ran in its own process, and touched no file of the validation data."""
+    name = "evaluator isolation"
+    if custom is None:
+        return Check(name, SKIP, "the config's own stages (golf_jax code) run in the audit's process")
+    if not isinstance(custom, str):
+        return Check(name, SKIP, "a factory passed as a function runs in the audit's process (the CLI's "
+                     "--evaluator MODULE:FACTORY runs it in its own)")
+    touched = sorted({p for s in servers if s is not None for p in s.touched})
+    roots = servers[0].setup["protected"] if servers[0] is not None else []
+    details = {"touched": touched, "protected": roots}
+    if touched:
+        return Check(name, FAIL, f"the evaluator's process opened or listed {len(touched)} path(s) of the "
+                     f"validation data: {', '.join(touched[:3])}" + (" ..." if len(touched) > 3 else ""), details)
+    return Check(name, PASS, f"ran in its own process; opened nothing under {', '.join(roots)} (Python-level "
+                 "file access; native code is out of reach)", details)
 
 
 def _data_dir(cfg, artifact) -> Path | None:
