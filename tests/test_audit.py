@@ -21,7 +21,8 @@ from golf_jax.audit.run import run_audit
 from golf_jax.config import base_config
 from golf_jax.paths import REPO_ROOT
 
-SMALL = {"tokens": 2048, "flips": 4, "probes": 1, "probe_vocab": 16, "normalization_positions": 16}
+SMALL = {"tokens": 2048, "flips": 4, "probes": 1, "probe_vocab": 16, "vocab_probes": 1, "vocab_samples": 2,
+         "normalization_positions": 16}
 CHECKS = ("noise floor", "flip test", "normalization", "counterfactual sum", "answer independence", "ledger",
           "declared flags")
 

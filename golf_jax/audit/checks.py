@@ -134,8 +134,9 @@ def flip_plan(tokens: np.ndarray, ranks: dict, places: dict, geometry: dict, bos
 
     inside the first-scored block of every stage that scores in blocks (whatever its place
     in the stream), near the end of each such stage's stream (every earlier block compared),
-    inside each other block of a reordered stream, then the stratified stream positions (inside a TTT chunk and a batch of windows, after
-    a chunk boundary and a document start, a window's first scored target, near the end),
+    inside each other block of a reordered stream, then the stratified stream positions
+    (inside a TTT chunk and a batch of windows, after a chunk boundary and a document
+    start, a window's first scored target, near the end),
     then a point inside each other block, first-scored first, then random ones.
     `geometry`: seq_len, stride, rows, chunk.
     """
@@ -281,14 +282,13 @@ def normalization(base: dict, tokens: np.ndarray, vocab: int, sp=None) -> Check:
                  f"|NLL + log p(target)| ≤ {worst_nll:.2g}", details)
 
 
-def probe_positions(T: int, seq_len: int, stride: int, chunk: int, count: int, rng: np.random.Generator) -> list[int]:
+def probe_positions(T: int, seq_len: int, stride: int, chunk: int, count: int, rng: np.random.Generator,
+                    late: bool = False) -> list[int]:
     """Token indices i for the counterfactual probes, across the whole stream: the first
-    target of a TTT chunk (so the stream holds a chunk trained on), late (after the longest
-    history the slice has: a cache that only turns on after many scored tokens is on),
-    then random ones anywhere past the first window."""
-    late = T - stride // 2 - 1
-    cands = [chunk + 1, late, chunk + seq_len // 2 + 3]
-    out = [i for i in dict.fromkeys(cands) if seq_len < i < T]
+    target of a TTT chunk (so the stream holds a chunk trained on; `late`: no chunk, but
+    after the longest history the slice has, where a cache that only turns on after many
+    scored tokens is on), then random ones anywhere past the first window."""
+    out = [i for i in ([chunk + 1] if not late else [T - stride // 2 - 1]) if seq_len < i < T]
     while len(out) < count:
         i = int(rng.integers(seq_len + 1, T))
         if i not in out:
@@ -300,9 +300,10 @@ def answer_independence(proc, tokens: np.ndarray, positions: list[int], samples:
                         rng: np.random.Generator, sp=None, progress=None) -> Check:
     """C3 on the full vocabulary, sampled: at token i, the distribution the evaluator scores
     target i−1 with must not depend on token i. Each probe runs the stream (cut after i's
-    window, as C3) with token i as it is, then with ids drawn from the whole vocabulary
-    (half uniformly, half from that distribution) in its place; every full distribution at
-    i−1 must equal the first within fp32 rounding. Ẑ = mean p_v(v)/q(v) estimates Σ_v p_v(v)."""
+    window, as C3) with token i as it is, then with other ids in its place, drawn in turn
+    from the window before i (where a cache keyed on the answer fires), uniformly from the
+    whole vocabulary, and from that distribution; every full distribution at i−1 must
+    equal the first within fp32 rounding. Ẑ = mean p_v(v)/q(v) estimates Σ_v p_v(v)."""
     per: list[dict] = []
     worst = None  # (max |Δ log p|, stage, i, v)
     for i in positions:
@@ -316,20 +317,20 @@ def answer_independence(proc, tokens: np.ndarray, positions: list[int], samples:
                 per.append({"stage": stage, "position": i, "unscored": True})
         ref_logp = {s: r.probes[i - 1][0].astype(np.float64) for s, r in ref.items() if i - 1 in (r.probes or {})}
         ratios: dict[str, list] = {s: [] for s in ref_logp}
+        seen = np.bincount(tokens[max(0, i - seq_len) : i], minlength=vocab)[:vocab].astype(np.float64)
+        hist = seen / seen.sum()  # the recent history: the ids a cache keyed on the answer fires on
+        first = np.exp(next(iter(ref_logp.values()))) if ref_logp else np.full(vocab, 1.0 / vocab)
+        model = first / first.sum()
         for k in range(samples):
-            q = None
-            if k % 2 and ref_logp:  # from the distribution of the first stage
-                p = np.exp(next(iter(ref_logp.values())))
-                v = int(rng.choice(vocab, p=p / p.sum()))
-            else:
-                v = int(rng.integers(vocab))
+            draw = (hist, np.full(vocab, 1.0 / vocab), model)[k % 3]
+            v = int(rng.choice(vocab, p=draw))
             stream[i] = v
             for stage, r in proc(stream, probe_targets=[i - 1]).items():
                 if stage not in ref_logp:
                     continue
                 logp = r.probes[i - 1][0].astype(np.float64) if i - 1 in (r.probes or {}) else np.full(vocab, np.nan)
                 d = float(np.nanmax(np.abs(logp - ref_logp[stage]))) if not np.isnan(logp).all() else np.inf
-                q = 0.5 / vocab + 0.5 * np.exp(ref_logp[stage][v])  # the mixture the ids were drawn from
+                q = (hist[v] + 1.0 / vocab + model[v]) / 3  # the mixture the ids were drawn from
                 ratios[stage].append(np.exp(-r.nll[i - 1]) / q if np.isfinite(r.nll[i - 1]) else np.inf)
                 if worst is None or d > worst[0]:
                     worst = (d, stage, i, v)
@@ -337,7 +338,8 @@ def answer_independence(proc, tokens: np.ndarray, positions: list[int], samples:
                 progress(1)
         stream[i] = tokens[i]
         for stage, x in ratios.items():
-            per.append({"stage": stage, "position": i, "samples": len(x), "Z_estimate": float(np.mean(x)) if x else 1.0})
+            per.append({"stage": stage, "position": i, "samples": len(x),
+                        "Z_estimate": float(np.mean(x)) if x else 1.0})
     details = {"positions": positions, "samples": samples, "vocab": vocab, "tolerance": COUNTERFACTUAL_TOL,
                "probes": per, "max_abs_logp_change": None if worst is None else worst[0]}
     if not positions or samples < 1:
@@ -353,7 +355,8 @@ def answer_independence(proc, tokens: np.ndarray, positions: list[int], samples:
         z = max((p for p in per if p["stage"] == stage), key=lambda p: abs(p["Z_estimate"] - 1))["Z_estimate"]
         return Check("answer independence", FAIL,
                      f"{head}: the distribution at target {i - 1} in {stage} moves by up to {d:.3g} in log p when "
-                     f"token {i} is {token_name(sp, v)} instead of {token_name(sp, tokens[i])} (Ẑ ≈ {z:.3g})", details)
+                     f"token {i} is {token_name(sp, v)} instead of {token_name(sp, tokens[i])} (Ẑ ≈ {z:.3g})",
+                     details)
     return Check("answer independence", PASS, f"{head}: every distribution unchanged (|Δ log p| ≤ {d:.2g})", details)
 
 

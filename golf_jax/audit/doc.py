@@ -52,9 +52,10 @@ random model of the config's architecture, and checks:
   is −log p(target) of it;
 * **counterfactual sum**: with every vocabulary entry in turn in a target's slot, the
   probabilities the evaluator gives it sum to 1 (log₂ Z = bits taken from the answer),
-  at an early and a late probe;
-* **answer independence**: with ids drawn from the whole vocabulary in a target's slot
-  (late in the stream, and at random), the distribution at that target does not move;
+  at an early and a random probe;
+* **answer independence**: with other ids in a target's slot (late in the stream, and at
+  random), drawn from the window before it, from the whole vocabulary and from its
+  distribution, the distribution at that target does not move;
 * **ledger**: every target scored once in one pass; no update, fit or earlier
   adaptation reads a target before it is scored;
 * **declared flags**: the config's non-compliant settings;
@@ -83,7 +84,7 @@ unless named; toys in tests/audit_toys.py, each caught by the check named):
 | no score depends on a later token | flip test in stream order (documents in the order first scored), whatever the schedule; cuts inside every stage's first-scored block and near the end, so every block is compared | toys `end_first_peek`, `reversed_peek`, `peek_next`, `batch_shared`; `test_flip_test_follows_the_declared_document_order`, `test_reordered_and_noisy_toys_say_why` |
 | the evaluator is repeatable | noise floor; nondeterminism FAILs (draw randomness from `EvalContext.seed`); per-target tolerance | toy `noisy_peek`; `test_noise_floor_is_a_finding_with_a_tolerance_per_target`; control `seeded_noise` |
 | the distribution is normalised and is what was scored | normalization | toy `scaled` |
-| no distribution depends on its own answer | counterfactual sum (exact, reduced vocabulary, early and late); answer independence (full vocabulary, late and random) | toys `hit_cache`, `late_hit_cache` (on after 1,000 targets), `high_id_cache` (ids ≥ 32 only) |
+| no distribution depends on its own answer | counterfactual sum (exact, reduced vocabulary, early and random); answer independence (full vocabulary, late and random) | toys `hit_cache`, `late_hit_cache` (on after 1,000 targets), `high_id_cache` (ids ≥ 32 only) |
 | score before update, one pass | ledger | toys `update_before_score`, `double_score`, `batch_shared` |
 | a cheat keyed on the evaluation's scale is on | the evaluator is told the real evaluation's targets and documents (`EvalContext.num_targets`, `num_documents`) | toy `scale_keyed` |
 | the evaluator gets only what the harness hands it; the verdict is the audit's | `--evaluator` runs in its own process; an audit hook records opens and listings under the data's folders | `test_cli_isolates_an_evaluator_that_reads_val_and_patches_the_checks`, `test_cli_audits_a_users_evaluator_from_a_file` |
@@ -102,14 +103,14 @@ What it cannot prove:
   not see them. The config's own stages (the repository's code) run in the audit's process.
 * **Leaks the probes miss**: the flip test cuts at `audit.flips` points (8), the
   counterfactual sums probe `audit.probes` positions (2) × `audit.probe_vocab` ids (32)
-  and `audit.vocab_probes` (2) × `audit.vocab_samples` (6) ids of the whole vocabulary.
+  and `audit.vocab_probes` (2) × `audit.vocab_samples` (4) ids of the whole vocabulary.
   A leak confined to other positions or ids passes; raise the counts to look harder.
   Each flip or sampled id is one rerun of (at most) the whole slice, each exact
   counterfactual id one rerun of the stream cut after its probe; the report gives each
   check's seconds. For configs/smoke.py on 2 shared CPU cores: the default probes cost
-  0.2 s (flips), 2.2 s (counterfactual sum) and 1.0 s (answer independence) of an audit
-  of about 20 s; 64 sampled ids at 2 positions cost 3.5 s (about 27 ms a rerun of the
-  slice), the exact sum over all 1,024 ids at an early probe 5.9 s, and at a late probe
+  0.2 s (flips), 1.4 s (counterfactual sum) and 0.4 s (answer independence) of an audit
+  of about 14 s (15–17 s before these checks grew); 64 sampled ids at 2 positions cost
+  3.5 s (about 27 ms a rerun of the slice), the exact sum over all 1,024 ids at an early probe 5.9 s, and at a late probe
   about 28 s. A user's evaluator in its own process adds the process's start and
   compiles (20–40 s) and a copy of every batch's logits.
 * **GPU nondeterminism**: a nondeterministic evaluator fails the noise floor; audit on

@@ -19,6 +19,8 @@ mistakes and ordinary cheats, not a sandbox.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import multiprocessing as mp
 import os
 import sys
@@ -28,6 +30,27 @@ from pathlib import Path
 import numpy as np
 
 _CTX = mp.get_context("spawn")  # a fresh interpreter: nothing of the audit's process is inherited
+
+
+def load_factory(spec: str):
+    """`module:function` or `path/to/file.py:function` → the function."""
+    if ":" not in spec:
+        raise ValueError(f"--evaluator={spec!r}: use MODULE:FACTORY or path/to/file.py:FACTORY")
+    where, name = spec.rsplit(":", 1)
+    if where.endswith(".py") or os.sep in where:
+        path = Path(where)
+        if not path.is_file():
+            raise FileNotFoundError(f"--evaluator={spec!r}: no such file {path}")
+        mod_spec = importlib.util.spec_from_file_location(f"golf_jax_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[mod_spec.name] = module
+        mod_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ValueError(f"--evaluator={spec!r}: {where} has no function {name!r}")
+    return factory
 
 
 class RemoteError(RuntimeError):
@@ -87,12 +110,18 @@ class Server:
             self.proc = None
 
 
+def factory(server: Server):
+    """An evaluator factory (of golf_jax.eval.stages.EvalContext) whose evaluators live in `server`."""
+    return lambda ctx: RemoteEvaluator(server, ctx)
+
+
 class RemoteEvaluator:
     """The harness's evaluator interface, answered by the child process."""
 
-    def __init__(self, server: Server, num_targets: int, told: dict) -> None:
+    def __init__(self, server: Server, ctx) -> None:
         self._server = server
-        info = server.call("start", num_targets, told)
+        told = {"num_documents": ctx.num_documents, "seed": ctx.seed}  # the context as the audit tells it
+        info = server.call("start", ctx.num_targets, told)
         self.name, self.compliant, self.notes = info["name"], info["compliant"], info["notes"]
         if info["schedule"]:
             self.schedule = lambda units: server.call("schedule", units)
@@ -163,7 +192,6 @@ def serve(conn, setup: dict) -> None:
     try:
         from golf_jax import mesh as mesh_lib
         from golf_jax.audit import procedure
-        from golf_jax.audit.__main__ import load_factory
         from golf_jax.eval import harness, stages
 
         cfg = ml_collections.ConfigDict(setup["cfg"])

@@ -209,11 +209,6 @@ class Procedure:
     # A user's evaluator is told these (EvalContext.num_targets, num_documents, seed), not the
     # slice's sizes: a cheat keyed on the scale of the real evaluation is on during the audit.
     told: dict | None = None
-    # `custom` as "MODULE:FACTORY" runs in a process of its own (golf_jax/audit/isolated.py), which
-    # rebuilds the model from these and records reads under `protected` (the data's folders).
-    origin: dict = field(default_factory=dict)  # {"cfg", "weights", "vocab_size"} as build() got them
-    protected: tuple = ()
-    server: object = field(default=None, init=False)
     runs: int = field(default=0, init=False)
 
     def __call__(self, tokens: np.ndarray, probe_targets=None) -> dict:
@@ -230,21 +225,9 @@ class Procedure:
                                  probe_targets=probe_targets, custom=self._custom(), documents=self.documents)
 
     def _custom(self):
-        told = self.told or {}
-        if isinstance(self.custom, str):
-            from golf_jax.audit import isolated
-
-            if self.server is None:
-                self.server = isolated.Server(self.custom, self.protected, **self.origin)
-            return lambda ctx: isolated.RemoteEvaluator(self.server, ctx.num_targets, told)
-        if self.custom is None or not told:
+        if self.custom is None or not self.told:
             return self.custom
-        return lambda ctx: self.custom(dataclasses.replace(ctx, **told))
-
-    def close(self) -> None:
-        """Stop the evaluator's process, if it has one."""
-        if self.server is not None:
-            self.server.close()
+        return lambda ctx: self.custom(dataclasses.replace(ctx, **self.told))
 
 
 def _quiet(*_args, **_kwargs) -> None:
@@ -267,7 +250,6 @@ def build(cfg, mesh, lut, artifact: str | Path | None = None, params=None, model
           vocab_size: int | None = None) -> Procedure:
     """The procedure on `params` of `model`, else the artifact's params, else a random model
     (of vocabulary `vocab_size`, default the config's)."""
-    origin = {"cfg": cfg, "weights": artifact, "vocab_size": vocab_size}
     cfg = scaled_config(cfg, mesh.devices.size)
     if params is None and artifact is None:
         cfg.model = small_model_config(cfg.model, cfg.audit, vocab_size)
@@ -278,4 +260,4 @@ def build(cfg, mesh, lut, artifact: str | Path | None = None, params=None, model
         like = jax.eval_shape(lambda r: model.init(r, np.zeros((1, cfg.train.seq_len), np.int32))["params"],
                               jax.random.PRNGKey(0))
         params = export.load_artifact(Path(artifact), like)
-    return Procedure(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)), lut, mesh, custom, origin=origin)
+    return Procedure(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)), lut, mesh, custom)

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from golf_jax import mesh as mesh_lib
-from golf_jax.audit import budgets, checks, procedure
+from golf_jax.audit import budgets, checks, isolated, procedure
 from golf_jax.audit.checks import FAIL, PASS, SKIP, Check
 from golf_jax.data import source
 from golf_jax.errors import UserError
@@ -48,13 +48,21 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
             weights = artifact
     L = stages.eval_seq_len(procedure.scaled_config(cfg, mesh.devices.size))
     data = procedure.data_slice(cfg, L)
-    proc = procedure.build(cfg, mesh, data.lut, artifact=weights, params=params, model=model, custom=custom)
+    data_dir = _data_dir(cfg, artifact)
+    protected = tuple(str(p) for p in (shared_data_dir(), data_dir) if p is not None)
+    servers = []  # a user's evaluator ("MODULE:FACTORY") in a process of its own, one per model
+
+    def evaluator(vocab_size=None):
+        if not isinstance(custom, str):
+            return custom
+        servers.append(isolated.Server(custom, protected, cfg, weights, vocab_size))
+        return isolated.factory(servers[-1])
+
+    proc = procedure.build(cfg, mesh, data.lut, artifact=weights, params=params, model=model, custom=evaluator())
     bos = max(int(data.sp.bos_id()), 0)
     proc.documents = phased_plan.find_documents(data.tokens, bos).start  # the slice's, kept by every rerun
     proc.told = {"num_targets": data.real_targets or len(data.tokens) - 1,
                  "num_documents": data.real_documents or data.documents, "seed": int(a.seed)}
-    data_dir = _data_dir(cfg, artifact)
-    proc.protected = tuple(str(p) for p in (shared_data_dir(), data_dir) if p is not None)
     e = proc.cfg.eval
     stride = int(e.sliding.stride)
     tokens, T, V = data.tokens, len(data.tokens) - 1, int(proc.cfg.model.vocab_size)
@@ -64,7 +72,7 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
     geometry = {"seq_len": L, "stride": stride, "rows": rows, "chunk": int(e.ttt.chunk_tokens)}
     cf_vocab = int(a.probe_vocab) if random_model and 1 < int(a.probe_vocab) < V else V
     probes = checks.probe_positions(T, L, stride, int(e.ttt.chunk_tokens), int(a.probes), rng)
-    vocab_probes = checks.probe_positions(T, L, stride, T, int(a.vocab_probes), rng)  # (no chunk:) late, then random
+    vocab_probes = checks.probe_positions(T, L, stride, 0, int(a.vocab_probes), rng, late=True)
     norm_targets = np.sort(rng.choice(T, size=min(int(a.normalization_positions), T), replace=False))
     total = 2 + int(a.flips) + len(probes) * cf_vocab + len(vocab_probes) * (1 + int(a.vocab_samples))
     what = "its own evaluator" if custom is not None else f"stages {e.stages}"
@@ -95,8 +103,8 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
         cf_proc, cf_tokens = proc, tokens
         with timed:
             if cf_vocab != V:  # the random model rebuilt with a small vocabulary: V reruns per probe
-                cf_proc = procedure.build(cfg, mesh, data.lut, custom=custom, vocab_size=cf_vocab)
-                cf_proc.documents, cf_proc.told, cf_proc.protected = proc.documents, proc.told, proc.protected
+                cf_proc = procedure.build(cfg, mesh, data.lut, custom=evaluator(cf_vocab), vocab_size=cf_vocab)
+                cf_proc.documents, cf_proc.told = proc.documents, proc.told
                 cf_tokens = (tokens % cf_vocab).astype(np.int32)
             result.append(checks.counterfactual(cf_proc, cf_tokens, probes, cf_vocab, L,
                                                 data.sp if cf_vocab == V else None, progress=bar.update))
@@ -106,9 +114,9 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
         result.append(checks.ledger(base))
     finally:
         bar.close()
-        for p in {id(proc): proc, id(cf_proc): cf_proc}.values():
-            p.close()
-    result.append(_isolation(custom, [p.server for p in (proc, cf_proc)]))
+        for server in servers:
+            server.close()
+    result.append(_isolation(custom, servers))
     result.append(_flags(cfg, base, custom is not None))
     result.append(budgets.artifact(artifact, cfg))
     result.append(budgets.timings(cfg, summary))
@@ -146,8 +154,8 @@ def _isolation(custom, servers) -> Check:
     if not isinstance(custom, str):
         return Check(name, SKIP, "a factory passed as a function runs in the audit's process (the CLI's "
                      "--evaluator MODULE:FACTORY runs it in its own)")
-    touched = sorted({p for s in servers if s is not None for p in s.touched})
-    roots = servers[0].setup["protected"] if servers[0] is not None else []
+    touched = sorted({p for s in servers for p in s.touched})
+    roots = servers[0].setup["protected"] if servers else []
     details = {"touched": touched, "protected": roots}
     if touched:
         return Check(name, FAIL, f"the evaluator's process opened or listed {len(touched)} path(s) of the "
