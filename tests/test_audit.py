@@ -93,6 +93,13 @@ def test_reordered_and_noisy_toys_say_why(toy_reports):
     assert noisy["noise floor"]["details"]["runs"] == 3
 
 
+def test_the_evaluator_is_told_the_real_evaluations_sizes(toy_reports):
+    """FineWeb-200 stands in for the official val set: the evaluator is told that set's sizes."""
+    report = toy_reports["scale_keyed"]
+    assert report["told"] == {"num_targets": 62_021_632, "num_documents": 50_000, "seed": 0}
+    assert report["slice"]["targets"] == 2048
+
+
 def test_batch_shared_fit_is_also_a_flip_violation(toy_reports):
     r = toy_reports["batch_shared"]
     flip = next(c for c in r["checks"] if c["name"] == "flip test")
