@@ -179,10 +179,10 @@ def flip_plan(tokens: np.ndarray, ranks: dict, places: dict, geometry: dict, bos
 
 def flip_test(proc, tokens: np.ndarray, base: dict, flips: list[Flip], vocab: int, tol: dict,
               rng: np.random.Generator, places: dict, bos: int, sp=None) -> Check:
-    """Each flip replaces the tokens after its cut (in its order; declared document starts
-    and BOS tokens stay); in every stage, every target before the earliest replaced token
-    in that stage's order, whose answer is unchanged, must keep its score (within its own
-    noise tolerance `tol[stage]`, per target)."""
+    """Each flip replaces the tokens after its cut (in a stage's document order, BOS tokens
+    stay: the documents are as declared); in every stage, every target before the earliest
+    replaced token in that stage's order, whose answer is unchanged, must keep its score
+    (within its own noise tolerance `tol[stage]`, per target)."""
     stats = {s: {"compared": 0, "violations": 0, "worst": 0.0, "blocks": 0, "blocks_reached": 0} for s in base}
     ranks = {s: r.ledger.score_rank() for s, r in base.items()}
     reached = {s: set() for s in base}
@@ -191,7 +191,9 @@ def flip_test(proc, tokens: np.ndarray, base: dict, flips: list[Flip], vocab: in
     keep_token = tokens == bos
     for f in flips:
         order = places[f.order] if f.order is not None else natural
-        changed = (order > order[f.cut]) & ~keep_token
+        changed = order > order[f.cut]
+        if f.order is not None:  # in a document order, the documents stay as declared
+            changed &= ~keep_token
         flipped = tokens.copy()
         n = int(changed.sum())
         new = (tokens[changed].astype(np.int64) + rng.integers(1, vocab, n)) % vocab
