@@ -108,8 +108,8 @@ What it cannot prove:
   Each flip or sampled id is one rerun of (at most) the whole slice, each exact
   counterfactual id one rerun of the stream cut after its probe; the report gives each
   check's seconds. For configs/smoke.py on 2 shared CPU cores: the default probes cost
-  0.2 s (flips), 1.4 s (counterfactual sum) and 0.4 s (answer independence) of an audit
-  of about 14 s (15–17 s before these checks grew); 64 sampled ids at 2 positions cost
+  0.3 s (flips), 1.7 s (counterfactual sum) and 0.4 s (answer independence) of an audit
+  of about 17 s wall (13–14 s before these checks grew, measured alternately); 64 sampled ids at 2 positions cost
   3.5 s (about 27 ms a rerun of the slice), the exact sum over all 1,024 ids at an early probe 5.9 s, and at a late probe
   about 28 s. A user's evaluator in its own process adds the process's start and
   compiles (20–40 s) and a copy of every batch's logits.
