@@ -172,8 +172,10 @@ def audit_config() -> ml_collections.ConfigDict:
     a.batch_windows = 8  # windows per forward in the audit
     a.phased_docs = 2  # phased TTT: documents per round in the audit (its global phases follow rounds 1, 2, ...)
     a.flips = 8  # flip-test positions (each reruns the whole procedure)
-    a.probes = 2  # counterfactual-sum positions (each reruns a short stream once per vocabulary entry)
+    a.probes = 2  # counterfactual-sum positions, early then random (each reruns the stream cut after it, per id)
     a.probe_vocab = 32  # the counterfactual sum's random model has this vocabulary (token ids mod it); 0 = the config's
+    a.vocab_probes = 2  # answer-independence positions on the full vocabulary (late, then random; each a rerun)
+    a.vocab_samples = 4  # ids per such position drawn from the whole vocabulary (each a rerun of the cut stream)
     a.normalization_positions = 64  # targets whose full distribution is checked
     a.seed = 0  # positions, replacement tokens and the random model
     a.weights = "random"  # "random": a small random model | "artifact": the artifact's (or the run's) weights

@@ -171,3 +171,121 @@ class _BatchShared(_Toy):
 
 def batch_shared(ctx):
     return _BatchShared(ctx, "batch_shared")
+
+
+class _Reordered(_PeekNext):
+    """Scores its chunks out of stream order ("end_first": the last chunk first, as a warm-up;
+    "reversed": last to first), reads each chunk once scored (legal), and peeks at the next
+    target in every chunk after the first it scores: judged in evaluation order, the
+    look-ahead is compared against almost nothing; in stream order, it is caught."""
+
+    def __init__(self, ctx, name: str, order: str) -> None:
+        super().__init__(ctx, name)
+        self.order, self.chunk, self.scored_blocks = order, int(ctx.cfg.eval.ttt.chunk_tokens), 0
+        self.ranges: list = []
+
+    def schedule(self, units):
+        chunk = units.first_target // self.chunk
+        blocks = [np.flatnonzero(chunk == c) for c in range(int(chunk.max()) + 1)]
+        blocks = blocks[::-1] if self.order == "reversed" else [blocks[-1]] + blocks[:-1]
+        self.ranges = [(units.first_target[b], units.first_target[b] + units.count[b]) for b in blocks]
+        return blocks
+
+    def predict(self, inputs):
+        return super().predict(inputs) if self.scored_blocks else self.base_logits(inputs)
+
+    def update(self, reveal) -> None:
+        reveal.read_many(*self.ranges[reveal.block])
+        self.scored_blocks += 1
+
+
+def end_first_peek(ctx):
+    return _Reordered(ctx, "end_first_peek", "end_first")
+
+
+def reversed_peek(ctx):
+    return _Reordered(ctx, "reversed_peek", "reversed")
+
+
+class _NoisyTarget(_PeekNext):
+    """Noise of a few nats on one target per run (`seed`: drawn from EvalContext.seed, so
+    repeatable; else fresh each run) and, with `peek`, a look-ahead everywhere else."""
+
+    def __init__(self, ctx, name: str, peek: bool, seeded: bool) -> None:
+        super().__init__(ctx, name)
+        self.peek, self.noised = peek, False
+        self.rng = np.random.default_rng(ctx.seed if seeded else None)
+
+    def predict(self, inputs):
+        logits = super().predict(inputs) if self.peek else self.base_logits(inputs)
+        noise = np.zeros(logits.shape, np.float32)
+        if not self.noised:  # the first scored position of the first batch
+            noise[0, 0, :] = self.rng.normal(0.0, 3.0, logits.shape[-1])
+            self.noised = True
+        return logits + jnp.asarray(noise)
+
+
+def noisy_peek(ctx):
+    return _NoisyTarget(ctx, "noisy_peek", peek=True, seeded=False)
+
+
+def seeded_noise(ctx):
+    """Legal: randomness drawn from EvalContext.seed, the same in every rerun."""
+    return _NoisyTarget(ctx, "seeded_noise", peek=False, seeded=True)
+
+
+class _ScaleKeyed(_PeekNext):
+    """Peeks only when told it evaluates at the real scale (a million targets or more)."""
+
+    def predict(self, inputs):
+        return super().predict(inputs) if self.ctx.num_targets >= 1_000_000 else self.base_logits(inputs)
+
+
+def scale_keyed(ctx):
+    return _ScaleKeyed(ctx, "scale_keyed")
+
+
+class _LateHitCache(_HitCache):
+    """The target-in-key cache of hit_cache, on only after `after` scored targets and only
+    for answers with id ≥ `min_id`: inert early in the stream, or on a small vocabulary."""
+
+    def __init__(self, ctx, name: str, after: int, min_id: int) -> None:
+        super().__init__(ctx, name)
+        self.after, self.min_id, self.scored = after, min_id, 0
+
+    def predict(self, inputs):
+        self.scored += int(np.asarray(inputs["num_units"])) * self.ctx.stride
+        if self.scored < self.after:
+            return {"logp": jax.nn.log_softmax(self.base_logits(inputs), axis=-1)}
+        out = super().predict(inputs)
+        x, pos = inputs["x_BxL"], inputs["pos_BxS"]
+        y = jnp.take_along_axis(x, jnp.minimum(pos + 1, x.shape[1] - 1), axis=1)
+        plain = jax.nn.log_softmax(self.base_logits(inputs), axis=-1)
+        return {"logp": jnp.where((y >= self.min_id)[..., None], out["logp"], plain)}
+
+
+def late_hit_cache(ctx):
+    return _LateHitCache(ctx, "late_hit_cache", after=1000, min_id=0)
+
+
+def high_id_cache(ctx):
+    return _LateHitCache(ctx, "high_id_cache", after=0, min_id=32)
+
+
+class _ReadsVal(_PeekNext):
+    """Reads the validation text from disk (the audit's FineWeb slice comes from it) and
+    replaces the audit's flip test with one that always passes: in its own process, the
+    read is recorded and the replaced function is not the audit's."""
+
+    def __init__(self, ctx, name: str) -> None:
+        super().__init__(ctx, name)
+        from golf_jax.audit import checks
+        from golf_jax.paths import shared_data_dir
+
+        path = shared_data_dir() / "text" / "fineweb_val_200.jsonl"
+        self.val_text = path.read_text()[:1000] if path.exists() else ""
+        checks.flip_test = lambda *a, **k: checks.Check("flip test", "PASS", "patched")
+
+
+def reads_val(ctx):
+    return _ReadsVal(ctx, "reads_val")

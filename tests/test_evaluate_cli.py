@@ -19,8 +19,8 @@ TINY = {
     "eval.ttt.chunk_tokens": 2048, "eval.ttt.epochs": 1, "eval.ttt.batch_seqs": 16,
     # The audit with the run's own weights and eval geometry (its compiles are the eval's); C3 is test_audit's.
     "audit.weights": "artifact", "audit.seq_len": 0, "audit.stride": 0, "audit.chunk_tokens": 0,
-    "audit.tokens": 1024, "audit.flips": 1, "audit.probes": 0, "audit.normalization_positions": 8,
-    "audit.batch_windows": 16,
+    "audit.tokens": 1024, "audit.flips": 1, "audit.probes": 0, "audit.vocab_probes": 0,
+    "audit.normalization_positions": 8, "audit.batch_windows": 16,
 }
 
 

@@ -132,3 +132,33 @@ def test_golden_build(shared_data, tmp_path):
               for i in sp["inputs"]}
     assert inputs["gutenberg_72.jsonl.xz"].startswith("1fccf32ca37b")  # README §2
     assert manifest["tokenizer"]["sha256"].startswith("4f5e8adb109c")
+
+
+def test_train_and_val_are_disjoint(tmp_path):
+    """A --train document that is also a --val one is refused (how many, which file); the
+    folder check reads the recorded hashes, or hashes the shards when none are recorded."""
+    import shutil
+
+    from golf_jax.data import disjoint
+
+    model = _tiny_tokenizer(tmp_path)
+    val, train_a, train_b = tmp_path / "val.jsonl", tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    val.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:2]))
+    train_a.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[1:3]))  # TEXTS[1] is in val
+    train_b.write_text(json.dumps({"text": TEXTS[3]}) + "\n")
+    with pytest.raises(ValueError, match=r"1 --train document\(s\) are also --val documents \(in .*a\.jsonl \(1\)\)"):
+        build(model, [val], [train_a, train_b], tmp_path / "bad", 25)
+    assert not list((tmp_path / "bad").glob("fineweb_train_*.bin"))
+    res = _run("--tokenizer", model, "--val", val, "--train", val, "--out", tmp_path / "same")
+    assert res.returncode == 2 and "2 --train document(s) are also --val documents" in res.stderr
+
+    out = tmp_path / "ok"
+    manifest = build(model, [val], [train_b], out, 25)
+    assert manifest["splits"]["train"]["doc_hashes"]["docs"] == 1
+    assert disjoint.check(out) == {**disjoint.check(out), "status": "disjoint", "overlap": 0, "from": "manifest"}
+    # shards from elsewhere (no recorded hashes), with a val shard copied into train: hashed here
+    (out / "manifest.json").unlink()
+    for f in out.glob("fineweb_val_*.bin"):
+        shutil.copy(f, out / f.name.replace("val", "train").replace("_0000", "_1000"))
+    got = disjoint.check(out)
+    assert got["status"] == "overlap" and got["overlap"] == 2 and got["from"] == "shards", got

@@ -139,3 +139,18 @@ def test_submit_refuses_cpu_timings_a_val_prefix_and_inconsistent_runs(tmp_path,
     assert "model.num_layers (11 vs 12)" in capsys.readouterr().err
     assert submit.main([runs[0], runs[0], "--sota", "1.0611", "--out", str(tmp_path / "y")]) == 2
     assert "seed 1 appears twice" in capsys.readouterr().err
+
+
+def test_submit_refuses_train_val_overlap_from_the_runs_recorded_data(tmp_path, capsys):
+    from golf_jax.data.prepare import write_shard
+
+    data = tmp_path / "shards"
+    write_shard(data / "fineweb_val_000000.bin", np.array([1, 5, 6, 1, 7, 8], np.uint16))
+    write_shard(data / "fineweb_train_000000.bin", np.array([1, 9, 9, 1, 5, 6, 1, 4], np.uint16))
+    runs = [_run_dir(tmp_path, s, b) for s, b in ((1, 1.0540), (2, 1.0545))]
+    record = json.loads((tmp_path / "frontier-1" / "data.json").read_text())
+    (tmp_path / "frontier-1" / "data.json").write_text(json.dumps({**record, "data_dir": str(data)}))
+    assert submit.main(runs + ["--sota", "1.0611", "--out", str(tmp_path / "o")]) == 1
+    reasons = "\n".join(json.loads((tmp_path / "o" / "submission.json").read_text())["non_record_reasons"])
+    assert "seed 1: train and val share documents: 1 of 2 val documents are also train documents" in reasons
+    assert "seed 2" not in reasons

@@ -7,7 +7,8 @@ normalised distribution, score before update, a single pass) black-box and from 
 harness's ledger, plus the artifact, time and data-access budgets.
 
 * procedure.py: the evaluation as a function of a token stream, at the audit's scale;
-* checks.py: noise floor, flip test, normalization, counterfactual sum, ledger;
-* budgets.py: artifact bytes, time budgets, data access after the clock, pre-quant TTT;
+* checks.py: noise floor, flip test, normalization, counterfactual sum, answer independence, ledger;
+* budgets.py: artifact bytes, time budgets, data access after the clock, pre-quant TTT, train/val disjoint;
+* isolated.py: a user's evaluator in a process of its own;
 * run.py: `run_audit` → the report (table and JSON); doc.py: docs/compliance.md from reports.
 """

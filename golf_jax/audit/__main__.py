@@ -4,7 +4,9 @@ Prints one row per check (PASS / FAIL / SKIP and the evidence) and exits 0 only 
 no check fails. `--evaluator` audits a user's evaluator instead of the config's stages:
 MODULE is an importable module or a path to a .py file, FACTORY a function
 `factory(ctx: golf_jax.eval.stages.EvalContext) -> evaluator` with the harness's
-interface (golf_jax/eval/harness.py). `--summary` (default: the artifact's run dir
+interface (golf_jax/eval/harness.py); it runs in a process of its own
+(golf_jax/audit/isolated.py), told the real evaluation's sizes, and may draw randomness
+only from EvalContext.seed. `--summary` (default: the artifact's run dir
 summary.json) supplies timings for the time budgets.
 
 On a machine without accelerators the audit simulates 8 host devices (unless XLA_FLAGS
@@ -18,14 +20,14 @@ import os
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
-import importlib  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from golf_jax.audit.isolated import load_factory  # noqa: E402,F401 (the factory's loader)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _ARTIFACT = flags.DEFINE_string("artifact", None, "An artifact (RUN_DIR/model.golfjax) whose weights to audit with.")
@@ -34,25 +36,17 @@ _JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file
 _SUMMARY = flags.DEFINE_string("summary", None, "A run's summary.json with timings (default: the artifact's).")
 
 
-def load_factory(spec: str):
-    """`module:function` or `path/to/file.py:function` → the function."""
+def check_spec(spec: str) -> str:
+    """`module:function` or `path/to/file.py:function`, checked without importing it (a file
+    path made absolute): the evaluator's process imports it (golf_jax/audit/isolated.py)."""
     if ":" not in spec:
         raise ValueError(f"--evaluator={spec!r}: use MODULE:FACTORY or path/to/file.py:FACTORY")
     where, name = spec.rsplit(":", 1)
     if where.endswith(".py") or os.sep in where:
-        path = Path(where)
-        if not path.is_file():
-            raise FileNotFoundError(f"--evaluator={spec!r}: no such file {path}")
-        mod_spec = importlib.util.spec_from_file_location(f"golf_jax_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(mod_spec)
-        sys.modules[mod_spec.name] = module
-        mod_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(where)
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise ValueError(f"--evaluator={spec!r}: {where} has no function {name!r}")
-    return factory
+        if not Path(where).is_file():
+            raise FileNotFoundError(f"--evaluator={spec!r}: no such file {where}")
+        return f"{Path(where).resolve()}:{name}"
+    return spec
 
 
 def main(argv) -> None:
@@ -72,7 +66,7 @@ def main(argv) -> None:
         summary = json.loads(Path(summary_path).read_text())
     elif _SUMMARY.value:
         raise FileNotFoundError(f"--summary={_SUMMARY.value}: no such file")
-    custom = load_factory(_EVALUATOR.value) if _EVALUATOR.value else None
+    custom = check_spec(_EVALUATOR.value) if _EVALUATOR.value else None  # imported in its own process only
     report = run_audit(_CONFIG.value, artifact=artifact, custom=custom, summary=summary)
     report["argv"] = sys.argv[1:]
     if _JSON.value:

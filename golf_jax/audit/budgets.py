@@ -114,3 +114,18 @@ def prequant_ttt(cfg) -> Check:
         return Check("pre-quant TTT", PASS, "off: no weights are trained on val before it is scored")
     return Check("pre-quant TTT", FAIL, f"eval.prequant_ttt.mode={p.mode}: {p.epochs} epochs on val before scoring it",
                  {"mode": p.mode, "epochs": int(p.epochs)})
+
+
+def disjoint(data_dir: str | Path | None) -> Check:
+    """No document is both in the run's train and val shards (golf_jax/data/disjoint.py)."""
+    from golf_jax.data import disjoint as disjoint_lib
+
+    if data_dir is None:
+        return Check("train/val disjoint", SKIP, "no data folder to check (no data.json beside the artifact, and "
+                     "data.dir is unset)")
+    if not Path(data_dir).is_dir():
+        return Check("train/val disjoint", SKIP, f"the run's data folder {data_dir} is not on this machine")
+    got = disjoint_lib.check(data_dir)
+    status = {"disjoint": PASS, "overlap": FAIL, "unknown": SKIP}[got["status"]]
+    how = {"manifest": " (prepare's recorded hashes)", "shards": " (hashed from the shards)"}.get(got["from"], "")
+    return Check("train/val disjoint", status, f"{data_dir}: {got['why']}{how}", {**got, "data_dir": str(data_dir)})

@@ -12,8 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-COLUMNS = ("flip test", "normalization", "counterfactual sum", "ledger", "declared flags", "artifact bytes",
-           "time budgets", "data access", "pre-quant TTT")
+COLUMNS = ("flip test", "normalization", "counterfactual sum", "answer independence", "ledger", "declared flags",
+           "artifact bytes", "time budgets", "data access", "pre-quant TTT", "train/val disjoint")
 
 # config name (the report's "config") and override → the verdict variants §4.2 leads one to expect.
 EXPECTED = {
@@ -42,21 +42,80 @@ of real FineWeb validation text at a small, structurally identical scale (window
 128, stride 32, TTT chunks of 512, 8 windows per batch, 8 simulated devices) with a
 random model of the config's architecture, and checks:
 
-* **flip test** (causality): replacing every token after t leaves every score of a
-  target ≤ t bit-identical, in every stage;
+* **noise floor**: two runs of the same stream are bit-identical (nondeterminism is a
+  finding; each target's flip tolerance is 10× its own run-to-run difference);
+* **flip test** (causality, in stream order whatever the evaluator's schedule):
+  replacing every token after a cut leaves every score of a target before it
+  bit-identical, in every stage; declared documents count in the order the evaluator
+  first scores them;
 * **normalization**: the distribution at sampled targets sums to 1 and the recorded NLL
   is −log p(target) of it;
 * **counterfactual sum**: with every vocabulary entry in turn in a target's slot, the
-  probabilities the evaluator gives it sum to 1 (log₂ Z = bits taken from the answer);
+  probabilities the evaluator gives it sum to 1 (log₂ Z = bits taken from the answer),
+  at an early and a random probe;
+* **answer independence**: with other ids in a target's slot (late in the stream, and at
+  random), drawn from the window before it, from the whole vocabulary and from its
+  distribution, the distribution at that target does not move;
 * **ledger**: every target scored once in one pass; no update, fit or earlier
   adaptation reads a target before it is scored;
 * **declared flags**: the config's non-compliant settings;
 * **budgets**: artifact bytes (with the code), time on 8×H100 (when a run's summary
   from that hardware is given), data access after the training clock (GPTQ calibration
-  on val, or on training data outside `export.reserve_seconds`), pre-quant TTT on val.
+  on val, or on training data outside `export.reserve_seconds`), pre-quant TTT on val;
+* **train/val disjoint**: no document is in both the run's train and val shards;
+* **evaluator isolation** (a user's `--evaluator`): it ran in its own process and opened
+  none of the validation data's files.
 
 SKIP means the check had nothing to read (no artifact, no timings on the target
 hardware); it does not fail the verdict.
+
+## Threat model
+
+The audit catches mistakes and ordinary cheats in an evaluation procedure. It is **not
+a sandbox**: an evaluator with hostile native code (a C extension, ctypes, a patched
+jaxlib, a subprocess) can read files, reach the network or change the audit's memory,
+and nothing here would see it.
+
+What it shows, on the slice it runs, and the test behind each claim (tests/test_audit.py
+unless named; toys in tests/audit_toys.py, each caught by the check named):
+
+| claim | how | tests |
+|---|---|---|
+| no score depends on a later token | flip test in stream order (documents in the order first scored), whatever the schedule; cuts inside every stage's first-scored block and near the end, so every block is compared | toys `end_first_peek`, `reversed_peek`, `peek_next`, `batch_shared`; `test_flip_test_follows_the_declared_document_order`, `test_reordered_and_noisy_toys_say_why` |
+| the evaluator is repeatable | noise floor; nondeterminism FAILs (draw randomness from `EvalContext.seed`); per-target tolerance | toy `noisy_peek`; `test_noise_floor_is_a_finding_with_a_tolerance_per_target`; control `seeded_noise` |
+| the distribution is normalised and is what was scored | normalization | toy `scaled` |
+| no distribution depends on its own answer | counterfactual sum (exact, reduced vocabulary, early and random); answer independence (full vocabulary, late and random) | toys `hit_cache`, `late_hit_cache` (on after 1,000 targets), `high_id_cache` (ids ≥ 32 only) |
+| score before update, one pass | ledger | toys `update_before_score`, `double_score`, `batch_shared` |
+| a cheat keyed on the evaluation's scale is on | the evaluator is told the real evaluation's targets and documents (`EvalContext.num_targets`, `num_documents`) | toy `scale_keyed` |
+| the evaluator gets only what the harness hands it; the verdict is the audit's | `--evaluator` runs in its own process; an audit hook records opens and listings under the data's folders | `test_cli_isolates_an_evaluator_that_reads_val_and_patches_the_checks`, `test_cli_audits_a_users_evaluator_from_a_file` |
+| no document is in train and val | prepare refuses it; the audit and submit check the run's data folder | tests/test_prepare.py `test_train_and_val_are_disjoint`, `test_disjoint_check_fails_with_the_overlap_count`, tests/test_submit.py `test_submit_refuses_train_val_overlap_from_the_runs_recorded_data` |
+| legal procedures pass | every check | toys `plain`, `score_first_cache`, `seeded_noise`; `test_record_legal_defaults_pass` (sliding, score-first TTT, context-only SLOT), `test_score_first_slot_passes` |
+
+What it cannot prove:
+
+* **A cheat that fires only on text no audit shows it** (a hash of the real val set, a
+  trigger phrase, a date): the audit proves how the procedure behaves on the text it
+  ran, a slice of FineWeb or of the config's val.
+* **What the evaluator can observe but is not told**: it is told the real sizes, but
+  it can count the windows of the slice it is handed, read the clock or the host name.
+* **Reads from native code**: C-level `fopen` (e.g. `np.fromfile`), `mmap` through
+  ctypes, a subprocess: no Python audit event is raised, so the isolation check does
+  not see them. The config's own stages (the repository's code) run in the audit's process.
+* **Leaks the probes miss**: the flip test cuts at `audit.flips` points (8), the
+  counterfactual sums probe `audit.probes` positions (2) × `audit.probe_vocab` ids (32)
+  and `audit.vocab_probes` (2) × `audit.vocab_samples` (4) ids of the whole vocabulary.
+  A leak confined to other positions or ids passes; raise the counts to look harder.
+  Each flip or sampled id is one rerun of (at most) the whole slice, each exact
+  counterfactual id one rerun of the stream cut after its probe; the report gives each
+  check's seconds. For configs/smoke.py on 2 shared CPU cores: the default probes cost
+  0.3 s (flips), 1.7 s (counterfactual sum) and 0.4 s (answer independence) of an audit
+  of about 17 s wall (13–14 s before these checks grew, measured alternately); 64 sampled ids at 2 positions cost
+  3.5 s (about 27 ms a rerun of the slice), the exact sum over all 1,024 ids at an early probe 5.9 s, and at a late probe
+  about 28 s. A user's evaluator in its own process adds the process's start and
+  compiles (20–40 s) and a copy of every batch's logits.
+* **GPU nondeterminism**: a nondeterministic evaluator fails the noise floor; audit on
+  the CPU (the default) or with XLA's deterministic GPU ops.
+* **Timings and artifact bytes** come from the run's own summary.json.
 """
 
 

@@ -13,6 +13,7 @@ side path depends on its input (zero-initialised projections would hide a leak).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,9 @@ SOURCES = ("auto", "val", "fineweb")
 WEIGHTS = ("random", "artifact")
 FINEWEB = "text/fineweb_val_200.jsonl"
 TOKENIZERS = {1024: "tokenizers/fineweb_1024_bpe.model", 8192: "tokenizers/fineweb_8192_bpe.model"}
+# The official validation set (variants §5.2 C5): 50,000 documents; targets per tokenizer.
+OFFICIAL_DOCUMENTS = 50_000
+OFFICIAL_TARGETS = {1024: 62_021_632, 8192: 40_540_160}
 
 
 def check_config(a) -> None:
@@ -44,7 +48,8 @@ def check_config(a) -> None:
     for key in ("tokens", "batch_windows", "model_dim", "phased_docs"):
         if a[key] < 1:
             raise ValueError(f"audit.{key}={a[key]} must be >= 1")
-    for key in ("seq_len", "stride", "chunk_tokens", "flips", "probes", "probe_vocab", "normalization_positions",
+    for key in ("seq_len", "stride", "chunk_tokens", "flips", "probes", "probe_vocab", "vocab_probes", "vocab_samples",
+                "normalization_positions",
                 "num_layers"):
         if a[key] < 0:
             raise ValueError(f"audit.{key}={a[key]} must be >= 0 (0: {'none' if key in ('flips', 'probes') else 'the config’s'})")
@@ -133,6 +138,10 @@ class Slice:
     sp: object  # the tokenizer (to name tokens in the evidence)
     source: str  # where the text came from
     documents: int  # BOS-delimited documents in the slice
+    # The real evaluation's sizes, which a user's evaluator is told (not the slice's): the
+    # config's val when the slice is cut from it, else the official val set's.
+    real_targets: int = 0
+    real_documents: int = 0
 
 
 def data_slice(cfg, seq_len: int) -> Slice:
@@ -161,10 +170,13 @@ def data_slice(cfg, seq_len: int) -> Slice:
                 break
         tokens = np.concatenate(parts)[:n]
         where = f"FineWeb-200 ({fineweb.name}, {tok_path.name})"
+        real = (OFFICIAL_TARGETS[V], OFFICIAL_DOCUMENTS)
     else:
         data_dir, tok_path = source.resolve_data(cfg)
         sp = load_tokenizer(tok_path, V)
-        tokens = source.load_val(cfg, data_dir, seq_len)[:n]
+        val = source.load_val(cfg, data_dir, seq_len)
+        real = (len(val) - 1, int(np.sum(val[:-1] == max(int(sp.bos_id()), 0))))
+        tokens = val[:n]
         where = f"val of {data_dir} ({Path(tok_path).name})"
     if len(tokens) < 2 * seq_len + 1:
         raise ValueError(f"audit: the slice from {where} has {len(tokens)} tokens, fewer than two audit windows "
@@ -173,7 +185,7 @@ def data_slice(cfg, seq_len: int) -> Slice:
     bos = max(int(sp.bos_id()), 0)
     # val: the byte sidecar, if the shards have one, cut as the slice (a prefix of val)
     lut = build_byte_luts(sp, V) if choice == "fineweb" else source.val_byte_lut(sp, V, data_dir, tokens)
-    return Slice(tokens, lut, sp, where, int(np.sum(tokens == bos)))
+    return Slice(tokens, lut, sp, where, int(np.sum(tokens == bos)), *real)
 
 
 @dataclass
@@ -194,6 +206,9 @@ class Procedure:
     # order follows document lengths and is part of its protocol (variants §4.2), so a flip or
     # counterfactual is judged under the order it declared, not a re-split of the changed stream.
     documents: np.ndarray | None = None
+    # A user's evaluator is told these (EvalContext.num_targets, num_documents, seed), not the
+    # slice's sizes: a cheat keyed on the scale of the real evaluation is on during the audit.
+    told: dict | None = None
     runs: int = field(default=0, init=False)
 
     def __call__(self, tokens: np.ndarray, probe_targets=None) -> dict:
@@ -207,7 +222,12 @@ class Procedure:
             prior_notes = [f"eval.prequant_ttt.mode={pq.mode}: the weights were trained on all of val before scoring"]
         return stages.run_stages(cfg, self.model, params, tokens, self.lut, self.mesh, log=_quiet,
                                  prior_reads=prior_reads, prior_notes=prior_notes, record_nll=True, enforce=False,
-                                 probe_targets=probe_targets, custom=self.custom, documents=self.documents)
+                                 probe_targets=probe_targets, custom=self._custom(), documents=self.documents)
+
+    def _custom(self):
+        if self.custom is None or not self.told:
+            return self.custom
+        return lambda ctx: self.custom(dataclasses.replace(ctx, **self.told))
 
 
 def _quiet(*_args, **_kwargs) -> None:

@@ -4,7 +4,9 @@ Follows the upstream export convention (reference §1.1): each document becomes
 [BOS=1] + sp.encode(text), no EOS; documents are taken in file order (never shuffled),
 concatenated and cut into shards of --shard-tokens tokens, so a document may straddle
 two shards. Output names are fineweb_{val,train}_%06d.bin, plus manifest.json with the
-input / tokenizer / shard sha256s, written last (a build without it is incomplete).
+input / tokenizer / shard sha256s, written last (a build without it is incomplete), and
+doc_hashes_{val,train}.npy, a hash per document: a --train document that is also a --val
+one is refused (how many, in which file; golf_jax/data/disjoint.py).
 
 Inputs: `.jsonl` (one JSON object per line, field "text"; blank lines skipped) and
 `.txt` (the whole file is ONE document, e.g. a book), either optionally `.xz`.
@@ -32,7 +34,7 @@ from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
-from golf_jax.data import caseops
+from golf_jax.data import caseops, disjoint
 from golf_jax.data.shards import HEADER_WORDS, MAGIC, VERSION, ShardError, sha256_file
 from golf_jax.data.tokenizer import load_tokenizer
 from golf_jax.progress import progress
@@ -182,6 +184,7 @@ def write_split(
     log_every_s: float = 10.0,
     caseops_text: bool = False,
     total_bytes: int = 0,
+    hashes: disjoint.DocHashes | None = None,
 ) -> dict[str, Any]:
     """Encode documents in order and shard them, with a progress bar (golf_jax/progress.py).
 
@@ -189,27 +192,35 @@ def write_split(
     in all; the progress counts those bytes (in whole MB), or documents when `max_docs` caps them.
     `caseops_text`: transform each document first; for the val split, also write the
     byte sidecar (BOS 0, then each token's original bytes), cut into shards exactly as
-    the tokens are.
+    the tokens are. `hashes` records each document's hash (and counts those it forbids).
     """
     writer = ShardWriter(out_dir, split, shard_tokens)
     sidecar = ShardWriter(out_dir, f"{split}_bytes", shard_tokens) if caseops_text and split == "val" else None
     t0 = time.time()
     batch: list[str] = []
+    where: list[int] = []  # each batched document's input position (which file it came from)
     chars = 0
     credited = text_bytes = 0  # the sidecar's total, and the documents' UTF-8 bytes
 
     def drain() -> None:
         nonlocal chars, credited, text_bytes
         if sidecar is not None:
-            for (ids, nbytes), text in zip(caseops.encode_with_bytes(sp, batch), batch):
-                writer.add(np.concatenate([[BOS_ID], ids]).astype(np.int32))
+            for (ids, nbytes), text, at in zip(caseops.encode_with_bytes(sp, batch), batch, where):
+                doc = np.concatenate([[BOS_ID], ids]).astype(np.int32)
+                writer.add(doc)
+                if hashes is not None:
+                    hashes.add(doc, at)
                 sidecar.add(np.concatenate([[0], nbytes]).astype(np.int32))
                 credited += int(nbytes.sum(dtype=np.int64))
                 text_bytes += len(text.encode("utf-8"))
         else:
-            for doc in encode_documents(sp, [caseops.encode(t) for t in batch] if caseops_text else batch):
+            for doc, at in zip(encode_documents(sp, [caseops.encode(t) for t in batch] if caseops_text else batch),
+                               where):
                 writer.add(doc)
+                if hashes is not None:
+                    hashes.add(doc, at)
         batch.clear()
+        where.clear()
         chars = 0
 
     by_docs = max_docs is not None
@@ -220,6 +231,7 @@ def write_split(
             if by_docs and writer.docs + len(batch) >= max_docs:
                 break
             batch.append(text)
+            where.append(pos)
             chars += len(text)
             if len(batch) >= ENCODE_BATCH or chars > (8 << 20):
                 drain()
@@ -291,6 +303,7 @@ def build(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stale = sorted(out.glob("fineweb_*.bin")) + sorted(out.glob("manifest.json"))
+    stale += sorted(out.glob("doc_hashes_*.npy"))
     if stale and not overwrite:
         raise FileExistsError(
             f"{out} already holds shards or a manifest ({stale[0].name}, ...); pass "
@@ -308,13 +321,21 @@ def build(
         "max_docs_per_split": max_docs,
         "splits": {},
     }
+    val_hashes = None
     for split, paths in (("val", val), ("train", train)):
         if not paths:
             continue
         inputs = [{"path": str(p), "sha256": sha256_file(p)} for p in paths]
+        hashes = disjoint.DocHashes(val_hashes, paths)  # train may not repeat a val document
         stats = write_split(sp, _chain_docs([Path(p) for p in paths]), out, split, shard_tokens, max_docs,
-                            caseops_text=caseops_text, total_bytes=sum(Path(p).stat().st_size for p in paths))
-        manifest["splits"][split] = {"inputs": inputs, **stats}
+                            caseops_text=caseops_text, total_bytes=sum(Path(p).stat().st_size for p in paths),
+                            hashes=hashes)
+        if hashes.overlaps:
+            for f in out.glob(f"fineweb_{split}_*.bin"):
+                f.unlink()
+            raise ValueError(disjoint.overlap_error(hashes.overlaps))
+        manifest["splits"][split] = {"inputs": inputs, **stats, "doc_hashes": hashes.write(out, split)}
+        val_hashes = hashes.array() if split == "val" else val_hashes
     tmp = out / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out / "manifest.json")

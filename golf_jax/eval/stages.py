@@ -31,6 +31,7 @@ import numpy as np
 from golf_jax.eval import harness, plain
 from golf_jax.eval.ledger import Ledger
 from golf_jax.eval.windows import WINDOW_RULES, check_geometry, chunk_of, num_chunks, sliding_units
+from golf_jax.model.embeddings import BOS_ID
 
 STAGES = ("roundtrip", "sliding", "ttt", "slot")
 
@@ -114,6 +115,10 @@ class EvalContext:
     stride: int
     num_targets: int
     predict: object  # jitted (params, x_BxL, pos_BxS) -> logits [B, S, V] of the fixed model
+    # The evaluation's sizes: the real one's when the audit reruns on a slice (a cheat keyed
+    # on scale is then on during the audit); windows and reveals are the slice's.
+    num_documents: int = 0
+    seed: int = 0  # draw any randomness from this: every rerun gets the same (the audit's noise floor)
 
 
 @dataclass
@@ -174,7 +179,8 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
         extra: dict = {}
         nll = res = None
         if name == "custom":
-            ctx = EvalContext(cfg, model, params, mesh, L, int(e.sliding.stride), T, predict)
+            docs = int(np.sum(val_tokens[:-1] == BOS_ID))  # BOS-delimited documents
+            ctx = EvalContext(cfg, model, params, mesh, L, int(e.sliding.stride), T, predict, docs)
             evaluator = custom(ctx)
             name = ledger.stage = str(getattr(evaluator, "name", "custom"))
             units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from golf_jax.audit.budgets import ARTIFACT_BYTES
+from golf_jax.data import disjoint
 from golf_jax.pipeline import OFFICIAL
 
 # Keys that may differ between the seeds of one submission: where a run wrote, how it logged.
@@ -90,6 +91,9 @@ def blockers(run: Run) -> list[str]:
                    "challenge's FineWeb shards")
     if c.get("eval.max_tokens"):
         why.append(f"scored on the first {c['eval.max_tokens']:,} val tokens (eval.max_tokens), not the whole split")
+    overlap = _overlap(run)
+    if overlap:
+        why.append(overlap)
     size = s.get("artifact_bytes")
     if not isinstance(size, int):
         why.append("summary.json has no artifact_bytes")
@@ -101,6 +105,18 @@ def blockers(run: Run) -> list[str]:
         why.append(f"the 600 s training and evaluation budgets are not shown on 8xH100 "
                    f"({timing or 'no audit time check'})")
     return why
+
+
+def _overlap(run: Run) -> str | None:
+    """Train and val share documents (from the run's recorded data folder, data.json)."""
+    where = run.data.get("data_dir")
+    if not where or not Path(where).is_dir():
+        return None
+    got = disjoint.check(where)
+    if got["status"] != "overlap":
+        return None
+    return (f"train and val share documents: {got['why']} ({where}); a model trained on val text is scored on "
+            "its own training data")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
