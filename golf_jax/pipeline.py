@@ -28,7 +28,7 @@ from golf_jax.errors import UserError
 from golf_jax.eval import plain, stages as eval_stages
 from golf_jax.optim.build import build_optimizer, count_by_label
 from golf_jax.quant import export, hessian
-from golf_jax.rundir import RunDir
+from golf_jax.rundir import RunDir, write_atomic
 from golf_jax.train import loop, recipe as recipe_lib, step as step_lib
 
 
@@ -61,10 +61,28 @@ def check_config(cfg, num_devices: int, train: bool = True) -> None:
     """The whole config's enums and ranges, before anything is built or compiled (train=False:
     what evaluating an artifact reads). The stages' checks raise ValueError naming the key:
     each is a setting to fix, so it leaves here as a UserError (one line, exit code 2)."""
+    def check_numbers(c, prefix: str = "") -> None:
+        """Every float setting finite, every learning rate (a key ending in `lr`) >= 0: a NaN
+        or inf would only show as a diverged loss after compiling and training."""
+        for key, value in c.items():
+            name = prefix + key
+            if hasattr(value, "items"):
+                check_numbers(value, name + ".")
+            elif isinstance(value, float) and not np.isfinite(value):
+                raise UserError(f"{name}={value}: use a finite number (the default is in golf_jax/config.py)")
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith("lr") and value < 0:
+                raise UserError(f"{name}={value}: a learning rate must be >= 0")
+
     try:
+        check_numbers(cfg)
         if train:
             loop.check_config(cfg, num_devices)
             export.check_config(cfg.export)
+            code = codebytes.code_bytes(cfg)
+            if cfg.export.budget_bytes <= code:
+                raise UserError(f"export.budget_bytes={cfg.export.budget_bytes:,} leaves no room for weights: this "
+                                f"config's submission script alone is {code:,} B; raise it (the challenge's is "
+                                "16,000,000)")
             if cfg.eval.prequant_ttt.mode != "off":  # imported on its branch only: golf_jax/packset.py GATES
                 from golf_jax.eval import prequant_ttt
 
@@ -86,13 +104,17 @@ def check_config(cfg, num_devices: int, train: bool = True) -> None:
 def load_data(cfg, run: RunDir | None = None) -> Data:
     data_dir, tokenizer_path = source.resolve_data(cfg)
     sp = load_tokenizer(tokenizer_path, cfg.model.vocab_size)
-    source.check_tokenizer(data_dir, tokenizer_path)
+    checked = "checked by the repository"
+    if codebytes.SCRIPT is None:  # in the repository; a packed run (golf_jax/packset.py NOT_PACKED) reads checked data
+        from golf_jax.data import identity
+
+        checked = identity.check(data_dir, tokenizer_path)
     val_tokens = source.load_val(cfg, data_dir, eval_stages.eval_seq_len(cfg))
     lut = source.val_byte_lut(sp, cfg.model.vocab_size, data_dir, val_tokens)
     if run is not None:
         run.write_json("data.json", source.describe_data(cfg, data_dir, tokenizer_path, len(val_tokens), lut.source))
         run.log(f"data: {data_dir} tokenizer: {tokenizer_path} val_tokens: {len(val_tokens):,} loader: {cfg.data.loader}")
-        run.log(f"val bytes: {lut.source}")
+        run.log(f"val bytes: {lut.source}; data identity: {checked}")
     return Data(data_dir, tokenizer_path, max(int(sp.bos_id()), 0), lut, val_tokens)
 
 
@@ -174,7 +196,7 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict) -
 
     params = jax.device_get(params)
     if run.is_writer:
-        (run.path / "params.msgpack").write_bytes(serialization.to_bytes(params))
+        write_atomic(run.path / "params.msgpack", serialization.to_bytes(params))
     calib = None
     if cfg.export.format == "gptq_int6":
         with stage("calibrate"):
@@ -183,7 +205,7 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict) -
     with stage("export"):
         script = codebytes.script(cfg)  # the counted code, kept beside the artifact
         if run.is_writer:
-            (run.path / "submission.py").write_bytes(script)
+            write_atomic(run.path / "submission.py", script)
         info = export.export_artifact(params, labels, cfg, run.path, len(script), calib=calib)
     run.log(f"export: {info.report}")
     run.log(f"artifact: {info.path.name} weights {info.weight_bytes:,} B + code {info.code_bytes:,} B = "

@@ -1,6 +1,8 @@
 """Run directories: config, code version, log, metrics — everything to reproduce a run.
 
-Only process 0 writes. Files are flushed line by line so a crash keeps what ran.
+Only process 0 writes. Files are flushed line by line so a crash keeps what ran; whole files
+(summary, config, params, artifact, reports) go through `write_atomic`: a temporary file,
+then a rename, so a full disk or a crash leaves the last good file, never half of one.
 While a run records, SIGTERM (SLURM, preemption) and SIGINT end it as `Interrupted`:
 the summary says "interrupted" and the process exits with 128 + the signal's number.
 """
@@ -11,6 +13,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import os
 import platform
 import signal
 import subprocess
@@ -24,6 +27,18 @@ import jax
 from golf_jax.codebytes import package_sources
 from golf_jax.errors import UserError
 from golf_jax.paths import REPO_ROOT
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Write `data` to `path` through a temporary file and a rename; a failed write (a full disk,
+    a read-only folder) keeps what `path` held and is a UserError naming it."""
+    tmp = Path(f"{path}.tmp")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({e.strerror}); free disk space or fix permissions") from e
 
 
 def code_version() -> dict:
@@ -61,7 +76,7 @@ class RunDir:
         if self.is_writer:
             try:
                 self.path.mkdir(parents=True, exist_ok=False)
-                (self.path / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+                write_atomic(self.path / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
             except OSError as e:
                 raise UserError(f"train.run_dir={root}: cannot create {self.path} ({e.strerror or e}); "
                                 "pass --config.train.run_dir=<a writable folder>") from e
@@ -95,7 +110,7 @@ class RunDir:
 
     def write_json(self, name: str, obj: dict) -> None:
         if self.is_writer:
-            (self.path / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+            write_atomic(self.path / name, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
     @contextlib.contextmanager
     def recording(self, summary: dict, name: str, what: str = "run"):

@@ -1,7 +1,10 @@
 """`python -m golf_jax.audit --config=configs/X.py [--artifact PATH] [--evaluator MODULE:FACTORY] [--json OUT]`
 
 Prints one row per check (PASS / FAIL / SKIP and the evidence) and exits 0 only when
-no check fails. `--evaluator` audits a user's evaluator instead of the config's stages:
+no check fails (1 when one does; 2 and one line on bad input, as every entry point).
+`--artifact` is counted for the artifact-bytes budget; its weights are the audited model
+only with `--config.audit.weights=artifact` (by default a small random model of the
+config's architecture: legality is a property of the procedure). `--evaluator` audits a user's evaluator instead of the config's stages:
 MODULE is an importable module or a path to a .py file, FACTORY a function
 `factory(ctx: golf_jax.eval.stages.EvalContext) -> evaluator` with the harness's
 interface (golf_jax/eval/harness.py). `--summary` (default: the artifact's run dir
@@ -25,10 +28,14 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
-_ARTIFACT = flags.DEFINE_string("artifact", None, "An artifact (RUN_DIR/model.golfjax) whose weights to audit with.")
+from golf_jax import cli  # noqa: E402
+from golf_jax.errors import UserError  # noqa: E402
+
+_CONFIG = cli.define_config()
+_ARTIFACT = flags.DEFINE_string("artifact", None, "An artifact (RUN_DIR/model.golfjax): its bytes count against the "
+                                "budget; its weights are audited only with --config.audit.weights=artifact (by "
+                                "default the audit scores a small random model of the config's architecture).")
 _EVALUATOR = flags.DEFINE_string("evaluator", None, "MODULE:FACTORY (or path/to/file.py:FACTORY) of your own evaluator.")
 _JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
 _SUMMARY = flags.DEFINE_string("summary", None, "A run's summary.json with timings (default: the artifact's).")
@@ -37,22 +44,45 @@ _SUMMARY = flags.DEFINE_string("summary", None, "A run's summary.json with timin
 def load_factory(spec: str):
     """`module:function` or `path/to/file.py:function` → the function."""
     if ":" not in spec:
-        raise ValueError(f"--evaluator={spec!r}: use MODULE:FACTORY or path/to/file.py:FACTORY")
+        raise UserError(f"--evaluator={spec!r}: use MODULE:FACTORY or path/to/file.py:FACTORY")
     where, name = spec.rsplit(":", 1)
-    if where.endswith(".py") or os.sep in where:
-        path = Path(where)
-        if not path.is_file():
-            raise FileNotFoundError(f"--evaluator={spec!r}: no such file {path}")
-        mod_spec = importlib.util.spec_from_file_location(f"golf_jax_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(mod_spec)
-        sys.modules[mod_spec.name] = module
-        mod_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(where)
+    try:
+        if where.endswith(".py") or os.sep in where:
+            path = Path(where)
+            if not path.is_file():
+                raise UserError(f"--evaluator={spec!r}: no such file {path}")
+            mod_spec = importlib.util.spec_from_file_location(f"golf_jax_user_{path.stem}", path)
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[mod_spec.name] = module
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except (ImportError, SyntaxError) as e:
+        raise UserError(f"--evaluator={spec!r}: {where} does not import ({type(e).__name__}: {e}); pass an "
+                        "importable module or a path to a .py file") from e
     factory = getattr(module, name, None)
     if not callable(factory):
-        raise ValueError(f"--evaluator={spec!r}: {where} has no function {name!r}")
+        raise UserError(f"--evaluator={spec!r}: {where} has no function {name!r}")
     return factory
+
+
+def check_inputs(cfg, artifact: str | None) -> None:
+    """The config's audit and eval keys, and the files the audit reads, before anything compiles."""
+    from golf_jax.audit import procedure
+    from golf_jax.eval import stages
+
+    try:
+        procedure.check_config(cfg.audit)
+        stages.check_config(cfg)
+    except UserError:
+        raise
+    except ValueError as e:  # the checks name the key
+        raise UserError(str(e)) from e
+    if artifact is not None and not Path(artifact).is_file():
+        raise UserError(f"--artifact={artifact}: no such file (pass RUN_DIR/model.golfjax of a training run)")
+    if cfg.audit.weights == "artifact" and artifact is None:
+        raise UserError("--config.audit.weights=artifact audits the artifact's weights: pass --artifact="
+                        "RUN_DIR/model.golfjax, or leave audit.weights=random")
 
 
 def main(argv) -> None:
@@ -63,24 +93,31 @@ def main(argv) -> None:
 
     compile_cache.enable()  # before the first compile: a rerun reads its executables back (docs/perf.md)
 
-    artifact = _ARTIFACT.value
-    if artifact is not None and not Path(artifact).is_file():
-        raise FileNotFoundError(f"--artifact={artifact}: no such file (pass RUN_DIR/model.golfjax of a training run)")
+    artifact, cfg = _ARTIFACT.value, _CONFIG.value
+    check_inputs(cfg, artifact)
     summary_path = _SUMMARY.value or (str(Path(artifact).parent / "summary.json") if artifact else None)
     summary = None
+    if _SUMMARY.value and not Path(_SUMMARY.value).is_file():
+        raise UserError(f"--summary={_SUMMARY.value}: no such file (pass a run's summary.json, or leave it out)")
     if summary_path and Path(summary_path).is_file():
-        summary = json.loads(Path(summary_path).read_text())
-    elif _SUMMARY.value:
-        raise FileNotFoundError(f"--summary={_SUMMARY.value}: no such file")
+        try:
+            summary = json.loads(Path(summary_path).read_text())
+        except ValueError as e:
+            raise UserError(f"{summary_path}: not a run's summary.json ({e}); pass --summary of another run") from e
+    if artifact is not None and cfg.audit.weights != "artifact":
+        print(f"note: --artifact counts for the bytes budget only; the audit scores a random model of the config "
+              f"(--config.audit.weights=artifact audits {artifact}'s weights)", flush=True)
     custom = load_factory(_EVALUATOR.value) if _EVALUATOR.value else None
-    report = run_audit(_CONFIG.value, artifact=artifact, custom=custom, summary=summary)
+    report = run_audit(cfg, artifact=artifact, custom=custom, summary=summary)
     report["argv"] = sys.argv[1:]
     if _JSON.value:
+        from golf_jax.rundir import write_atomic
+
         Path(_JSON.value).parent.mkdir(parents=True, exist_ok=True)
-        Path(_JSON.value).write_text(json.dumps(report, indent=1) + "\n")
-    sys.exit(0 if report["verdict"] == "PASS" else 1)
+        write_atomic(_JSON.value, json.dumps(report, indent=1) + "\n")
+    return 0 if report["verdict"] == "PASS" else 1
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main)

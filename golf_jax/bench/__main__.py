@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from golf_jax import cli, compile_cache
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_CONFIG = cli.define_config()
 _STAGE = flags.DEFINE_enum("stage", "train", ["train", "eval", "sliding", "ttt", "slot", "gptq", "export"],
                            "Which stage to time.")
 _JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")

@@ -22,7 +22,6 @@ only what is missing or wrong. Never packed (golf_jax/packset.py NOT_PACKED).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from golf_jax.data.identity import git_blob_id
 from golf_jax.data.shards import ShardError, read_header, sha256_file
 from golf_jax.data.tokenizer import load_tokenizer
 from golf_jax.paths import cache_dir
@@ -58,15 +58,6 @@ class HubFile:
 def endpoint() -> str:
     """HF_ENDPOINT, read at call time (huggingface_hub reads it once, at import)."""
     return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
-
-
-def git_blob_id(path: Path) -> str:
-    """The git object id of a file's content: what the hub reports for files not in LFS."""
-    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def mismatch(local: Path, remote: HubFile) -> str | None:

@@ -276,7 +276,12 @@ def build(
     if vocab_size is None:
         if not tokenizer.is_file():
             raise ValueError(f"tokenizer model {tokenizer} does not exist")
-        vocab_size = int(spm.SentencePieceProcessor(model_file=str(tokenizer)).vocab_size())
+        try:
+            vocab_size = int(spm.SentencePieceProcessor(model_file=str(tokenizer)).vocab_size())
+        except (RuntimeError, OSError) as e:  # a .vocab, a text file, a damaged model
+            hint = f" (the .model beside it: {tokenizer.with_suffix('.model')})" if tokenizer.suffix == ".vocab" else ""
+            raise ValueError(f"--tokenizer {tokenizer} is not a SentencePiece .model file ({e}); pass the "
+                             f".model{hint}") from e
     sp = load_tokenizer(tokenizer, vocab_size)
     if vocab_size > 2**16:
         raise ValueError(f"vocab size {vocab_size} does not fit uint16 shards")
