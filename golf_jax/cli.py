@@ -25,6 +25,7 @@ from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from golf_jax.config import base_config
 from golf_jax.errors import debugging, exit_code
+from golf_jax.outputs import check_output  # noqa: F401 (the entry points' up-front check of an output place)
 
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of a user error (also GOLF_JAX_DEBUG=1).")
 

@@ -75,8 +75,7 @@ def evaluate(cfg, artifact: str) -> dict:
     out: dict = {"status": "running", "artifact": str(artifact), "run_dir": str(run.path), "data_check": checked}
     t0 = time.perf_counter()
     with run.recording(out, "eval.json", what="evaluation"):
-        run.write_json("data.json", source.describe_data(cfg, data.data_dir, data.tokenizer_path,
-                                                         len(data.val_tokens), data.lut.source))
+        pipeline.record_data(cfg, data, run)
         run.log(f"artifact: {artifact}; data: {data.data_dir}; {checked}")
         model, params = loaded
         results = eval_stages.run_stages(cfg, model, params, data.val_tokens, data.lut, mesh, run=run, log=run.log)

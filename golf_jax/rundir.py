@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,25 +75,28 @@ class RunDir:
         self.path = Path(root) / f"{name}-{stamp}"
         self._log = self._metrics = None
         if self.is_writer:
+            made = False
             try:
                 self.path.mkdir(parents=True, exist_ok=False)
+                made = True
                 write_atomic(self.path / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
-            except OSError as e:
-                raise UserError(f"train.run_dir={root}: cannot create {self.path} ({e.strerror or e}); "
+                self.write_json("code_version.json", code_version())
+                self.write_json("env.json", {
+                    "argv": sys.argv,
+                    "python": platform.python_version(),
+                    "jax": jax.__version__,
+                    "backend": jax.default_backend(),
+                    "devices": [str(d) for d in jax.devices()],
+                    "process_count": jax.process_count(),
+                    "started": dt.datetime.now().isoformat(),
+                })
+                self._log = open(self.path / "log.txt", "a", buffering=1)
+                self._metrics = open(self.path / "metrics.jsonl", "a", buffering=1)
+            except (OSError, UserError) as e:
+                if made:  # a run dir that holds nothing yet is never left behind
+                    shutil.rmtree(self.path, ignore_errors=True)
+                raise UserError(f"train.run_dir={root}: cannot create {self.path} ({getattr(e, 'strerror', 0) or e}); "
                                 "pass --config.train.run_dir=<a writable folder>") from e
-            env = {
-                "argv": sys.argv,
-                "python": platform.python_version(),
-                "jax": jax.__version__,
-                "backend": jax.default_backend(),
-                "devices": [str(d) for d in jax.devices()],
-                "process_count": jax.process_count(),
-                "started": dt.datetime.now().isoformat(),
-            }
-            self.write_json("code_version.json", code_version())
-            self.write_json("env.json", env)
-            self._log = open(self.path / "log.txt", "a", buffering=1)
-            self._metrics = open(self.path / "metrics.jsonl", "a", buffering=1)
         if jax.process_count() > 1:  # not packed (packset.NOT_PACKED): a submission runs on one host
             from golf_jax.multihost import shared_run_dir
 

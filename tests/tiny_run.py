@@ -35,7 +35,8 @@ def tiny_config(**overrides):
 def make_run(root: Path, **overrides) -> Path:
     cfg = source.absolute_paths(tiny_config(**overrides))
     run = RunDir(root, cfg.name, cfg)
-    data = pipeline.load_data(cfg, run)
+    data = pipeline.load_data(cfg)
+    pipeline.record_data(cfg, data, run)
     model = model_lib.build_model(cfg.model)
     params = jax.device_get(model.init(jax.random.PRNGKey(0), np.zeros((1, cfg.train.seq_len), np.int32))["params"])
     (run.path / "params.msgpack").write_bytes(serialization.to_bytes(params))

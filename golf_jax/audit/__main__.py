@@ -78,6 +78,8 @@ def check_inputs(cfg, artifact: str | None) -> None:
         raise
     except ValueError as e:  # the checks name the key
         raise UserError(str(e)) from e
+    if _JSON.value:
+        cli.check_output(_JSON.value, "--json")
     if artifact is not None and not Path(artifact).is_file():
         raise UserError(f"--artifact={artifact}: no such file (pass RUN_DIR/model.golfjax of a training run)")
     if cfg.audit.weights == "artifact" and artifact is None:

@@ -46,6 +46,8 @@ def main(argv) -> None:
     from golf_jax.bench import run
     from golf_jax.bench.measure import lines
 
+    if _JSON.value:
+        cli.check_output(_JSON.value, "--json")  # before the timing, not after it
     where = compile_cache.enable()
     cfg = _CONFIG.value
     kw = dict(calls=_CALLS.value, warmup=_WARMUP.value, tokens=_TOKENS.value, per_device_seqs=_PER_DEVICE_SEQS.value,

@@ -214,7 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cache-dir", help="huggingface_hub cache (default: its own, HF_HUB_CACHE)")
     args = ap.parse_args(argv)
     out = args.out or cache_dir() / "challenge_data"
+    if args.train_shards < 0:
+        ap.error(f"--train-shards {args.train_shards}: use 0 or more")
     try:
+        from golf_jax.outputs import check_output
+
+        check_output(out, "--out", folder=True)  # before the network
         record = download(args.variant, args.train_shards, out, args.repo_id, args.revision, args.cache_dir)
     except (DownloadError, ShardError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
