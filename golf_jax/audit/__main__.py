@@ -67,17 +67,15 @@ def load_factory(spec: str):
 
 
 def check_inputs(cfg, artifact: str | None) -> None:
-    """The config's audit and eval keys, and the files the audit reads, before anything compiles."""
-    from golf_jax.audit import procedure
-    from golf_jax.eval import stages
+    """The config, the artifact and the output place, before anything compiles."""
+    import jax
 
-    try:
-        procedure.check_config(cfg.audit)
-        stages.check_config(cfg)
-    except UserError:
-        raise
-    except ValueError as e:  # the checks name the key
-        raise UserError(str(e)) from e
+    from golf_jax import mesh as mesh_lib
+    from golf_jax import pipeline
+
+    checked = cfg.copy_and_resolve_references()
+    checked.audit.enabled = True  # the audit's own keys too, whatever the config says about a job's audit
+    pipeline.check_config(checked, jax.device_count(), train=False)  # every key's range
     if _JSON.value:
         cli.check_output(_JSON.value, "--json")
     if artifact is not None and not Path(artifact).is_file():
@@ -85,6 +83,16 @@ def check_inputs(cfg, artifact: str | None) -> None:
     if cfg.audit.weights == "artifact" and artifact is None:
         raise UserError("--config.audit.weights=artifact audits the artifact's weights: pass --artifact="
                         "RUN_DIR/model.golfjax, or leave audit.weights=random")
+    if artifact is not None:  # readable, and (when its weights are audited) of the config's model
+        from golf_jax.quant import export
+
+        if cfg.audit.weights == "artifact":
+            pipeline.load_artifact_model(cfg, artifact, mesh_lib.make_mesh())
+        else:
+            try:
+                export.read_tensors(Path(artifact).read_bytes())
+            except (ValueError, OSError) as e:
+                raise UserError(f"{artifact}: not a readable artifact ({e})") from e
 
 
 def main(argv) -> None:
