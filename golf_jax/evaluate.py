@@ -97,8 +97,10 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from golf_jax import compile_cache
+    from golf_jax.report import tensorboard
 
     cfg = flags.FLAGS.config
+    tensorboard.attach()  # the scores and the audit's verdict as TensorBoard events too
     compile_cache.enable()  # before the first compile: a rerun reads its executables back (docs/perf.md)
     evaluate(cfg, flags.FLAGS.artifact)
 

@@ -313,3 +313,61 @@ def test_a_full_disk_at_the_end_of_a_run_keeps_its_last_summary(tmp_path, monkey
             pass
     assert json.loads((run.path / "summary.json").read_text()) == {"status": "running"}
     assert not [p for p in run.path.iterdir() if ".tmp" in p.name]
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def test_summary_md_warns_of_a_warmdown_longer_than_the_run_and_a_single_chunk_ttt(tmp_path):
+    from test_report import _synthetic_run
+
+    from golf_jax.report.write import write_report
+
+    run = tmp_path / "run"
+    _synthetic_run(run)  # 20 steps, warmdown_iters of the config below
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["schedule"].update(warmdown_iters=1200, warmdown_frac=0.0)
+    (run / "config.json").write_text(json.dumps(cfg))
+    write_report(run)
+    md = (run / "report" / "summary.md").read_text()
+    assert "## Warnings" in md and "schedule.warmdown_iters=1,200 is at least the run's 20 steps" in md
+    assert "single chunk" not in md
+    np.save(run / "blocks_ttt.npy", np.array([[2048 * 1.4, 2048.0, 4096.0]]))  # TTT that scored one chunk
+    cfg["schedule"]["warmdown_iters"] = 8
+    (run / "config.json").write_text(json.dumps(cfg))
+    write_report(run)
+    md = (run / "report" / "summary.md").read_text()
+    assert "the ttt stage scored a single chunk" in md and "warmdown_iters" not in md
+
+
+def test_quant_error_marks_exact_tensors(tmp_path):
+    from golf_jax.report import plots
+    from golf_jax.report.rundata import Run
+
+    rows = [{"name": "a", "kind": "int8", "rel_error": 0.01}, {"name": "b", "kind": "fp16", "rel_error": 0.0}]
+    run = Run(tmp_path, {}, {}, None, None)
+    path = plots.quant_errors(rows, run, tmp_path / "q.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    plots.quant_errors([rows[1]], run, tmp_path / "q0.png")  # every tensor exact: still a figure
+
+
+def test_tensorboard_gets_the_eval_scores_and_the_audit_verdict(tmp_path):
+    from golf_jax.config import base_config
+    from golf_jax.report.tensorboard import attach
+    from golf_jax.rundir import RunDir
+    from test_report import read_events
+
+    class Run(RunDir):
+        pass
+
+    attach(Run)
+    run = Run(tmp_path, "tb", base_config())
+    run.write_json("summary.json", {"status": "ok", "steps": 7, "val_bpb": 1.25, "compliance": "val_bpb (official)",
+                                    "eval": {"roundtrip": {"val_bpb": 1.5, "val_loss": 3.0}, "ttt": {"val_bpb": 1.25}},
+                                    "audit": {"verdict": "PASS", "checks": {"flip test": "PASS: ok"}}})
+    run.close()
+    (events,) = (run.path / "tensorboard").iterdir()
+    got = {(v.tag, e.step): v.simple_value for e in read_events(events) if e.HasField("summary")
+           for v in e.summary.value if v.HasField("simple_value")}
+    assert got == {("eval/roundtrip/val_bpb", 7): 1.5, ("eval/roundtrip/val_loss", 7): 3.0,
+                   ("eval/ttt/val_bpb", 7): 1.25, ("eval/final_val_bpb", 7): 1.25, ("audit/pass", 7): 1.0}

@@ -8,17 +8,16 @@ does not fail it, and says so.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from golf_jax import mesh as mesh_lib
 from golf_jax.audit import budgets, checks, procedure
 from golf_jax.audit.checks import FAIL, PASS, Check
 from golf_jax.eval import harness, phased_plan, stages
+from golf_jax.progress import progress
 
 
 def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, custom=None,
@@ -62,7 +61,7 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
     log(f"audit: {cfg.name} ({what}) on {T:,} targets of {data.source}, {data.documents} documents; windows {L}, "
         f"stride {stride}, {rows} rows per batch, TTT chunks {e.ttt.chunk_tokens}; {mesh.devices.size} devices; "
         f"{'a random model' if random_model else 'the given weights'}; {total:,} runs")
-    bar = tqdm(total=total, desc="audit", unit="run", file=sys.stderr, disable=None, mininterval=2.0, leave=False)
+    bar = progress("audit", "run", total)  # redrawn on a terminal; a line every 30 s into a file
     try:
         base = proc(tokens, probe_targets=norm_targets.tolist())
         bar.update(1)
