@@ -64,9 +64,11 @@ def reexport(run_dir: str | Path, evaluate: bool = False, log=print) -> dict:
     abstract = pipeline.abstract_params(model, cfg.train.seq_len)
     params = read_params(weights, abstract)
     labels = model_lib.param_labels(cfg.model, abstract, cfg.compat)
+    if evaluate:  # the eval's settings and data before anything is rewritten
+        pipeline.check_config(cfg, mesh.devices.size, train=False)
+    data = pipeline.load_data(cfg) if evaluate or cfg.export.format == "gptq_int6" else None
     calib = None
     if cfg.export.format == "gptq_int6":
-        data = pipeline.load_data(cfg)
         calib = hessian.calibrate(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)), mesh,
                                   data_dir=data.data_dir, val_tokens=data.val_tokens, bos_id=data.bos_id, log=log)
     write_atomic(run_dir / "submission.py", script)

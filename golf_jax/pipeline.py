@@ -123,7 +123,7 @@ def record_data(cfg, data: Data, run: RunDir) -> None:
 
 
 def abstract_params(model, seq_len: int):
-    return jax.eval_shape(lambda r: model.init(r, np.zeros((1, seq_len), np.int32))["params"], jax.random.PRNGKey(0))
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, seq_len), np.int32))["params"])
 
 
 def run(cfg) -> dict:

@@ -46,6 +46,11 @@ def main(argv) -> None:
     from golf_jax.bench import run
     from golf_jax.bench.measure import lines
 
+    import jax
+
+    from golf_jax import pipeline
+
+    pipeline.check_config(_CONFIG.value, jax.device_count(), train=False)  # every key's range, before a compile
     if _JSON.value:
         cli.check_output(_JSON.value, "--json")  # before the timing, not after it
     where = compile_cache.enable()

@@ -5,6 +5,7 @@ Each function takes the series of golf_jax/report/curves.py and writes one PNG.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,9 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path)
+    with warnings.catch_warnings():  # a figure too small for constrained layout is drawn without it: not news
+        warnings.filterwarnings("ignore", "constrained_layout not applied", UserWarning)
+        fig.savefig(path)
     return path
 
 
