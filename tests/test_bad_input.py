@@ -26,7 +26,7 @@ import pytest
 
 import tiny_run
 from golf_jax.data import synthetic
-from golf_jax.paths import REPO_ROOT
+from golf_jax.paths import REPO_ROOT, cache_dir
 
 FILE_FAULTS = ("missing", "empty", "truncated", "bit_flipped", "wrong_kind", "dir_for_file")
 FAULTS = FILE_FAULTS + ("file_for_dir", "unknown_key", "out_of_range", "nan", "inf", "mismatch", "out_readonly",
@@ -307,7 +307,7 @@ def matrix(tmp_path_factory) -> dict:
         cells.append(spec)
     env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_LOG_COMPILES": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]),
-           "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1", "GOLF_JAX_CACHE": str(REPO_ROOT / "build")}
+           "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1", "GOLF_JAX_CACHE": str(cache_dir())}
     procs = []
     for i in range(DRIVERS):  # CI's cores each take a share of the cells
         (root / f"cells{i}.json").write_text(json.dumps(cells[i::DRIVERS]))

@@ -371,3 +371,29 @@ def test_tensorboard_gets_the_eval_scores_and_the_audit_verdict(tmp_path):
            for v in e.summary.value if v.HasField("simple_value")}
     assert got == {("eval/roundtrip/val_bpb", 7): 1.5, ("eval/roundtrip/val_loss", 7): 3.0,
                    ("eval/ttt/val_bpb", 7): 1.25, ("eval/final_val_bpb", 7): 1.25, ("audit/pass", 7): 1.0}
+
+
+def test_the_audit_cli_refuses_bad_input_up_front(run_dir, tmp_path):
+    from golf_jax.audit.__main__ import check_inputs, load_factory
+
+    artifact = str(run_dir / "model.golfjax")
+    with pytest.raises(UserError, match=r"audit.weights=artifact audits the artifact's weights: pass --artifact"):
+        check_inputs(tiny_run.tiny_config(**{"audit.weights": "artifact"}), None)
+    with pytest.raises(UserError, match=r"eval.stages='roundtrip,nope': unknown stage\(s\) \['nope'\]"):
+        check_inputs(tiny_run.tiny_config(**{"eval.stages": "roundtrip,nope"}), artifact)
+    with pytest.raises(UserError, match=r"audit.tokens=0"):  # the audit's keys, whatever audit.enabled says
+        check_inputs(tiny_run.tiny_config(**{"audit.tokens": 0}), artifact)
+    with pytest.raises(UserError, match=r"--json=.* is a folder"):
+        check_inputs(tiny_run.tiny_config(), artifact, str(tmp_path))
+    with pytest.raises(UserError, match=r"holds another model"):
+        check_inputs(_artifact_weights(tiny_run.smoke.get_config()), artifact)
+    with pytest.raises(UserError, match=r"--evaluator='no_such_module:f': no_such_module does not import"):
+        load_factory("no_such_module:f")
+    (tmp_path / "broken.py").write_text("def f(:\n")
+    with pytest.raises(UserError, match=r"broken.py:f'.* does not import \(SyntaxError"):
+        load_factory(f"{tmp_path / 'broken.py'}:f")
+
+
+def _artifact_weights(cfg):
+    cfg.audit.weights = "artifact"
+    return cfg

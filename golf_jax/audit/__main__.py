@@ -66,7 +66,7 @@ def load_factory(spec: str):
     return factory
 
 
-def check_inputs(cfg, artifact: str | None) -> None:
+def check_inputs(cfg, artifact: str | None, json_out: str | None = None) -> None:
     """The config, the artifact and the output place, before anything compiles."""
     import jax
 
@@ -76,8 +76,8 @@ def check_inputs(cfg, artifact: str | None) -> None:
     checked = cfg.copy_and_resolve_references()
     checked.audit.enabled = True  # the audit's own keys too, whatever the config says about a job's audit
     pipeline.check_config(checked, jax.device_count(), train=False)  # every key's range
-    if _JSON.value:
-        cli.check_output(_JSON.value, "--json")
+    if json_out:
+        cli.check_output(json_out, "--json")
     if artifact is not None and not Path(artifact).is_file():
         raise UserError(f"--artifact={artifact}: no such file (pass RUN_DIR/model.golfjax of a training run)")
     if cfg.audit.weights == "artifact" and artifact is None:
@@ -104,7 +104,7 @@ def main(argv) -> None:
     compile_cache.enable()  # before the first compile: a rerun reads its executables back (docs/perf.md)
 
     artifact, cfg = _ARTIFACT.value, _CONFIG.value
-    check_inputs(cfg, artifact)
+    check_inputs(cfg, artifact, _JSON.value)
     summary_path = _SUMMARY.value or (str(Path(artifact).parent / "summary.json") if artifact else None)
     summary = None
     if _SUMMARY.value and not Path(_SUMMARY.value).is_file():
