@@ -21,13 +21,13 @@ Source: openai/parameter-golf PR #1306 head d43a0f36 and PR #1350 head 4ede046a
 `get_config("1306")` or `get_config("1350")` (default "1350").
 """
 
-from configs.record import get_config as record_config
+from golf_jax.config import sibling_config  # configs/*.py load by path: from any directory
 
 
 def get_config(variant: str = "1350"):
     if variant not in ("1306", "1350"):
         raise ValueError(f"configs/causal_slot.py: variant must be '1306' or '1350', got {variant!r}")
-    c = record_config()
+    c = sibling_config(__file__, "record")
     c.name = f"causal_slot_{variant}"
     c.model.qk_gain_init = 1.5 if variant == "1306" else 5.0
     c.model.bigram_vocab_size = 2048

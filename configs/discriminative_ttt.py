@@ -13,11 +13,11 @@ not in the openai mirror). Relative to configs/record.py:
 * eval: round trip and sliding s64, no SLOT.
 """
 
-from configs.record import get_config as record_config
+from golf_jax.config import sibling_config  # configs/*.py load by path: from any directory
 
 
 def get_config():
-    c = record_config()
+    c = sibling_config(__file__, "record")
     c.name = "discriminative_ttt"
     c.model.qk_gain_init = 5.0
     c.model.bigram_vocab_size = 2048

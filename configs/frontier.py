@@ -17,11 +17,11 @@ The 9 tuned values of #1855 (its README): MLP clip 11.5σ, embed clip 14σ, warm
 documents.
 """
 
-from configs.sp8192_legal import get_config as sp8192_config
+from golf_jax.config import sibling_config  # configs/*.py load by path: from any directory
 
 
 def get_config():
-    c = sp8192_config()
+    c = sibling_config(__file__, "sp8192_legal")
     c.name = "frontier"
 
     m = c.model

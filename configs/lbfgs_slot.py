@@ -16,11 +16,11 @@ Source: openai/parameter-golf PR #675 head 5149815c, `2026-04-06_LBFGS_SLOT_0.57
   the code.
 """
 
-from configs.record import get_config as record_config
+from golf_jax.config import sibling_config  # configs/*.py load by path: from any directory
 
 
 def get_config():
-    c = record_config()
+    c = sibling_config(__file__, "record")
     c.name = "lbfgs_slot"
     c.model.bigram_vocab_size = 1024
     c.model.bigram_dim = 128

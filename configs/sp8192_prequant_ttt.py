@@ -11,11 +11,11 @@ It trains on every val token before any is scored, so the score is labelled
 600 s evaluation budget); the summary's eval budget says how ours compares.
 """
 
-from configs.sp8192_legal import get_config as legal_config
+from golf_jax.config import sibling_config  # configs/*.py load by path: from any directory
 
 
 def get_config():
-    c = legal_config()
+    c = sibling_config(__file__, "sp8192_legal")
     c.name = "sp8192_prequant_ttt"
     v = c.eval
     v.stages = "roundtrip,sliding"

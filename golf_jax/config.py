@@ -7,7 +7,21 @@ error instead of a silently ignored setting.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections
+
+
+def sibling_config(config_file: str, name: str, *args) -> ml_collections.ConfigDict:
+    """`get_config(*args)` of configs/<name>.py, found beside `config_file` (a config's __file__):
+    configs build on each other by path, so they load from any working directory, with or
+    without the repository root on sys.path (the `configs` folder is not an installed package)."""
+    path = Path(config_file).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"golf_jax_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*args)
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -25,7 +25,11 @@ def read_params(path: Path, like: dict) -> dict:
     import numpy as np
     from flax import serialization, traverse_util
 
-    flat = traverse_util.flatten_dict(serialization.msgpack_restore(path.read_bytes()))
+    try:
+        flat = traverse_util.flatten_dict(serialization.msgpack_restore(path.read_bytes()))
+    except Exception as e:  # noqa: BLE001 (msgpack's errors on a cut or damaged file have no common base)
+        raise UserError(f"{path}: damaged, not the params a run saved ({type(e).__name__}: {e}); a full disk or a "
+                        "crash while it was written? rerun the training job") from e
     want = traverse_util.flatten_dict(like)
     wrong = sorted("/".join(k) for k in set(want) | set(flat)
                    if k not in flat or k not in want or np.shape(flat[k]) != tuple(want[k].shape))
@@ -42,6 +46,7 @@ def reexport(run_dir: str | Path, evaluate: bool = False, log=print) -> dict:
     from golf_jax import codebytes, mesh as mesh_lib, model as model_lib, pipeline, submission
     from golf_jax.config import base_config
     from golf_jax.quant import export, hessian
+    from golf_jax.rundir import write_atomic
 
     run_dir = Path(run_dir)
     weights = run_dir / "params.msgpack"
@@ -50,19 +55,23 @@ def reexport(run_dir: str | Path, evaluate: bool = False, log=print) -> dict:
                         "(it saves params.msgpack just before exporting)")
     cfg = base_config()  # keys added to the schema since the run keep their defaults
     cfg.update(submission.load_config(run_dir / "config.json"))
+    # The script is packed for the run's config as it ran (data.source=default packs the corpus
+    # generator), as the job's export stage packed it: same modules, same code bytes.
+    script = codebytes.script(cfg)
     submission.eval_data(cfg, run_dir / "config.json")  # the data the run trained and evaluated on
     mesh = mesh_lib.make_mesh()
     model = model_lib.build_model(cfg.model)
     abstract = pipeline.abstract_params(model, cfg.train.seq_len)
     params = read_params(weights, abstract)
     labels = model_lib.param_labels(cfg.model, abstract, cfg.compat)
+    if evaluate:  # the eval's settings and data before anything is rewritten
+        pipeline.check_config(cfg, mesh.devices.size, train=False)
+    data = pipeline.load_data(cfg) if evaluate or cfg.export.format == "gptq_int6" else None
     calib = None
     if cfg.export.format == "gptq_int6":
-        data = pipeline.load_data(cfg)
         calib = hessian.calibrate(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)), mesh,
                                   data_dir=data.data_dir, val_tokens=data.val_tokens, bos_id=data.bos_id, log=log)
-    script = codebytes.script(cfg)
-    (run_dir / "submission.py").write_bytes(script)
+    write_atomic(run_dir / "submission.py", script)
     info = export.export_artifact(params, labels, cfg, run_dir, len(script), calib=calib)
     log(f"artifact: {info.path} weights {info.weight_bytes:,} B + code {info.code_bytes:,} B = "
         f"{info.total_bytes:,} B (budget {cfg.export.budget_bytes:,})")
@@ -72,7 +81,7 @@ def reexport(run_dir: str | Path, evaluate: bool = False, log=print) -> dict:
         t0 = time.perf_counter()
         results = pipeline.evaluate_artifact(cfg, info.path, mesh, log=log)
         out.update(pipeline.evaluation_summary(cfg, results, time.perf_counter() - t0))  # run_stages logs each
-    (run_dir / "export.json").write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+    write_atomic(run_dir / "export.json", json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
     return out
 
 

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from golf_jax import packer, pipeline
-from golf_jax.errors import exit_code
+from golf_jax.errors import UserError, exit_code
+from golf_jax.rundir import write_atomic
 from golf_jax.submission import load_config
 
 
@@ -25,11 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config-json", help="the config to pack for (default: config.json beside the artifact)")
     ap.add_argument("--out", required=True, help="the submission script to write")
     args = ap.parse_args(argv)
+    if not Path(args.artifact).is_file():
+        raise UserError(f"--artifact {args.artifact}: no such file; pass RUN_DIR/model.golfjax")
     cfg = load_config(args.config_json or Path(args.artifact).parent / "config.json")
     cfg.audit.enabled = False  # the script never audits (golf_jax/submission.py)
     pipeline.check_config(cfg, num_devices=1)  # the script does not check its config (golf_jax/packer.py)
+    if Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a folder; pass the file to write, e.g. {Path(args.out) / 'submission.py'}")
     script = packer.build_script(cfg)
-    Path(args.out).write_bytes(script)
+    write_atomic(args.out, script)
     weights = Path(args.artifact).stat().st_size
     mods = packer.packed_modules(cfg)
     print(f"wrote {args.out}: {len(mods)} modules; code {len(script):,} B + weights {weights:,} B = "

@@ -16,9 +16,10 @@ from golf_jax.paths import REPO_ROOT
 
 ENTRY = ("golf_jax.submission",)  # main: what a submission runs
 # Repository tools: the audit checks the repository's runs and the report shows them (the packed train skips both);
-# data.download fetches the challenge's shards (inside data/, so named here).
+# data.download fetches the challenge's shards and data.identity checks them against their record (inside
+# data/, so named here).
 NOT_PACKED = ("golf_jax.audit", "golf_jax.packer", "golf_jax.report", "golf_jax.data.download",
-              "golf_jax.multihost")
+              "golf_jax.data.identity", "golf_jax.multihost")
 
 
 def _stages(cfg) -> list[str]:

@@ -28,7 +28,7 @@ from golf_jax.errors import UserError
 from golf_jax.eval import plain, stages as eval_stages
 from golf_jax.optim.build import build_optimizer, count_by_label
 from golf_jax.quant import export, hessian
-from golf_jax.rundir import RunDir
+from golf_jax.rundir import RunDir, write_atomic
 from golf_jax.train import loop, recipe as recipe_lib, step as step_lib
 
 
@@ -61,10 +61,28 @@ def check_config(cfg, num_devices: int, train: bool = True) -> None:
     """The whole config's enums and ranges, before anything is built or compiled (train=False:
     what evaluating an artifact reads). The stages' checks raise ValueError naming the key:
     each is a setting to fix, so it leaves here as a UserError (one line, exit code 2)."""
+    def check_numbers(c, prefix: str = "") -> None:
+        """Every float setting finite, every learning rate (a key ending in `lr`) >= 0: a NaN
+        or inf would only show as a diverged loss after compiling and training."""
+        for key, value in c.items():
+            name = prefix + key
+            if hasattr(value, "items"):
+                check_numbers(value, name + ".")
+            elif isinstance(value, float) and not np.isfinite(value):
+                raise UserError(f"{name}={value}: use a finite number (the default is in golf_jax/config.py)")
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith("lr") and value < 0:
+                raise UserError(f"{name}={value}: a learning rate must be >= 0")
+
     try:
+        check_numbers(cfg)
         if train:
             loop.check_config(cfg, num_devices)
             export.check_config(cfg.export)
+            code = codebytes.code_bytes(cfg)
+            if cfg.export.budget_bytes <= code:
+                raise UserError(f"export.budget_bytes={cfg.export.budget_bytes:,} leaves no room for weights: this "
+                                f"config's submission script alone is {code:,} B; raise it (the challenge's is "
+                                "16,000,000)")
             if cfg.eval.prequant_ttt.mode != "off":  # imported on its branch only: golf_jax/packset.py GATES
                 from golf_jax.eval import prequant_ttt
 
@@ -83,21 +101,29 @@ def check_config(cfg, num_devices: int, train: bool = True) -> None:
         raise UserError(str(e)) from e
 
 
-def load_data(cfg, run: RunDir | None = None) -> Data:
+def load_data(cfg) -> Data:
     data_dir, tokenizer_path = source.resolve_data(cfg)
     sp = load_tokenizer(tokenizer_path, cfg.model.vocab_size)
-    source.check_tokenizer(data_dir, tokenizer_path)
+    if codebytes.SCRIPT is None:  # in the repository; a packed run (golf_jax/packset.py NOT_PACKED) reads checked data
+        from golf_jax.data import identity
+
+        identity.check(data_dir, tokenizer_path)
     val_tokens = source.load_val(cfg, data_dir, eval_stages.eval_seq_len(cfg))
     lut = source.val_byte_lut(sp, cfg.model.vocab_size, data_dir, val_tokens)
-    if run is not None:
-        run.write_json("data.json", source.describe_data(cfg, data_dir, tokenizer_path, len(val_tokens), lut.source))
-        run.log(f"data: {data_dir} tokenizer: {tokenizer_path} val_tokens: {len(val_tokens):,} loader: {cfg.data.loader}")
-        run.log(f"val bytes: {lut.source}")
     return Data(data_dir, tokenizer_path, max(int(sp.bos_id()), 0), lut, val_tokens)
 
 
+def record_data(cfg, data: Data, run: RunDir) -> None:
+    """data.json and the log's lines about the data."""
+    run.write_json("data.json", source.describe_data(cfg, data.data_dir, data.tokenizer_path, len(data.val_tokens),
+                                                     data.lut.source))
+    run.log(f"data: {data.data_dir} tokenizer: {data.tokenizer_path} val_tokens: {len(data.val_tokens):,} "
+            f"loader: {cfg.data.loader}")
+    run.log(f"val bytes: {data.lut.source}")
+
+
 def abstract_params(model, seq_len: int):
-    return jax.eval_shape(lambda r: model.init(r, np.zeros((1, seq_len), np.int32))["params"], jax.random.PRNGKey(0))
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, seq_len), np.int32))["params"])
 
 
 def run(cfg) -> dict:
@@ -108,23 +134,26 @@ def run(cfg) -> dict:
     mesh = mesh_lib.make_mesh()
     check_config(cfg, mesh.devices.size)
     cfg = source.absolute_paths(cfg)  # the run dir's config.json finds the data from any directory
+    t0 = time.perf_counter()
+    data = load_data(cfg)  # the data's checks before the run dir exists: a failed one leaves nothing behind
+    train_loader = loop.make_loader(cfg, data.data_dir, mesh)
     run_dir = RunDir(cfg.train.run_dir, cfg.train.run_name or cfg.name, cfg)
     summary: dict = {"status": "running", "run_dir": str(run_dir.path)}
     # The ExitStack (it closes a checkpoint manager) exits before the summary is written.
     with run_dir.recording(summary, "summary.json"), contextlib.ExitStack() as cleanup:
-        _run(cfg, mesh, run_dir, cleanup, summary)
+        _run(cfg, mesh, run_dir, cleanup, summary, (data, train_loader, time.perf_counter() - t0))
     return summary
 
 
-def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict) -> None:
+def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict, loaded: tuple) -> None:
     """The stages; `summary` fills in as they finish, so a failure keeps what ran."""
     stage = Stages(run)
     t, L = cfg.train, eval_stages.eval_seq_len(cfg)
     run.log(f"run_dir: {run.path}")
     run.log(f"devices: {mesh.devices.size} ({jax.default_backend()}) processes: {jax.process_count()}")
+    data, train_loader, stage.seconds["data"] = loaded  # loaded before the run dir
     with stage("data"):
-        data = load_data(cfg, run)
-        train_loader = loop.make_loader(cfg, data.data_dir, mesh)
+        record_data(cfg, data, run)
 
     model = model_lib.build_model(cfg.model)
     abstract = abstract_params(model, t.seq_len)
@@ -174,7 +203,7 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict) -
 
     params = jax.device_get(params)
     if run.is_writer:
-        (run.path / "params.msgpack").write_bytes(serialization.to_bytes(params))
+        write_atomic(run.path / "params.msgpack", serialization.to_bytes(params))
     calib = None
     if cfg.export.format == "gptq_int6":
         with stage("calibrate"):
@@ -183,7 +212,7 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict) -
     with stage("export"):
         script = codebytes.script(cfg)  # the counted code, kept beside the artifact
         if run.is_writer:
-            (run.path / "submission.py").write_bytes(script)
+            write_atomic(run.path / "submission.py", script)
         info = export.export_artifact(params, labels, cfg, run.path, len(script), calib=calib)
     run.log(f"export: {info.report}")
     run.log(f"artifact: {info.path.name} weights {info.weight_bytes:,} B + code {info.code_bytes:,} B = "
@@ -222,18 +251,16 @@ def load_artifact_model(cfg, artifact: str | Path, mesh) -> tuple:
     return model, jax.device_put(export.load_artifact(Path(artifact), like), mesh_lib.replicated(mesh))
 
 
-def evaluate_artifact(cfg, artifact: str | Path, mesh=None, run: RunDir | None = None, log=print,
-                      loaded: tuple | None = None) -> dict:
-    """{stage: StageResult} of the config's eval stages on the params rebuilt from the artifact alone
-    (`loaded`: its load_artifact_model, when the caller already has it).
+def evaluate_artifact(cfg, artifact: str | Path, mesh=None, log=print) -> dict:
+    """{stage: StageResult} of the config's eval stages on the params rebuilt from the artifact alone.
 
     Pre-quant TTT is not among them: it adapts the float weights before export.
     """
     mesh = mesh or mesh_lib.make_mesh()
     check_config(cfg, mesh.devices.size, train=False)
-    data = load_data(cfg, run)
-    model, params = loaded or load_artifact_model(cfg, artifact, mesh)
-    return eval_stages.run_stages(cfg, model, params, data.val_tokens, data.lut, mesh, run=run, log=log)
+    data = load_data(cfg)
+    model, params = load_artifact_model(cfg, artifact, mesh)
+    return eval_stages.run_stages(cfg, model, params, data.val_tokens, data.lut, mesh, log=log)
 
 
 OFFICIAL, NONCOMPLIANT, UNAUDITED = "val_bpb (official)", "non-compliant (reproduction)", "unaudited"

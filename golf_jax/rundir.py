@@ -1,6 +1,8 @@
 """Run directories: config, code version, log, metrics — everything to reproduce a run.
 
-Only process 0 writes. Files are flushed line by line so a crash keeps what ran.
+Only process 0 writes. Files are flushed line by line so a crash keeps what ran; whole files
+(summary, config, params, artifact, reports) go through `write_atomic`: a temporary file,
+then a rename, so a full disk or a crash leaves the last good file, never half of one.
 While a run records, SIGTERM (SLURM, preemption) and SIGINT end it as `Interrupted`:
 the summary says "interrupted" and the process exits with 128 + the signal's number.
 """
@@ -11,7 +13,9 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +28,18 @@ import jax
 from golf_jax.codebytes import package_sources
 from golf_jax.errors import UserError
 from golf_jax.paths import REPO_ROOT
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Write `data` to `path` through a temporary file and a rename; a failed write (a full disk,
+    a read-only folder) keeps what `path` held and is a UserError naming it."""
+    tmp = Path(f"{path}.tmp")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({e.strerror}); free disk space or fix permissions") from e
 
 
 def code_version() -> dict:
@@ -59,25 +75,28 @@ class RunDir:
         self.path = Path(root) / f"{name}-{stamp}"
         self._log = self._metrics = None
         if self.is_writer:
+            made = False
             try:
                 self.path.mkdir(parents=True, exist_ok=False)
-                (self.path / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-            except OSError as e:
-                raise UserError(f"train.run_dir={root}: cannot create {self.path} ({e.strerror or e}); "
+                made = True
+                write_atomic(self.path / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
+                self.write_json("code_version.json", code_version())
+                self.write_json("env.json", {
+                    "argv": sys.argv,
+                    "python": platform.python_version(),
+                    "jax": jax.__version__,
+                    "backend": jax.default_backend(),
+                    "devices": [str(d) for d in jax.devices()],
+                    "process_count": jax.process_count(),
+                    "started": dt.datetime.now().isoformat(),
+                })
+                self._log = open(self.path / "log.txt", "a", buffering=1)
+                self._metrics = open(self.path / "metrics.jsonl", "a", buffering=1)
+            except (OSError, UserError) as e:
+                if made:  # a run dir that holds nothing yet is never left behind
+                    shutil.rmtree(self.path, ignore_errors=True)
+                raise UserError(f"train.run_dir={root}: cannot create {self.path} ({getattr(e, 'strerror', 0) or e}); "
                                 "pass --config.train.run_dir=<a writable folder>") from e
-            env = {
-                "argv": sys.argv,
-                "python": platform.python_version(),
-                "jax": jax.__version__,
-                "backend": jax.default_backend(),
-                "devices": [str(d) for d in jax.devices()],
-                "process_count": jax.process_count(),
-                "started": dt.datetime.now().isoformat(),
-            }
-            self.write_json("code_version.json", code_version())
-            self.write_json("env.json", env)
-            self._log = open(self.path / "log.txt", "a", buffering=1)
-            self._metrics = open(self.path / "metrics.jsonl", "a", buffering=1)
         if jax.process_count() > 1:  # not packed (packset.NOT_PACKED): a submission runs on one host
             from golf_jax.multihost import shared_run_dir
 
@@ -95,7 +114,7 @@ class RunDir:
 
     def write_json(self, name: str, obj: dict) -> None:
         if self.is_writer:
-            (self.path / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+            write_atomic(self.path / name, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
     @contextlib.contextmanager
     def recording(self, summary: dict, name: str, what: str = "run"):

@@ -32,10 +32,13 @@ def load_config(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such config.json (a run directory holds one; or pass --config-json)")
-    cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
-    for key in ("dir", "tokenizer"):
-        if cfg.data[key]:
-            cfg.data[key] = str(path.parent.resolve() / cfg.data[key])
+    try:
+        cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
+        for key in ("dir", "tokenizer"):
+            if cfg.data[key]:
+                cfg.data[key] = str(path.parent.resolve() / cfg.data[key])
+    except (ValueError, TypeError, LookupError, AttributeError) as e:
+        raise UserError(f"{path}: not a run's config.json ({e!r})") from e
     return cfg
 
 

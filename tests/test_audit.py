@@ -19,6 +19,7 @@ from golf_jax.audit import budgets, checks
 from golf_jax.audit.__main__ import load_factory
 from golf_jax.audit.run import run_audit
 from golf_jax.config import base_config
+from golf_jax.errors import UserError
 from golf_jax.paths import REPO_ROOT
 
 SMALL = {"tokens": 2048, "flips": 4, "probes": 1, "probe_vocab": 16, "vocab_probes": 1, "vocab_samples": 2,
@@ -202,7 +203,7 @@ def test_cli_isolates_an_evaluator_that_reads_val_and_patches_the_checks(shared_
 def test_load_factory_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="MODULE:FACTORY"):
         load_factory("tests/audit_toys.py")
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(UserError, match="no such file"):
         load_factory(str(tmp_path / "missing.py") + ":f")
     with pytest.raises(ValueError, match="no function 'nope'"):
         load_factory("tests/audit_toys.py:nope")

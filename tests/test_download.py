@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -41,6 +42,7 @@ class FakeHub(ThreadingHTTPServer):
         self.files, self.lfs = files, lfs
         self.cut: set[str] = set()  # the first GET of these stops 1,000 bytes short of the end
         self.corrupt: dict[str, int] = {}  # path -> how many more GETs serve a flipped byte
+        self.stall: set[str] = set()  # a GET of these gets no answer for 3 s, then a closed connection
         self.requests: list[tuple[str, str, str | None]] = []  # (method, repo path or api, Range)
 
     def info(self, path: str) -> dict:
@@ -79,6 +81,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.requests.append((self.command, name, self.headers.get("Range")))
         if head:
             return self._send(200, data, headers, head=True)
+        if name in self.server.stall:
+            time.sleep(3)
+            self.close_connection = True
+            return
         if self.server.corrupt.get(name, 0) > 0:
             self.server.corrupt[name] -= 1
             data = data[:-1] + bytes([data[-1] ^ 0xFF])
@@ -225,3 +231,32 @@ def test_git_blob_id_is_gits(tmp_path):
     assert download.mismatch(f, remote) is None
     assert "git blob id" in download.mismatch(f, download.HubFile("x.json", remote.size, "0" * 40, None))
     assert "bytes where the hub has" in download.mismatch(f, download.HubFile("x.json", 3, want, None))
+
+
+@pytest.mark.parametrize("stalls", ["revision", "file"])
+def test_a_server_that_never_answers_fails_fast_naming_the_endpoint_and_the_settings(hub, tmp_path, capsys,
+                                                                                     monkeypatch, stalls):
+    """A server that accepts the connection and then says nothing: tried --tries times, each bounded by
+    --read-timeout, then one line naming the endpoint and the settings to change."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel accepts the connections; nobody ever answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    if stalls == "revision":
+        monkeypatch.setenv("HF_ENDPOINT", url)
+    else:  # the metadata answers, then a file's transfer stalls
+        hub.stall.add(f"{SHARDS}/fineweb_val_000000.bin")
+        url = "127.0.0.1"
+    t0 = time.monotonic()
+    try:
+        rc = download.main(_argv(tmp_path) + ["--read-timeout", "0.5", "--connect-timeout", "0.5", "--tries", "2"])
+    finally:
+        silent.close()
+    err = capsys.readouterr().err
+    assert rc == 2 and time.monotonic() - t0 < 30
+    (line,) = [x for x in err.splitlines() if x.startswith("error: ")]
+    assert "failed after 2 tries" in line and "--read-timeout (0.5 s)" in line and "--tries (2)" in line
+    assert url in line
+    assert "; trying again in 2 s (1/2)" in err  # the backoff

@@ -1,7 +1,7 @@
 """The import graph follows the pipeline: no circles, and no import from a stage back up to a later one.
 
 Layers, bottom to top: foundations (paths, config, mesh, codebytes, packset, packer,
-rundir, progress, errors, compile_cache, multihost) → data → model → optim → train → quant → eval → audit → report → pipeline → the entry points
+rundir, progress, errors, compile_cache, multihost, outputs) → data → model → optim → train → quant → eval → audit → report → pipeline → the entry points
 (evaluate, submission, pack, cli, export) → bench → submit. `__main__` modules are command-line shims and sit outside.
 Function-level imports count too.
 """
@@ -16,7 +16,7 @@ PKG = REPO_ROOT / "golf_jax"
 LAYERS = [
     {"golf_jax", "golf_jax.paths", "golf_jax.config", "golf_jax.mesh", "golf_jax.codebytes", "golf_jax.packer",
      "golf_jax.packset", "golf_jax.rundir", "golf_jax.progress", "golf_jax.errors", "golf_jax.compile_cache",
-     "golf_jax.multihost"},
+     "golf_jax.multihost", "golf_jax.outputs"},
     "data", "model", "optim", "train", "quant", "eval", "audit", "report",
     {"golf_jax.pipeline"},
     {"golf_jax.evaluate", "golf_jax.submission", "golf_jax.pack", "golf_jax.cli", "golf_jax.export"},

@@ -29,27 +29,33 @@ from pathlib import Path
 
 import numpy as np
 
+from golf_jax.errors import UserError
+
 _CTX = mp.get_context("spawn")  # a fresh interpreter: nothing of the audit's process is inherited
 
 
 def load_factory(spec: str):
-    """`module:function` or `path/to/file.py:function` → the function."""
+    """`module:function` or `path/to/file.py:function` → the function (in the evaluator's process)."""
     if ":" not in spec:
-        raise ValueError(f"--evaluator={spec!r}: use MODULE:FACTORY or path/to/file.py:FACTORY")
+        raise UserError(f"--evaluator={spec!r}: use MODULE:FACTORY or path/to/file.py:FACTORY")
     where, name = spec.rsplit(":", 1)
-    if where.endswith(".py") or os.sep in where:
-        path = Path(where)
-        if not path.is_file():
-            raise FileNotFoundError(f"--evaluator={spec!r}: no such file {path}")
-        mod_spec = importlib.util.spec_from_file_location(f"golf_jax_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(mod_spec)
-        sys.modules[mod_spec.name] = module
-        mod_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(where)
+    try:
+        if where.endswith(".py") or os.sep in where:
+            path = Path(where)
+            if not path.is_file():
+                raise UserError(f"--evaluator={spec!r}: no such file {path}")
+            mod_spec = importlib.util.spec_from_file_location(f"golf_jax_user_{path.stem}", path)
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[mod_spec.name] = module
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except (ImportError, SyntaxError) as e:
+        raise UserError(f"--evaluator={spec!r}: {where} does not import ({type(e).__name__}: {e}); pass an "
+                        "importable module or a path to a .py file") from e
     factory = getattr(module, name, None)
     if not callable(factory):
-        raise ValueError(f"--evaluator={spec!r}: {where} has no function {name!r}")
+        raise UserError(f"--evaluator={spec!r}: {where} has no function {name!r}")
     return factory
 
 

@@ -9,12 +9,10 @@ does not fail it, and says so.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from golf_jax import mesh as mesh_lib
 from golf_jax.audit import budgets, checks, isolated, procedure
@@ -23,6 +21,7 @@ from golf_jax.data import source
 from golf_jax.errors import UserError
 from golf_jax.eval import harness, phased_plan, stages
 from golf_jax.paths import shared_data_dir
+from golf_jax.progress import progress
 
 
 def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, custom=None,
@@ -80,7 +79,7 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
         f"stride {stride}, {rows} rows per batch, TTT chunks {e.ttt.chunk_tokens}; {mesh.devices.size} devices; "
         f"{'a random model' if random_model else 'the given weights'}; about {total:,} runs")
     cf_proc = proc
-    bar = tqdm(total=total, desc="audit", unit="run", file=sys.stderr, disable=None, mininterval=2.0, leave=False)
+    bar = progress("audit", "run", total)  # redrawn on a terminal; a line every 30 s into a file
     try:
         base = proc(tokens, probe_targets=norm_targets.tolist())
         bar.update(1)

@@ -25,11 +25,10 @@ import sys
 from pathlib import Path
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from golf_jax import cli, compile_cache
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_CONFIG = cli.define_config()
 _STAGE = flags.DEFINE_enum("stage", "train", ["train", "eval", "sliding", "ttt", "slot", "gptq", "export", "calib"],
                            "Which stage to time (calib: with --target only).")
 _JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
@@ -63,6 +62,13 @@ def main(argv) -> None:
     from golf_jax.bench import run
     from golf_jax.bench.measure import lines
 
+    import jax
+
+    from golf_jax import pipeline
+
+    pipeline.check_config(_CONFIG.value, jax.device_count(), train=False)  # every key's range, before a compile
+    if _JSON.value:
+        cli.check_output(_JSON.value, "--json")  # before the timing, not after it
     where = compile_cache.enable()
     cfg = _CONFIG.value
     kw = dict(calls=_CALLS.value, warmup=_WARMUP.value, tokens=_TOKENS.value, per_device_seqs=_PER_DEVICE_SEQS.value,
@@ -99,7 +105,12 @@ def _compile_for_target() -> None:
     import jax
 
     jax.config.update("jax_platforms", "cpu")  # the GPUs are abstract; a real one must not be initialised
+    from golf_jax import pipeline
     from golf_jax.bench import target
+
+    pipeline.check_config(_CONFIG.value, _DEVICES.value, train=False)
+    if _JSON.value:
+        cli.check_output(_JSON.value, "--json")
 
     # Not the persistent cache: a deviceless executable is not autotuned, and a real GPU run would read it back.
     out = target.run_target(_CONFIG.value, _STAGE.value, _TARGET.value, _DEVICES.value, rows=_ROWS.value,

@@ -22,15 +22,16 @@ only what is missing or wrong. Never packed (golf_jax/packset.py NOT_PACKED).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from golf_jax.data.identity import git_blob_id
 from golf_jax.data.shards import ShardError, read_header, sha256_file
 from golf_jax.data.tokenizer import load_tokenizer
 from golf_jax.paths import cache_dir
@@ -46,6 +47,68 @@ class DownloadError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Network:
+    """How long to wait for the hub, and how often to try again: a server that accepts the
+    connection but never answers ends the download within tries × (connect + read) + backoff."""
+
+    connect_timeout: float = 10.0  # seconds to connect (--connect-timeout)
+    read_timeout: float = 15.0  # seconds without a byte from the server (--read-timeout)
+    tries: int = 3  # attempts per request (--tries), 2 s, 4 s, ... apart
+    backoff: float = 2.0
+
+    def call(self, what: str, endpoint_: str, fn, *args, **kwargs):
+        """fn(*args, **kwargs), tried again after a network error; the last error as a DownloadError
+        naming the endpoint and the settings."""
+        for attempt in range(1, self.tries + 1):
+            try:
+                return fn(*args, **kwargs)
+            except DownloadError:
+                raise
+            except Exception as e:  # noqa: BLE001 (httpx's, huggingface_hub's and OSError's errors alike)
+                if _not_network(e) or attempt == self.tries:
+                    raise DownloadError(
+                        f"{what} from {endpoint_} failed after {attempt} tr{'y' if attempt == 1 else 'ies'} "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); check the network and HF_ENDPOINT, "
+                        f"or raise --connect-timeout ({self.connect_timeout:g} s), --read-timeout "
+                        f"({self.read_timeout:g} s) or --tries ({self.tries})") from e
+                wait = self.backoff * 2 ** (attempt - 1)
+                print(f"{what}: {type(e).__name__} from {endpoint_}; trying again in {wait:g} s "
+                      f"({attempt}/{self.tries})", file=sys.stderr, flush=True)
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def install(self) -> None:
+        """Give huggingface_hub's HTTP client and downloads these timeouts (its API calls have none)."""
+        from huggingface_hub import constants, set_client_factory
+        from huggingface_hub.utils import _http
+
+        bounds = {"connect": self.connect_timeout, "read": self.read_timeout, "write": self.read_timeout,
+                  "pool": self.read_timeout}
+
+        def bounded(request) -> None:  # a call made with timeout=None (most of HfApi's) gets these too
+            given = request.extensions.get("timeout") or {}
+            request.extensions["timeout"] = {k: given.get(k) or v for k, v in bounds.items()}
+
+        def client():
+            c = _http.default_client_factory()
+            c.event_hooks["request"] = [*c.event_hooks["request"], bounded]
+            return c
+
+        set_client_factory(client)
+        constants.HF_HUB_DOWNLOAD_TIMEOUT = self.read_timeout
+        constants.HF_HUB_ETAG_TIMEOUT = self.read_timeout
+
+
+def _not_network(e: BaseException) -> bool:
+    """An error that trying again cannot fix: the hub answered (a 4xx status: no such repository, file or
+    revision), or our own (a ValueError, a KeyError)."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return 400 <= status < 500 and status not in (408, 429)
+    return isinstance(e, (ValueError, KeyError, TypeError, AttributeError)) and not isinstance(e, OSError)
+
+
+@dataclass(frozen=True)
 class HubFile:
     """A file of the repository at the pinned commit, as the hub's paths-info describes it."""
 
@@ -58,15 +121,6 @@ class HubFile:
 def endpoint() -> str:
     """HF_ENDPOINT, read at call time (huggingface_hub reads it once, at import)."""
     return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
-
-
-def git_blob_id(path: Path) -> str:
-    """The git object id of a file's content: what the hub reports for files not in LFS."""
-    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def mismatch(local: Path, remote: HubFile) -> str | None:
@@ -112,20 +166,20 @@ def local_path(out: Path, remote: str, root: str = REMOTE_ROOT) -> Path:
 class Hub:
     """One repository at one commit: its metadata and its files, through huggingface_hub."""
 
-    def __init__(self, repo_id: str, revision: str, cache: str | None) -> None:
+    def __init__(self, repo_id: str, revision: str, cache: str | None, net: Network = Network()) -> None:
         try:
             from huggingface_hub import HfApi
         except ImportError as e:
             raise ImportError("golf_jax.data.download needs huggingface_hub: pip install -e '.[tools]'") from e
 
-        self.repo_id, self.cache, self.endpoint = repo_id, cache, endpoint()
+        self.repo_id, self.cache, self.endpoint, self.net = repo_id, cache, endpoint(), net
+        net.install()
         self.api = HfApi(endpoint=self.endpoint)
         try:
-            self.commit = self.api.dataset_info(repo_id, revision=revision).sha
-        except Exception as e:  # noqa: BLE001 (any failure here means the hub or repository is not reachable)
-            raise DownloadError(f"cannot read dataset {repo_id} at revision {revision} from {self.endpoint} "
-                                f"({type(e).__name__}: {e}); check the network, HF_ENDPOINT, --repo-id and "
-                                "--revision") from e
+            self.commit = net.call(f"dataset {repo_id}@{revision}", self.endpoint, self.api.dataset_info, repo_id,
+                                   revision=revision).sha
+        except DownloadError as e:
+            raise DownloadError(f"{e}; check --repo-id and --revision too") from e.__cause__
         if not self.commit:
             raise DownloadError(f"{self.endpoint} gave no commit for {repo_id}@{revision}")
 
@@ -133,8 +187,8 @@ class Hub:
         """{path: HubFile} from the hub's paths-info; a path the hub does not have is an error."""
         found: dict[str, HubFile] = {}
         for i in range(0, len(paths), PATHS_PER_REQUEST):
-            for f in self.api.get_paths_info(self.repo_id, list(paths[i:i + PATHS_PER_REQUEST]),
-                                             repo_type="dataset", revision=self.commit):
+            for f in self.net.call("paths-info", self.endpoint, self.api.get_paths_info, self.repo_id,
+                                   list(paths[i:i + PATHS_PER_REQUEST]), repo_type="dataset", revision=self.commit):
                 if hasattr(f, "blob_id"):  # a RepoFile (folders have a tree_id)
                     found[f.path] = HubFile(f.path, int(f.size), f.blob_id, f.lfs.sha256 if f.lfs else None)
         missing = [p for p in paths if p not in found]
@@ -150,8 +204,9 @@ class Hub:
         from huggingface_hub import hf_hub_download
 
         for attempt in range(2):
-            cached = Path(hf_hub_download(self.repo_id, remote.path, repo_type="dataset", revision=self.commit,
-                                          cache_dir=self.cache, endpoint=self.endpoint))
+            cached = Path(self.net.call(remote.path, self.endpoint, hf_hub_download, self.repo_id, remote.path,
+                                        repo_type="dataset", revision=self.commit, cache_dir=self.cache,
+                                        endpoint=self.endpoint, etag_timeout=self.net.read_timeout))
             why = mismatch(cached, remote)
             if why is None:
                 break
@@ -189,10 +244,10 @@ def check(path: Path, vocab_size: int) -> None:
 
 
 def download(variant: str, train_shards: int, out: Path, repo_id: str | None = None, revision: str = "main",
-             cache: str | None = None, log=print) -> dict:
+             cache: str | None = None, log=print, net: Network = Network()) -> dict:
     """Fetch and verify a variant into `out`; returns what download.json records."""
     default_repo, vocab_size = VARIANTS[variant]
-    hub = Hub(repo_id or default_repo, revision, cache)
+    hub = Hub(repo_id or default_repo, revision, cache, net)
     log(f"{hub.repo_id}@{hub.commit} from {hub.endpoint}")
     manifest_path = f"{REMOTE_ROOT}/manifest.json"
     hub.fetch(hub.describe([manifest_path])[manifest_path], local_path(out, manifest_path))
@@ -221,10 +276,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repo-id", help="dataset repository (default: the variant's, see above)")
     ap.add_argument("--revision", default="main", help="branch, tag or commit of the repository")
     ap.add_argument("--cache-dir", help="huggingface_hub cache (default: its own, HF_HUB_CACHE)")
+    ap.add_argument("--connect-timeout", type=float, default=Network.connect_timeout, help="seconds to connect")
+    ap.add_argument("--read-timeout", type=float, default=Network.read_timeout,
+                    help="seconds to wait for the server's next bytes")
+    ap.add_argument("--tries", type=int, default=Network.tries, help="attempts per request, with backoff")
     args = ap.parse_args(argv)
+    if not (0 < args.connect_timeout < float("inf") and 0 < args.read_timeout < float("inf") and args.tries >= 1):
+        ap.error("--connect-timeout and --read-timeout take seconds > 0, --tries a count >= 1")
     out = args.out or cache_dir() / "challenge_data"
+    if args.train_shards < 0:
+        ap.error(f"--train-shards {args.train_shards}: use 0 or more")
     try:
-        record = download(args.variant, args.train_shards, out, args.repo_id, args.revision, args.cache_dir)
+        from golf_jax.outputs import check_output
+
+        check_output(out, "--out", folder=True)  # before the network
+        net = Network(args.connect_timeout, args.read_timeout, args.tries)
+        record = download(args.variant, args.train_shards, out, args.repo_id, args.revision, args.cache_dir, net=net)
     except (DownloadError, ShardError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

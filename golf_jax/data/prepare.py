@@ -26,6 +26,7 @@ import io
 import json
 import lzma
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -89,6 +90,16 @@ def iter_documents(path: str | os.PathLike) -> Iterator[str]:
     return (text for text, _ in read_documents(path))
 
 
+def _lines(f, path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file; bytes that are not UTF-8 name the file."""
+    lineno = 0
+    try:
+        for lineno, line in enumerate(f, 1):
+            yield lineno, line
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{lineno + 1}: not UTF-8 text ({e}); pass a .jsonl or .txt file (optionally .xz)") from e
+
+
 def read_documents(path: str | os.PathLike) -> Iterator[tuple[str, int]]:
     """(document, bytes of the file read so far): iter_documents with the position for a progress bar."""
     path = Path(path)
@@ -98,7 +109,7 @@ def read_documents(path: str | os.PathLike) -> Iterator[tuple[str, int]]:
     if kind.endswith(".jsonl"):
         raw, f = _open_text(path)
         with raw, f:
-            for lineno, line in enumerate(f, 1):
+            for lineno, line in _lines(f, path):
                 if not line.strip():
                     continue
                 try:
@@ -288,7 +299,12 @@ def build(
     if vocab_size is None:
         if not tokenizer.is_file():
             raise ValueError(f"tokenizer model {tokenizer} does not exist")
-        vocab_size = int(spm.SentencePieceProcessor(model_file=str(tokenizer)).vocab_size())
+        try:
+            vocab_size = int(spm.SentencePieceProcessor(model_file=str(tokenizer)).vocab_size())
+        except (RuntimeError, OSError) as e:  # a .vocab, a text file, a damaged model
+            hint = f" (the .model beside it: {tokenizer.with_suffix('.model')})" if tokenizer.suffix == ".vocab" else ""
+            raise ValueError(f"--tokenizer {tokenizer} is not a SentencePiece .model file ({e}); pass the "
+                             f".model{hint}") from e
     sp = load_tokenizer(tokenizer, vocab_size)
     if vocab_size > 2**16:
         raise ValueError(f"vocab size {vocab_size} does not fit uint16 shards")
@@ -300,15 +316,20 @@ def build(
     for p in [*val, *train]:
         if not Path(p).is_file():
             raise FileNotFoundError(f"input {p} does not exist; check the --train/--val paths")
+    if shard_tokens < 1:
+        raise ValueError(f"--shard-tokens {shard_tokens}: use a count >= 1")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    stale = sorted(out.glob("fineweb_*.bin")) + sorted(out.glob("manifest.json"))
-    stale += sorted(out.glob("doc_hashes_*.npy"))
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; pass the folder to write the shards into")
+    stale = (sorted(out.glob("fineweb_*.bin")) + sorted(out.glob("manifest.json"))
+             + sorted(out.glob("doc_hashes_*.npy"))) if out.is_dir() else []
     if stale and not overwrite:
         raise FileExistsError(
             f"{out} already holds shards or a manifest ({stale[0].name}, ...); pass "
             "--overwrite to replace them or choose another --out"
         )
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
     for f in stale:
         f.unlink()
     manifest: dict[str, Any] = {
@@ -321,24 +342,33 @@ def build(
         "max_docs_per_split": max_docs,
         "splits": {},
     }
-    val_hashes = None
-    for split, paths in (("val", val), ("train", train)):
-        if not paths:
-            continue
-        inputs = [{"path": str(p), "sha256": sha256_file(p)} for p in paths]
-        hashes = disjoint.DocHashes(val_hashes, paths)  # train may not repeat a val document
-        stats = write_split(sp, _chain_docs([Path(p) for p in paths]), out, split, shard_tokens, max_docs,
-                            caseops_text=caseops_text, total_bytes=sum(Path(p).stat().st_size for p in paths),
-                            hashes=hashes)
-        if hashes.overlaps:
-            for f in out.glob(f"fineweb_{split}_*.bin"):
-                f.unlink()
-            raise ValueError(disjoint.overlap_error(hashes.overlaps))
-        manifest["splits"][split] = {"inputs": inputs, **stats, "doc_hashes": hashes.write(out, split)}
-        val_hashes = hashes.array() if split == "val" else val_hashes
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / "manifest.json")
+    try:
+        val_hashes = None
+        for split, paths in (("val", val), ("train", train)):
+            if not paths:
+                continue
+            inputs = [{"path": str(p), "sha256": sha256_file(p)} for p in paths]
+            hashes = disjoint.DocHashes(val_hashes, paths)  # train may not repeat a val document
+            stats = write_split(sp, _chain_docs([Path(p) for p in paths]), out, split, shard_tokens, max_docs,
+                                caseops_text=caseops_text, total_bytes=sum(Path(p).stat().st_size for p in paths),
+                                hashes=hashes)
+            if not stats["docs"]:
+                raise ValueError(f"--{split} {' '.join(map(str, paths))}: no documents (empty input); pass files "
+                                 "that hold the split's text")
+            if hashes.overlaps:
+                raise ValueError(disjoint.overlap_error(hashes.overlaps))
+            manifest["splits"][split] = {"inputs": inputs, **stats, "doc_hashes": hashes.write(out, split)}
+            val_hashes = hashes.array() if split == "val" else val_hashes
+        tmp = out / ".manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, out / "manifest.json")
+    except BaseException:  # a failed build leaves nothing behind: a rerun starts as this one did
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for f in [*out.glob("fineweb_*.bin"), *out.glob("doc_hashes_*.npy"), out / ".manifest.json.tmp"]:
+                f.unlink(missing_ok=True)
+        raise
     return manifest
 
 

@@ -43,19 +43,6 @@ def absolute_paths(cfg):
     return cfg
 
 
-def check_tokenizer(data_dir: Path, tokenizer_path: Path) -> None:
-    """The tokenizer must be the one the shards were built with, when their manifest.json says
-    which (its sha256): another tokenizer of the same size would silently count other bytes."""
-    manifest = data_dir / "manifest.json"
-    if not manifest.is_file():
-        return
-    built = json.loads(manifest.read_text()).get("tokenizer")
-    if isinstance(built, dict) and built.get("sha256") not in (None, sha256_file(tokenizer_path)):
-        raise UserError(f"data.tokenizer={tokenizer_path} is not the tokenizer the shards in {data_dir} were built "
-                        f"with ({built.get('path') or built.get('file')}, sha256 {built['sha256'][:12]}... in "
-                        "manifest.json); pass that one")
-
-
 def load_val(cfg, data_dir: Path, seq_len: int) -> np.ndarray:
     """The val stream cut to whole eval sequences (+1), capped at eval.max_tokens."""
     return shards.load_validation_tokens(str(Path(data_dir) / "fineweb_val_*.bin"), seq_len, cfg.model.vocab_size,

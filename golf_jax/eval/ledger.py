@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from golf_jax.eval.windows import merge_ranges
+from golf_jax.rundir import write_atomic
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Ledger:
                            for e in self.events]}
 
     def write(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json()) + "\n")
+        write_atomic(path, json.dumps(self.to_json()) + "\n")
 
     @classmethod
     def read(cls, path: Path) -> Ledger:

@@ -54,6 +54,9 @@ def check_config(cfg) -> None:
     """Every eval key's range, before any compile."""
     e = cfg.eval
     names = stage_list(e)
+    if not names:
+        raise ValueError(f"eval.stages={e.stages!r} lists no stage: a run would train and export, then have no "
+                         "score; list at least one, e.g. --config.eval.stages=roundtrip")
     L = eval_seq_len(cfg)
     if e.max_tokens < 0 or e.batch_tokens < 1 or e.sliding.batch_windows < 1:
         raise ValueError("eval.max_tokens must be >= 0, eval.batch_tokens and eval.sliding.batch_windows >= 1")

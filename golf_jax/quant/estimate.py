@@ -36,13 +36,17 @@ def gaussian_params(cfg, seed: int = 0) -> dict:
     return traverse_util.unflatten_dict(flat)
 
 
-def estimate(cfg, seed: int = 0) -> dict:
-    """{params, weight_bytes, code_bytes, total_bytes, budget_bytes, seconds} of the config's export."""
+def estimate(cfg, seed: int = 0, log=lambda m: None) -> dict:
+    """{params, weight_bytes, code_bytes, total_bytes, budget_bytes, seconds} of the config's export;
+    `log` hears each phase as it starts (a full-size export takes minutes on a CPU)."""
     t0 = time.perf_counter()
+    say = lambda m: log(f"[estimate {time.perf_counter() - t0:.0f}s] {m}")  # noqa: E731
+    say(f"drawing the {cfg.name} model's weights")
     params = gaussian_params(cfg, seed)
     labels = export.flat_labels(model_lib.param_labels(cfg.model, params, cfg.compat))
     arrays = {n: a for n, a in export.named_arrays(params).items() if not n.startswith(export.NOT_EXPORTED_PREFIXES)}
     ex = cfg.export
+    say(f"quantizing {len(arrays)} tensors ({ex.format}) and compressing ({ex.compressor or 'default codec'})")
     if ex.format == "int8_zlib":
         blob = container.serialize(export.quantize_int8(arrays), compressor="zlib")
     elif ex.format in export.INT6_FORMATS:
@@ -50,6 +54,7 @@ def estimate(cfg, seed: int = 0) -> dict:
         blob = export.serializer(tensors, ex, ex.compressor or "lzma")[2]
     else:
         raise ValueError(f"export.format={ex.format!r}: known formats are 'int8_zlib', {export.INT6_FORMATS}")
+    say("packing the code")
     code = codebytes.code_bytes(cfg)
     n_params = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
     return {"params": n_params, "weight_bytes": len(blob), "code_bytes": code, "total_bytes": len(blob) + code,
@@ -57,7 +62,7 @@ def estimate(cfg, seed: int = 0) -> dict:
 
 
 def report(cfg) -> str:
-    r = estimate(cfg)
+    r = estimate(cfg, log=lambda m: print(m, flush=True))
     over = r["total_bytes"] - r["budget_bytes"]
     return (f"config: {cfg.name}  params: {r['params']:,}  export: {cfg.export.format} / "
             f"{cfg.export.compressor or 'default codec'}\n"

@@ -46,6 +46,7 @@ from golf_jax.errors import UserError
 from golf_jax.progress import progress
 from golf_jax.quant import container, gptq, hessian, prune, rowquant
 from golf_jax.quant.prune import ArtifactBudgetError
+from golf_jax.rundir import write_atomic
 
 PASSTHROUGH_MAX_NUMEL = 65_536
 CONTROL_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights")
@@ -334,7 +335,7 @@ def export_artifact(params, labels, cfg, out_dir: Path, code_bytes: int, calib=N
             tensors, pr = prune.prune_to_budget(tensors, ex.budget_bytes, code_bytes, ser, log=print, unpruned_blob=unpruned)
         except ArtifactBudgetError:
             if jax.process_index() == 0:  # one writer; the others read it (pipeline)
-                path.write_bytes(unpruned)  # never lose a run's output
+                write_atomic(path, unpruned)  # never lose a run's output
             raise
         blob = pr.blob
         report.update(int6_storage=storage, pruned=pr.n_pruned, prune_candidates=pr.n_candidates, unpruned_weight_bytes=pr.unpruned_bytes)
@@ -347,7 +348,7 @@ def export_artifact(params, labels, cfg, out_dir: Path, code_bytes: int, calib=N
     report["compressor"] = compressor
     info = ArtifactInfo(path, len(blob), code_bytes, report)
     if jax.process_index() == 0:
-        path.write_bytes(blob)  # written before the check: never lose a run's output
+        write_atomic(path, blob)  # written before the check: never lose a run's output
     if info.total_bytes > ex.budget_bytes:
         raise ArtifactBudgetError(
             f"artifact {info.path} is {info.total_bytes:,} bytes (weights {info.weight_bytes:,} + code "
@@ -367,8 +368,12 @@ def read_tensors(blob: bytes) -> dict[str, container.QuantTensor]:
 
 
 def load_artifact(path: Path, like_params) -> dict:
-    """Rebuild a params pytree (structure and dtypes of `like_params`) from an artifact alone."""
-    arrays = container.dequantize_all(read_tensors(Path(path).read_bytes()))
+    """Rebuild a params pytree (structure and dtypes of `like_params`) from an artifact alone;
+    an artifact that cannot be read, or holds another model, is a UserError naming it."""
+    try:
+        arrays = container.dequantize_all(read_tensors(Path(path).read_bytes()))
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path}: not a readable artifact ({e})") from None
     flat_like = traverse_util.flatten_dict(like_params)
     flat = {}
     for key, like in flat_like.items():
@@ -376,13 +381,12 @@ def load_artifact(path: Path, like_params) -> dict:
         if name not in arrays and name.startswith(NOT_EXPORTED_PREFIXES):
             flat[key] = np.zeros(np.shape(like), _dtype(like))  # training-only, not exported
             continue
-        if name not in arrays:
-            raise ValueError(f"artifact {path} has no tensor {name!r}: it was written for another model config")
-        arr = arrays[name]
+        arr = arrays.get(name, np.zeros(0))
         if key[-1] == "kernel" and arr.ndim >= 2:
             arr = np.swapaxes(arr, -1, -2)
         if arr.shape != np.shape(like):
-            raise ValueError(f"artifact {path}: {name} has shape {arr.shape}, the model expects {np.shape(like)}")
+            raise UserError(f"{path} holds another model ({name}: {arr.shape}, not {np.shape(like)}); pass the "
+                            "config of the run that wrote it")
         flat[key] = arr.astype(_dtype(like))
     return traverse_util.unflatten_dict(flat)
 

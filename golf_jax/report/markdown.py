@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from golf_jax.report.rundata import Run
 
 
@@ -43,11 +45,30 @@ def overview(run: Run) -> list[tuple[str, str]]:
     return rows
 
 
+def warnings(run: Run) -> list[str]:
+    """What makes a run's figures mean less than they seem."""
+    out = []
+    sched, steps = run.section("schedule"), run.summary.get("steps") or run.section("train").get("iterations")
+    lr_max = float(np.nanmax(run.train["lr_scale"])) if run.train is not None and "lr_scale" in run.train else None
+    warmdown = sched.get("warmdown_iters", 0)
+    if steps and not sched.get("warmdown_frac") and warmdown >= steps:
+        peak = "" if lr_max is None else f" (its peak lr_scale was {lr_max:.3f})"
+        out.append(f"schedule.warmdown_iters={warmdown:,} is at least the run's {steps:,} steps: the learning rate "
+                   f"never reached its full value{peak}; lower schedule.warmdown_iters for a short run")
+    for stage, blocks in run.blocks.items():
+        if stage in ("ttt", "phased") and len(blocks["nll"]) == 1:
+            out.append(f"the {stage} stage scored a single chunk: nothing was scored after an update, so it measured "
+                       "no test-time training; lower eval.ttt.chunk_tokens or raise eval.max_tokens")
+    return out
+
+
 def summary(run: Run, plots: dict[str, str], notes: list[str]) -> str:
     """The markdown text; `plots` is {title: file name in the report dir}, `notes` what was skipped and why."""
     s = run.summary
     lines = [f"# {run.name}", "", f"Run directory: `{run.path}`", ""]
     lines += _table(("", ""), overview(run))
+    if warn := warnings(run):
+        lines += ["## Warnings", ""] + [f"- {w}" for w in warn] + [""]
     if run.stage_seconds:
         lines += ["## Stages", ""]
         total = sum(run.stage_seconds.values())

@@ -5,11 +5,13 @@ Each function takes the series of golf_jax/report/curves.py and writes one PNG.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from golf_jax.report import curves
 from golf_jax.report.rundata import Run
@@ -26,7 +28,9 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path)
+    with warnings.catch_warnings():  # a figure too small for constrained layout is drawn without it: not news
+        warnings.filterwarnings("ignore", "constrained_layout not applied", UserWarning)
+        fig.savefig(path)
     return path
 
 
@@ -60,7 +64,8 @@ def training_curves(run: Run, path: Path) -> Path:
             bpb_ax.plot(x, v["val_bpb"], "o-", color=VAL, ms=4, label="val")
         for (stage, r), color in zip(run.evals.items(), STAGE_COLORS):
             bpb_ax.axhline(r["val_bpb"], color=color, ls="--", lw=1, label=f"eval {stage}: {r['val_bpb']:.4f}")
-        loss_ax.set(title=f"loss against {xlabel.split(' (')[0]}", xlabel=xlabel, ylabel="loss (nats / token)")
+        loss_ax.set(title=f"loss against {xlabel.split(' (')[0]}", xlabel=xlabel, ylabel="loss (nats / token, log scale)")
+        loss_ax.set_yscale("log")  # the first steps' loss would squash the rest of the run
         bpb_ax.set(title=f"bits per byte against {xlabel.split(' (')[0]}", xlabel=xlabel, ylabel="bits per byte")
         for ax in (loss_ax, bpb_ax):
             ax.grid(alpha=0.3)
@@ -123,6 +128,7 @@ def ttt_chunks(stage: str, blocks: dict, run: Run, path: Path) -> Path:
             ax.axhline(r["val_bpb"], color=VAL if name == stage else EVAL, ls="--", lw=1,
                        label=f"eval {name}: {r['val_bpb']:.4f}")
     mode = run.evals.get(stage, {}).get("mode")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # chunks are counted
     ax.set(title=f"{run.name}: {stage} stage{f' ({mode})' if mode else ''}, bits per byte of each chunk as scored",
            xlabel=("block (a chunk of each document of a round)" if mode == "phased" else "chunk")
            + ", in scoring order (each scored before the model trains on it)", ylabel="bits per byte")
@@ -164,8 +170,14 @@ def quant_errors(rows: list[dict], run: Run, path: Path) -> Path:
     fig = _figure(10, max(3.0, 0.8 + 0.19 * len(rows)))
     ax = fig.subplots()
     y = np.arange(len(rows))[::-1]
-    err = np.array([max(r["rel_error"], 1e-12) for r in rows])
-    ax.barh(y, err, color=[colors[r["kind"]] for r in rows], height=0.75)
+    err = np.array([r["rel_error"] for r in rows], float)
+    exact = err == 0  # stored losslessly: no bar on a log axis, a label instead
+    ax.barh(y, np.where(exact, np.nan, err), color=[colors[r["kind"]] for r in rows], height=0.75)
+    left = np.nanmin(np.where(exact, np.nan, err)) / 2 if (~exact).any() else 1e-6
+    for yi in y[exact]:
+        ax.text(left, yi, "exact (no error)", va="center", fontsize=7)
+    if exact.all():
+        ax.set_xlim(left / 10, 1.0)
     ax.set_yticks(y, [r["name"] for r in rows], fontsize=7)
     ax.set_xscale("log")
     ax.set_ylim(-0.6, len(rows) - 0.4)

@@ -2,7 +2,7 @@
 
 `python -m golf_jax.train` calls `attach()`: from then on every run dir (golf_jax/rundir.py)
 also gives each metrics record to a `Sink` in RUN_DIR/tensorboard/, and `tensorboard
---logdir runs/` shows every run's curves live. It wraps RunDir's methods from here, so
+--logdir runs/` shows every run's curves live, and at the end its eval scores and audit verdict. It wraps RunDir's methods from here, so
 rundir.py, which a submission packs, holds no TensorBoard code: a submission (and
 `pipeline.run` called without `attach()`) writes metrics.jsonl only.
 """
@@ -44,6 +44,22 @@ class Sink:
         for tag, value in scalars(record).items():
             self._writer.add_scalar(tag, value, int(record["step"]))
 
+    def scores(self, summary: dict) -> None:
+        """A finished run's (or evaluation's) scores per eval stage and the audit's verdict, at its last step."""
+        step = int(summary.get("steps") or 0)
+        for stage, r in (summary.get("eval") or {}).items():
+            for key in ("val_bpb", "val_loss"):
+                if isinstance(r.get(key), (int, float)):
+                    self._writer.add_scalar(f"eval/{stage}/{key}", float(r[key]), step)
+        if isinstance(summary.get("val_bpb"), (int, float)):
+            self._writer.add_scalar("eval/final_val_bpb", float(summary["val_bpb"]), step)
+        audit = summary.get("audit")
+        if audit:
+            self._writer.add_scalar("audit/pass", float(audit.get("verdict") == "PASS"), step)
+            checks = "\n".join(f"- {name}: {result}" for name, result in audit.get("checks", {}).items())
+            self._writer.add_text("audit", f"**{audit.get('verdict')}** ({summary.get('compliance', '')})\n\n{checks}",
+                                  step)
+
     def close(self) -> None:
         self._writer.close()
 
@@ -53,7 +69,7 @@ def attach(cls: type = RunDir) -> None:
     closed with the run dir). Idempotent."""
     if getattr(cls.metrics, "tensorboard", False):
         return
-    metrics, close = cls.metrics, cls.close
+    metrics, close, write_json = cls.metrics, cls.close, cls.write_json
 
     @functools.wraps(metrics)
     def metrics_and_events(run, record: dict) -> None:
@@ -70,5 +86,13 @@ def attach(cls: type = RunDir) -> None:
         if sink is not None:
             sink.close()
 
+    @functools.wraps(write_json)
+    def write_json_and_scores(run, name: str, obj: dict) -> None:
+        write_json(run, name, obj)
+        if run.is_writer and name in ("summary.json", "eval.json") and obj.get("status") == "ok":
+            if "_tensorboard" not in vars(run):
+                run._tensorboard = Sink(run.path / "tensorboard")
+            run._tensorboard.scores(obj)
+
     metrics_and_events.tensorboard = True
-    cls.metrics, cls.close = metrics_and_events, close_with_events
+    cls.metrics, cls.close, cls.write_json = metrics_and_events, close_with_events, write_json_and_scores

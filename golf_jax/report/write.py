@@ -6,9 +6,11 @@ run dir) gets a note in summary.md instead of the plot.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from golf_jax.report import curves, markdown, plots, quant_error, rundata
+from golf_jax.rundir import write_atomic
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> tuple[list[Path], list[str]]:
@@ -20,7 +22,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> tuple[li
     notes: list[str] = []
 
     def plot(title: str, name: str, draw) -> None:
-        draw(out / name)
+        tmp = out / f".{name}.tmp{Path(name).suffix}"  # a temporary file, then a rename: never half a figure
+        draw(tmp)
+        os.replace(tmp, out / name)
         figures[title] = name
 
     if run.train is not None or run.val is not None:
@@ -47,5 +51,5 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> tuple[li
         plot("quantization error per tensor", "quant_error.png", lambda p: plots.quant_errors(rows, run, p))
     else:
         notes.append("quantization error: needs params.msgpack and model.golfjax in the run dir")
-    (out / "summary.md").write_text(markdown.summary(run, figures, notes))
+    write_atomic(out / "summary.md", markdown.summary(run, figures, notes))
     return [out / f for f in figures.values()] + [out / "summary.md"], notes

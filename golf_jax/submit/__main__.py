@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--github-id", default="")
     ap.add_argument("--blurb", default="", help="one paragraph on what the submission does")
     args = ap.parse_args(argv)
-    if not args.sota > 0:
+    if not 0 < args.sota < float("inf"):
         ap.error(f"--sota {args.sota}: give the SOTA's val_bpb, a positive number such as 1.0611")
     try:
         runs = [load_run(p) for p in args.runs]

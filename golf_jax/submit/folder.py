@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shlex
 import shutil
@@ -229,16 +230,27 @@ def requirements(config: dict) -> str:
 
 def write(out: Path, runs: Sequence[Run], test: RecordTest, reasons: Sequence[str], meta: Meta) -> list[str]:
     """Write the folder; returns its files. An existing non-empty `out` is never overwritten."""
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out}: exists and is not empty; remove it or pass another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    files = ["README.md", "submission.json", "train_gpt.py", "requirements.txt"]
-    shutil.copyfile(runs[0].path / "submission.py", out / "train_gpt.py")
-    for r in runs:
-        shutil.copyfile(r.path / "log.txt", out / f"train_seed{r.seed}.log")
-        shutil.copyfile(r.path / "config.json", out / f"config_seed{r.seed}.json")
-        files += [f"train_seed{r.seed}.log", f"config_seed{r.seed}.json"]
-    (out / "requirements.txt").write_text(requirements(runs[0].config))
-    (out / "submission.json").write_text(json.dumps(submission_json(runs, test, reasons, meta), indent=2) + "\n")
-    (out / "README.md").write_text(readme(runs, test, reasons, meta, files))
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out}: exists and is not empty (or not a folder); remove it or pass another --out")
+    # Built beside `out`, then renamed: a failure (a full disk) leaves no half folder.
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        files = ["README.md", "submission.json", "train_gpt.py", "requirements.txt"]
+        shutil.copyfile(runs[0].path / "submission.py", tmp / "train_gpt.py")
+        for r in runs:
+            shutil.copyfile(r.path / "log.txt", tmp / f"train_seed{r.seed}.log")
+            shutil.copyfile(r.path / "config.json", tmp / f"config_seed{r.seed}.json")
+            files += [f"train_seed{r.seed}.log", f"config_seed{r.seed}.json"]
+        (tmp / "requirements.txt").write_text(requirements(runs[0].config))
+        (tmp / "submission.json").write_text(json.dumps(submission_json(runs, test, reasons, meta), indent=2) + "\n")
+        (tmp / "README.md").write_text(readme(runs, test, reasons, meta, files))
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"{out}: cannot write the folder ({e.strerror or e}); free disk space or pass another --out "
+                      "(nothing was written)") from e
     return files

@@ -51,7 +51,7 @@ def _json(path: Path, required: bool) -> dict:
         return {}
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise ValueError(f"{path}: not valid JSON ({e}); the run directory is damaged") from e
 
 

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from golf_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_CONFIG = cli.define_config()
 
 
 def main(argv) -> None:

@@ -260,9 +260,12 @@ def _report(run: RunDir, pending, t, tokens_per_step: int, clock, force: bool = 
         )
     if force or step <= 5 or step % max(t.log_every, 1) == 0:
         ms = 1000 * elapsed / step
+        eta = (t.iterations - step) * ms / 1000  # the wallclock cap may end it sooner
+        if t.max_wallclock_seconds:
+            eta = min(eta, t.max_wallclock_seconds - elapsed)
         run.log(
             f"step {step}/{t.iterations} loss {loss:.4f} lr_scale {float(lr):.3f} "
-            f"{ms:.1f} ms/step {tokens_per_step / (ms / 1000):,.0f} tok/s"
+            f"{ms:.1f} ms/step {tokens_per_step / (ms / 1000):,.0f} tok/s eta {max(eta, 0):.0f}s"
         )
     run.metrics({"step": step, "loss": loss, "grad_norm": float(metrics["grad_norm"]), "lr_scale": float(lr),
                  "train_time_s": elapsed})
