@@ -46,7 +46,7 @@ def test_chunked_matches_xla(shape, segments):
 
 def test_auto_is_chunked_on_cpu_and_an_explicit_cudnn_keeps_its_error():
     """"auto" is the chunked path in a program compiled for the CPU (it chooses by the platform it is
-    lowered for: tests/test_target.py compiles it for an H100), while an explicit "cudnn" raises
+    compiled for: tests/test_target.py compiles it for an H100), while an explicit "cudnn" raises
     (no cuDNN here, or with the CUDA plugin installed: f32 inputs it refuses)."""
     q, k, v, seg = qkv_seg(1, 16, 4, 2, 8, seed=3)
     attend = jax.jit(layers.causal_attention, static_argnums=3)

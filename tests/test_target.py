@@ -77,6 +77,27 @@ def test_auto_attention_falls_back_to_chunked_where_cudnn_refuses_on_the_gpu(plu
     assert r["cudnn_attention_calls"] == {"forward": 0, "backward": 0} and r["memory"]["peak"] > 0
 
 
+def test_auto_keeps_only_the_chosen_paths_residuals(plugin):
+    """A VJP through "auto" for an H100 holds what cuDNN's path needs, no more: phased TTT's LoRA
+    forward returns its VJP, and a choice by `lax.platform_dependent` kept both paths' residuals
+    there (zeros for the path not taken: every layer's chunked scores, 1.8 TiB per H100 at
+    #1855's batch)."""
+    import jax
+    import jax.numpy as jnp
+
+    from golf_jax import mesh as mesh_lib
+    from golf_jax.model import layers
+
+    mesh = gpu_targets.target_mesh(gpu_targets.GPUS["h100"], 1)
+    q, kv = (jax.ShapeDtypeStruct((2, 256, n, 32), jnp.bfloat16, sharding=mesh_lib.data_sharded(mesh)) for n in (4, 2))
+
+    def residual_bytes(impl):
+        pull = jax.eval_shape(lambda q, k: jax.vjp(lambda q: layers.causal_attention(q, k, k, impl), q)[1], q, kv)
+        return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(pull))
+
+    assert residual_bytes("auto") == residual_bytes("cudnn") < residual_bytes("chunked")
+
+
 def test_auto_attention_stays_chunked_where_the_program_runs_on_the_cpu():
     import jax
 

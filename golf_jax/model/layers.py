@@ -137,40 +137,38 @@ def chunked_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT=None, blo
     return jnp.concatenate(outs, axis=3).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
+def compile_platform(x: jax.Array) -> str:
+    """The platform of the devices the traced program is compiled for: the mesh of the trace's
+    shardings says it (an ahead-of-time compile for H100s on a CPU host says "gpu"); where the
+    trace carries none, the process's default backend."""
+    mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
+    return getattr(getattr(mesh, "abstract_device", None), "platform", None) or jax.default_backend()
+
+
 def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, implementation: str = "auto",
                      segment_ids_BxT: jax.Array | None = None):
     """Causal GQA attention (scale 1/√H); `segment_ids_BxT` (documents packed in one row)
     also masks attention across segments, so each document sees only itself.
 
-    "auto": cuDNN flash attention where the program is compiled for a CUDA device (segments
-    go in as its mask), else, or where cuDNN refuses the shape (it raises while tracing), the
-    chunked path. The choice is made when the program is lowered, for the devices it is
-    compiled for (`lax.platform_dependent`), not by the process's default backend, so an
-    ahead-of-time compile for an H100 on a CPU host gets cuDNN too. "xla": jax's reference
-    path, which forms all T×T scores.
+    "auto": cuDNN flash attention in a program compiled for a GPU (`compile_platform`;
+    segments go in as its mask), else, or where cuDNN refuses the shape (it raises while
+    tracing), the chunked path. Chosen while tracing, not with `lax.platform_dependent`: a
+    VJP through that keeps both branches' residuals, and where the VJP is an output (phased
+    TTT's LoRA forward) every layer's chunked scores would be materialized as zeros.
+    "xla": jax's reference path, which forms all T×T scores.
     """
     seg = segment_ids_BxT
     mask = None if seg is None else (seg[:, :, None] == seg[:, None, :])[:, None]
-
-    def chunked(q, k, v):
-        return chunked_attention(q, k, v, seg)
-
-    def fused(impl):
-        def attend(q, k, v):
-            try:
-                return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation=impl)
-            except (RuntimeError, ValueError, NotImplementedError):
-                if implementation != "auto":
-                    raise
-                return chunked(q, k, v)
-
-        return attend
-
-    if implementation == "auto":
-        return jax.lax.platform_dependent(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, cuda=fused("cudnn"), default=chunked)
-    if implementation in ("cudnn", "xla"):
-        return fused(implementation)(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
-    return chunked(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+    gpu = compile_platform(q_BxTxNxH) == "gpu"
+    impl = "cudnn" if implementation == "auto" and gpu else implementation
+    if impl in ("cudnn", "xla"):
+        try:
+            return jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask, is_causal=True,
+                                                implementation=impl)
+        except (RuntimeError, ValueError, NotImplementedError):
+            if implementation != "auto":
+                raise
+    return chunked_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, seg)
 
 
 def normed_rotary_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, q_gain_N, rot_dims: int, rope_base: float, implementation,
