@@ -121,3 +121,23 @@ def test_lora_hooks():
     for name in shapes:  # every adapter reaches the logits
         b = lora[f"{name}_B"].at[1].set(jnp.asarray(rng.standard_normal(lora[f"{name}_B"].shape[1:]), jnp.float32))
         assert not np.allclose(np.asarray(fwd({**lora, f"{name}_B": b})), base, atol=1e-4), name
+
+
+def test_rope_is_never_rescaled():
+    """#1855 runs with ROPE_YARN=0: its RoPE base is the same at every length. The frontier config's
+    logits at T=128 equal those of a model whose rescale starts only above 128, and differ from one
+    that rescales above 64 (the config it inherited rescaled above 2,048)."""
+    cfg = tiny_cfg()
+    assert cfg.rope_train_seq_len == 0
+    x = jnp.asarray(np.random.default_rng(1).integers(0, 48, (1, 128)), jnp.int32)
+    model = model_lib.build_model(cfg)
+    params = noisy(model.init(jax.random.PRNGKey(0), x)["params"], 2)
+
+    def logits(train_len):
+        c = cfg.copy_and_resolve_references()
+        c.rope_train_seq_len = train_len
+        return np.asarray(model_lib.build_model(c).apply({"params": params}, x))
+
+    ours = np.asarray(model.apply({"params": params}, x))
+    np.testing.assert_array_equal(ours, logits(128))
+    assert np.max(np.abs(ours - logits(64))) > 1e-2 * np.max(np.abs(ours))
