@@ -2,15 +2,23 @@
 the sparse attention gate, the BOS-masked window SmearGate, document isolation through
 segment ids, and the LoRA hooks of phased TTT."""
 
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import frontier
 from golf_jax import model as model_lib
-from golf_jax.model import gpt, layers
+from golf_jax.model import gpt, layers, reference
 from golf_jax.model.blocks import MLP, Attention, Block
 from golf_jax.model.embeddings import WindowSmearGate
+
+FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+import make_frontier_logits  # noqa: E402
 
 
 def tiny_cfg():
@@ -141,3 +149,25 @@ def test_rope_is_never_rescaled():
     ours = np.asarray(model.apply({"params": params}, x))
     np.testing.assert_array_equal(ours, logits(128))
     assert np.max(np.abs(ours - logits(64))) > 1e-2 * np.max(np.abs(ours))
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """tests/fixtures/frontier_logits.npz: #1855's forward_logits on the tiny frontier (tests/fixtures/README.md)."""
+    with np.load(FIXTURES / "frontier_logits.npz") as f:
+        fx = {k: f[k] for k in f.files}
+    names = [str(n) for n in fx["large_names"]]
+    shapes = [tuple(int(d) for d in str(s).split(",")) for s in fx["large_shapes"]]
+    sd = {**{k[2:]: v for k, v in fx.items() if k.startswith("w/")}, **make_frontier_logits.weights(names, shapes)}
+    return fx, jax.tree.map(jnp.asarray, reference.params_from_reference(sd))
+
+
+@pytest.mark.parametrize("case", ["logits_loop0", "logits_loop1", "logits_docs"])
+def test_logits_match_the_upstream_code(upstream, case):
+    """Loop off and on, and packed documents (BOS-cut varlen attention, the BOS-masked smear): fp32."""
+    fx, params = upstream
+    x, docs = make_frontier_logits.inputs()
+    model = model_lib.build_model(tiny_cfg()).clone(looping=case != "logits_loop0")
+    ours = np.asarray(model.apply({"params": params}, jnp.asarray(docs if case == "logits_docs" else x, jnp.int32)))
+    want = fx[case]
+    assert np.max(np.abs(ours - want)) <= 2e-5 * np.max(np.abs(want)), np.max(np.abs(ours - want))
