@@ -118,8 +118,7 @@ def span_ranks(ranks: Iterable[int], world_size: int, spans: int) -> tuple[int, 
     if spans == 0:
         return world_size, tuple(ranks)
     if spans < 0 or spans % world_size:
-        raise ValueError(f"compat.loader_spans={spans} must be 0 (one span per device) or a positive multiple of "
-                         f"the {world_size} data devices")
+        raise ValueError(f"compat.loader_spans={spans}: use 0 (a span per device) or a multiple of {world_size}")
     k = spans // world_size
     return spans, tuple(r * k + j for r in ranks for j in range(k))
 

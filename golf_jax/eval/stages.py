@@ -221,8 +221,6 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
             from golf_jax.eval import ttt
 
             adapter = ttt.ScoreFirstTTT(model, predict, params, mesh, e.ttt, L, K)
-            if e.sliding.window_rule == "reference":
-                ledger.notes.append("eval.sliding.window_rule=reference: PR #1318's re-scored tail (compat)")
             res = score(adapter, units, blocks, ledger)
             acc, nll, adapted = res.acc, res.nll, adapter.params
             extra = {"chunks": K, "train_steps": adapter.steps, "mode": e.ttt.mode}
