@@ -171,3 +171,23 @@ def test_logits_match_the_upstream_code(upstream, case):
     ours = np.asarray(model.apply({"params": params}, jnp.asarray(docs if case == "logits_docs" else x, jnp.int32)))
     want = fx[case]
     assert np.max(np.abs(ours - want)) <= 2e-5 * np.max(np.abs(want)), np.max(np.abs(ours - want))
+
+
+def test_lora_forward_matches_the_upstream_code(upstream):
+    """#1855's forward_ttt (loop on): per-row adapters on q, k, v, o, mlp and the head, each row its own;
+    the per-token NLL of our vmap'd LoRA forward (golf_jax/eval/lora.py) agrees in fp32."""
+    from golf_jax.eval import lora as lora_lib
+
+    fx, params = upstream
+    shapes = {k: tuple(int(d) for d in v.split(",")) for k, v in (str(e).split(":") for e in fx["lora_shapes"])}
+    adapters = jax.tree.map(jnp.asarray, make_frontier_logits.lora_weights(shapes))
+    x, _ = make_frontier_logits.inputs()
+    rows = np.concatenate([x, make_frontier_logits.inputs(make_frontier_logits.SEED + 7)[0]])
+    targets = np.roll(rows, -1, axis=1)
+    model = model_lib.build_model(tiny_cfg())
+    scale = make_frontier_logits.ENV["TTT_LORA_ALPHA"] / make_frontier_logits.LORA_RANK
+    pos = jnp.broadcast_to(jnp.arange(rows.shape[1]), rows.shape)
+    logits = lora_lib.forward(model, params, adapters, jnp.float32(scale), jnp.asarray(rows, jnp.int32), pos)
+    nll = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits, axis=-1)), targets[..., None], axis=-1)[..., 0]
+    want = fx["lora_nll"]
+    assert np.max(np.abs(nll - want)) <= 2e-5 * np.max(np.abs(want)), np.max(np.abs(nll - want))
