@@ -26,6 +26,7 @@ def get_config():
 
     m = c.model
     m.qk_gain_init = 5.0
+    m.rope_train_seq_len = 0  # #1855 runs ROPE_YARN=0: RoPE's base is never rescaled, at any length
     m.parallel_residual_start, m.parallel_mode = 8, "two_lane"
     m.attn_gate, m.attn_gate_scale, m.gate_window = "sparse", 0.5, 12
     m.smear_gate = "window"

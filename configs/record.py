@@ -9,12 +9,15 @@ GPTQ's calibration on training data ends inside the 600 s (export.reserve_second
 the merged records do).
 
 `--config=configs/record.py:pr1318` reproduces the reference's evaluation and is
-non-compliant (reference §6.3, §6.4): TTT's 1-token lookahead (`eval.ttt.lookahead`),
-its adapted weights carried into SLOT (`eval.ttt.carry`), the re-scored tail
-(`eval.sliding.window_rule=reference`), GPTQ calibrated on val after the training clock
-(`export.calib_source=val`, no reserve), and the reference's SLOT: one δ per batch of 32 windows
-fitted on positions [1920, 2047) that include the scored ones, bf16 addition,
-L-BFGS 25 iterations / history 20, warm start, clamp ±5. See docs/differences.md.
+non-compliant (reference §6.3, §6.4). Its TTT pass is score-first (no lookahead: each
+chunk trains on exactly the targets it scored); what breaks the rules is what follows:
+the adapted weights carried into SLOT (`eval.ttt.carry`), the re-scored tail
+(`eval.sliding.window_rule=reference`, in the sliding, TTT and SLOT stages), GPTQ
+calibrated on val after the training clock (`export.calib_source=val`, no reserve), and
+the reference's SLOT: one δ per batch of 32 whole windows, each of the 8 ranks batching
+its own windows from a zero δ (`eval.slot.ranks`), fitted on positions [1920, 2047)
+that include the scored ones, bf16 addition, L-BFGS 25 iterations / history 20 as torch
+2.9.1 runs it, warm start, clamp ±5. See docs/differences.md.
 """
 
 from golf_jax.config import base_config
@@ -106,11 +109,12 @@ def get_config(variant: str = "legal"):
     if variant == "pr1318":
         c.name = "record_pr1318"
         e.calib_source, e.reserve_seconds = "val", 0.0
+        c.compat.loader_spans = 8  # the 8-GPU data order on any device count
         v.sliding.window_rule = "reference"
-        v.ttt.lookahead, v.ttt.carry = True, True
+        v.ttt.carry = True
         v.slot.mode = "pr1318"
         v.slot.max_iter, v.slot.history, v.slot.focal, v.slot.clamp = 25, 20, 128, 5.0
-        v.slot.warm_start, v.slot.bf16_add = True, True
+        v.slot.warm_start, v.slot.bf16_add, v.slot.ranks = True, True, 8
     elif variant != "legal":
         raise ValueError(f"configs/record.py: variant must be 'legal' or 'pr1318', got {variant!r}")
     return c

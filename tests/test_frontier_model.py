@@ -2,15 +2,23 @@
 the sparse attention gate, the BOS-masked window SmearGate, document isolation through
 segment ids, and the LoRA hooks of phased TTT."""
 
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import frontier
 from golf_jax import model as model_lib
-from golf_jax.model import gpt, layers
+from golf_jax.model import gpt, layers, reference
 from golf_jax.model.blocks import MLP, Attention, Block
 from golf_jax.model.embeddings import WindowSmearGate
+
+FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+import make_frontier_logits  # noqa: E402
 
 
 def tiny_cfg():
@@ -126,3 +134,65 @@ def test_lora_hooks():
         got = np.asarray(fwd({**lora, f"{name}_B": b}))
         assert not np.allclose(got[1], base[1], atol=1e-4), name
         np.testing.assert_allclose(got[0], base[0], rtol=1e-5, atol=1e-5)
+
+
+def test_rope_is_never_rescaled():
+    """#1855 runs with ROPE_YARN=0: its RoPE base is the same at every length. The frontier config's
+    logits at T=128 equal those of a model whose rescale starts only above 128, and differ from one
+    that rescales above 64 (the config it inherited rescaled above 2,048)."""
+    cfg = tiny_cfg()
+    assert cfg.rope_train_seq_len == 0
+    x = jnp.asarray(np.random.default_rng(1).integers(0, 48, (1, 128)), jnp.int32)
+    model = model_lib.build_model(cfg)
+    params = noisy(model.init(jax.random.PRNGKey(0), x)["params"], 2)
+
+    def logits(train_len):
+        c = cfg.copy_and_resolve_references()
+        c.rope_train_seq_len = train_len
+        return np.asarray(model_lib.build_model(c).apply({"params": params}, x))
+
+    ours = np.asarray(model.apply({"params": params}, x))
+    np.testing.assert_array_equal(ours, logits(128))
+    assert np.max(np.abs(ours - logits(64))) > 1e-2 * np.max(np.abs(ours))
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """tests/fixtures/frontier_logits.npz: #1855's forward_logits on the tiny frontier (tests/fixtures/README.md)."""
+    with np.load(FIXTURES / "frontier_logits.npz") as f:
+        fx = {k: f[k] for k in f.files}
+    names = [str(n) for n in fx["large_names"]]
+    shapes = [tuple(int(d) for d in str(s).split(",")) for s in fx["large_shapes"]]
+    sd = {**{k[2:]: v for k, v in fx.items() if k.startswith("w/")}, **make_frontier_logits.weights(names, shapes)}
+    return fx, jax.tree.map(jnp.asarray, reference.params_from_reference(sd))
+
+
+@pytest.mark.parametrize("case", ["logits_loop0", "logits_loop1", "logits_docs"])
+def test_logits_match_the_upstream_code(upstream, case):
+    """Loop off and on, and packed documents (BOS-cut varlen attention, the BOS-masked smear): fp32."""
+    fx, params = upstream
+    x, docs = make_frontier_logits.inputs()
+    model = model_lib.build_model(tiny_cfg()).clone(looping=case != "logits_loop0")
+    ours = np.asarray(model.apply({"params": params}, jnp.asarray(docs if case == "logits_docs" else x, jnp.int32)))
+    want = fx[case]
+    assert np.max(np.abs(ours - want)) <= 2e-5 * np.max(np.abs(want)), np.max(np.abs(ours - want))
+
+
+def test_lora_forward_matches_the_upstream_code(upstream):
+    """#1855's forward_ttt (loop on): per-row adapters on q, k, v, o, mlp and the head, each row its own;
+    the per-token NLL of our batched LoRA forward (golf_jax/eval/lora.py) agrees in fp32."""
+    from golf_jax.eval import lora as lora_lib
+
+    fx, params = upstream
+    shapes = {k: tuple(int(d) for d in v.split(",")) for k, v in (str(e).split(":") for e in fx["lora_shapes"])}
+    adapters = jax.tree.map(jnp.asarray, make_frontier_logits.lora_weights(shapes))
+    x, _ = make_frontier_logits.inputs()
+    rows = np.concatenate([x, make_frontier_logits.inputs(make_frontier_logits.SEED + 7)[0]])
+    targets = np.roll(rows, -1, axis=1)
+    model = model_lib.build_model(tiny_cfg())
+    scale = make_frontier_logits.ENV["TTT_LORA_ALPHA"] / make_frontier_logits.LORA_RANK
+    pos = jnp.broadcast_to(jnp.arange(rows.shape[1]), rows.shape)
+    logits = lora_lib.forward(model, params, adapters, jnp.float32(scale), jnp.asarray(rows, jnp.int32), pos)
+    nll = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits, axis=-1)), targets[..., None], axis=-1)[..., 0]
+    want = fx["lora_nll"]
+    assert np.max(np.abs(nll - want)) <= 2e-5 * np.max(np.abs(want)), np.max(np.abs(nll - want))

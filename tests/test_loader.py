@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from golf_jax.data.coprime import CoprimeLoader, path_seed
-from golf_jax.data.loader import SequentialLoader, TokenStream
+from golf_jax.data.loader import SequentialLoader, TokenStream, span_ranks
 from golf_jax.data.shards import ShardError
 from golf_jax.data.prepare import write_shard
 
@@ -165,3 +165,27 @@ def test_coprime_errors(tmp_path):
     with pytest.raises(ShardError, match="token id"):
         for _ in range(20):
             loader.next_batch()
+
+
+@pytest.mark.parametrize("devices,ranks", [(1, [0]), (2, [0, 1]), (2, [1]), (4, [2, 3]), (8, range(8))])
+def test_reference_spans_give_the_8_gpu_order_on_any_device_count(tmp_path, devices, ranks):
+    """compat.loader_spans=8: every device count reads the 8-GPU run's 8 spans of batch/8 + 1 tokens,
+    device r the spans [r·k, (r+1)·k); one span per device reads other rows below 8 devices."""
+    pattern, _ = _write(tmp_path, [100, 57, 130])
+    seq_len, gbt = 4, 64
+    eight = SequentialLoader(pattern, seq_len, gbt, 8, range(8))
+    spans, read = span_ranks(ranks, devices, 8)
+    ours = SequentialLoader(pattern, seq_len, gbt, spans, read)
+    k = 8 // devices
+    rows = [i for r in ranks for i in range(2 * k * r, 2 * k * (r + 1))]  # 2 sequences per span
+    for _ in range(3):
+        x8, y8 = eight.next_batch()
+        x, y = ours.next_batch()
+        np.testing.assert_array_equal(x, x8[rows])
+        np.testing.assert_array_equal(y, y8[rows])
+    if devices < 8:
+        plain = SequentialLoader(pattern, seq_len, gbt, *span_ranks([0], devices, 0))
+        first8 = SequentialLoader(pattern, seq_len, gbt, 8, range(8)).next_batch()[0]
+        assert not np.array_equal(plain.next_batch()[0], first8[: 2 * k])
+    with pytest.raises(ValueError, match="compat.loader_spans=6"):
+        span_ranks([0], 4, 6)

@@ -1,6 +1,9 @@
 """The SP8192 features of the one GPT: depth recurrence, gated skips, parallel residuals,
 the full-size parameter count, and the model-config checks."""
 
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +11,12 @@ import pytest
 
 from configs import baseline, sp8192_legal
 from golf_jax import model as model_lib
-from golf_jax.model import gpt, layers
+from golf_jax.model import gpt, layers, reference
 from golf_jax.model.blocks import MLP, Attention, Block
+
+FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+import make_sp8192_logits  # noqa: E402
 
 VIRTUAL_ORDER = [0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10]
 
@@ -145,3 +152,19 @@ def test_loop_range_is_checked():
     cfg.loop_end = 6
     with pytest.raises(ValueError, match="loop_start <= loop_end < 6"):
         model_lib.check_config(cfg)
+
+
+@pytest.mark.parametrize("looping", [False, True])
+def test_logits_match_the_upstream_code(looping):
+    """tests/fixtures/sp8192_logits.npz: #1758's forward_logits (loop off and on) on this tiny model, fp32."""
+    with np.load(FIXTURES / "sp8192_logits.npz") as f:
+        fx = {k: f[k] for k in f.files}
+    names = [str(n) for n in fx["large_names"]]
+    shapes = [tuple(int(d) for d in str(s).split(",")) for s in fx["large_shapes"]]
+    sd = {**{k[2:]: v for k, v in fx.items() if k.startswith("w/")},
+          **make_sp8192_logits.weights(names, shapes, make_sp8192_logits.SEED)}
+    params = jax.tree.map(jnp.asarray, reference.params_from_reference(sd))
+    model = model_lib.build_model(tiny_cfg()).clone(looping=looping)
+    ours = np.asarray(model.apply({"params": params}, jnp.asarray(make_sp8192_logits.inputs(), jnp.int32)))
+    want = fx[f"logits_loop{int(looping)}"]
+    assert np.max(np.abs(ours - want)) <= 2e-5 * np.max(np.abs(want)), np.max(np.abs(ours - want))

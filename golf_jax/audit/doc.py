@@ -21,6 +21,7 @@ EXPECTED = {
     "record": "PASS",  # sliding (merged rule), score-first TTT, context-only SLOT; calibration in the reserve
     "record + eval.slot.mode=score_first": "PASS",  # #1735's disabled sequential SLOT
     "record_pr1318": "FAIL",  # #1318: batch-shared SLOT on its scored targets, post-TTT rescoring, val calibration
+    "record + eval.ttt.mode=pr1318": "PASS",  # #1318's TTT pass alone: score-first (no lookahead)
     "record + eval.ttt.mode=pr1318, eval.ttt.carry=True": "FAIL",  # #1318's rescoring with TTT-adapted weights
     "record + eval.prequant_ttt.mode=parallel, eval.prequant_ttt.epochs=21, eval.prequant_ttt.freeze_embed=True":
         "FAIL",  # #1735's parallel pre-quant TTT

@@ -111,6 +111,18 @@ def _check_ranks(ranks: Iterable[int], world_size: int) -> tuple[int, ...]:
     return out
 
 
+def span_ranks(ranks: Iterable[int], world_size: int, spans: int) -> tuple[int, tuple[int, ...]]:
+    """(spans per step, the spans these data ranks read): the reference reads one span per
+    GPU, so `spans` = its GPU count (#1318: 8) gives its data order on any device count;
+    device r reads spans [r·k, (r+1)·k), k = spans / world_size. spans = 0: one per device."""
+    if spans == 0:
+        return world_size, tuple(ranks)
+    if spans < 0 or spans % world_size:
+        raise ValueError(f"compat.loader_spans={spans}: use 0 (a span per device) or a multiple of {world_size}")
+    k = spans // world_size
+    return spans, tuple(r * k + j for r in ranks for j in range(k))
+
+
 class SequentialLoader:
     """Reference DistributedTokenLoader for the data ranks this process owns.
 

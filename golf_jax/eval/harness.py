@@ -71,11 +71,14 @@ class Objective:
     """Where a batch's fit reads targets: window positions [rows, F] and which are used.
 
     `shared`: one δ for the whole batch, so every unit depends on every row's objective.
+    `zero_pad`: positions past the stream's last target count, with target 0 (a partial
+    window's zero padding, which #1318's SLOT leaves unmasked).
     """
 
     pos_BxF: np.ndarray
     mask_BxF: np.ndarray
     shared: bool = False
+    zero_pad: bool = False
 
 
 class Reveal:
@@ -204,11 +207,12 @@ def _score_fns(mesh: Mesh):
 
 def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iterable[np.ndarray], lut: ByteLUT,
         mesh: Mesh, rows: int, ledger: Ledger, record_nll: bool = False, enforce: bool = True,
-        probe_targets=None) -> HarnessResult:
+        probe_targets=None, whole_blocks: bool = False) -> HarnessResult:
     """Score `units` block by block (each block an index array into units, in order).
 
-    Within a block, units are batched `rows` at a time; after the whole block is scored
-    the evaluator is given a Reveal of it and may update. `enforce=False` (the audit)
+    Within a block, units are batched `rows` at a time (`whole_blocks`: the block is one
+    batch, of at least `rows` rows: a fit shared by a batch of windows); after the whole
+    block is scored the evaluator is given a Reveal of it and may update. `enforce=False` (the audit)
     lets every evaluator read ahead, so that the ledger, not an exception, shows it;
     `probe_targets` keeps the full log-distribution at those targets.
     """
@@ -229,13 +233,15 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
     pending: list = []
     try:
         for b, idx in enumerate(blocks):
-            for start in range(0, len(idx), rows):
-                sub = units.take(idx[start : start + rows])
-                arrays = gather_batch(val_tokens, sub, rows)
+            step = max(len(idx), 1) if whole_blocks else rows
+            width = max(rows, -(-step // mesh.devices.size) * mesh.devices.size)
+            for start in range(0, len(idx), step):
+                sub = units.take(idx[start : start + step])
+                arrays = gather_batch(val_tokens, sub, width)
                 put = {k: mesh_lib.put_global_batch(mesh, arrays[k]) for k in ("x", "pos", "y", "mask")}
                 inputs = {"x_BxL": put["x"], "pos_BxS": put["pos"], "num_units": len(sub)}
                 if objective is not None:
-                    inputs.update(_fit_inputs(evaluator, objective(sub, rows), val_tokens, sub, ledger, mesh, b,
+                    inputs.update(_fit_inputs(evaluator, objective(sub, width), val_tokens, sub, ledger, mesh, b,
                                               enforce))
                 out = evaluator.predict(inputs)
                 if isinstance(out, dict) and "logp" in out:
@@ -294,11 +300,13 @@ def _fit_inputs(evaluator, obj: Objective, val_tokens: np.ndarray, units: Units,
     mask = obj.mask_BxF & (np.arange(len(obj.mask_BxF)) < n)[:, None]
     tgt = np.zeros_like(obj.pos_BxF, dtype=np.int64)
     tgt[:n] = units.start[:, None] + obj.pos_BxF[:n]
-    if (mask & ((tgt >= units.num_targets) | (obj.pos_BxF < 0))).any():
+    past = tgt >= units.num_targets
+    if (mask & (obj.pos_BxF < 0)).any() or (not obj.zero_pad and (mask & past).any()):
         raise ValueError(f"{evaluator.name}: an objective position lies outside its window's targets")
-    used = mask[:n].any(axis=1)
-    a = np.where(used, np.where(mask[:n], tgt[:n], np.iinfo(np.int64).max).min(axis=1), 0)
-    b = np.where(used, np.where(mask[:n], tgt[:n] + 1, -1).max(axis=1), 0)
+    real = mask & ~past  # what the fit reads (padding reads nothing)
+    used = real[:n].any(axis=1)
+    a = np.where(used, np.where(real[:n], tgt[:n], np.iinfo(np.int64).max).min(axis=1), 0)
+    b = np.where(used, np.where(real[:n], tgt[:n] + 1, -1).max(axis=1), 0)
     if obj.shared and used.any():
         a, b = np.full(n, a[used].min()), np.full(n, b[used].max())
     bad = ledger.fit(a, b, units.first_target, unit_ranges(units), block=block)
@@ -307,7 +315,7 @@ def _fit_inputs(evaluator, obj: Objective, val_tokens: np.ndarray, units: Units,
             f"{evaluator.name}: {bad} unit(s) of block {block} would be scored with a δ fitted on targets not "
             "scored before them; only already-scored targets may enter a fit (mark the evaluator non-compliant "
             "to reproduce such a procedure)")
-    y = np.where(mask, val_tokens[np.where(mask, tgt + 1, 0)], 0).astype(np.int32)
+    y = np.where(real, val_tokens[np.where(real, tgt + 1, 0)], 0).astype(np.int32)
     return {"obj_pos_BxF": mesh_lib.put_global_batch(mesh, obj.pos_BxF.astype(np.int32)),
             "obj_y_BxF": mesh_lib.put_global_batch(mesh, y),
             "obj_mask_BxF": mesh_lib.put_global_batch(mesh, mask)}

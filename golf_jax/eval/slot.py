@@ -19,8 +19,10 @@ targets the δ is fitted on, s is the window's first scored position:
   refits it on the targets the previous window just scored, [s − min(F, stride), s),
   then scores. (#1735 fits on the previous window's own logits; here the same targets
   are seen through the current window's longer context.)
-* pr1318 (the reference): one δ shared by the batch, objective [L−F, L−1) of every
-  window, including its scored targets; bf16 addition; warm start. Non-compliant.
+* pr1318 (the reference): one δ shared by a batch of whole windows, objective
+  [L−F, L−1) of every window, including its scored targets and, in a partial window,
+  its zero padding (inputs and targets 0, unmasked, as the reference); bf16 addition;
+  warm start. Non-compliant.
 * pr1350: one δ shared by the batch on [L−F, s): window k+1's objective is window k's
   scored targets. Non-compliant.
 * pr675: per window, a hidden δ ∈ ℝ^d plus a logit bias ∈ ℝ^V inside the softcap,
@@ -81,12 +83,32 @@ def check_config(s, seq_len: int, stride: int) -> None:
         raise ValueError("eval.slot.lr must be > 0 and eval.slot.clamp >= 0 (0: no clamp)")
     if s.mode == "pr1306" and (s.adam_lr <= 0 or not (0 <= s.adam_beta1 < 1 and 0 <= s.adam_beta2 < 1)):
         raise ValueError("eval.slot.adam_lr must be > 0 and eval.slot.adam_beta1/adam_beta2 in [0, 1)")
+    if s.ranks < 1:
+        raise ValueError(f"eval.slot.ranks={s.ranks} must be >= 1 (the reference's world size; 1: one process)")
     if s.mode == "pr1318" and s.focal < 2:
         raise ValueError("eval.slot.focal must be >= 2 for pr1318 (its objective is [L-F, L-1))")
 
 
+def window_batches(units: Units, batch_windows: int, ranks: int = 1) -> tuple[list[np.ndarray], np.ndarray]:
+    """Unit indices of each batch of `batch_windows` whole windows, as the references' loops
+    batch them (#1318 L1480): the windows split contiguously over `ranks` processes
+    (window w of n to rank r when ⌊n·r/ranks⌋ ≤ w), each rank batching its own from its
+    first. Window 0's units stay in one batch. Also returns, per batch, whether it is a
+    rank's first (where the reference's warm start begins again from zero)."""
+    win = np.cumsum(units.pos == units.window_pos) - 1  # a window's first unit starts at its first scored position
+    n = int(win[-1]) + 1 if win.size else 0
+    rank_start = np.array([n * r // ranks for r in range(ranks)], np.int64)
+    rank = np.searchsorted(rank_start, win, side="right") - 1
+    key = rank * (n + 1) + (win - rank_start[rank]) // batch_windows
+    cuts = np.flatnonzero(np.diff(key)) + 1
+    blocks = np.split(np.arange(win.size), cuts) if win.size else []
+    block_rank = rank[np.r_[0, cuts]] if win.size else np.zeros(0, np.int64)
+    return blocks, np.r_[True, block_rank[1:] != block_rank[:-1]][: len(blocks)]
+
+
 def settings(s) -> LbfgsSettings:
-    return LbfgsSettings(max_iter=int(s.max_iter), history=int(s.history), lr=float(s.lr), max_eval=int(s.max_eval))
+    return LbfgsSettings(max_iter=int(s.max_iter), history=int(s.history), lr=float(s.lr), max_eval=int(s.max_eval),
+                         ls_budget=bool(s.torch_ls_budget))
 
 
 def objective(mode: str, units: Units, rows: int, focal: int) -> Objective:
@@ -109,9 +131,9 @@ def objective(mode: str, units: Units, rows: int, focal: int) -> Objective:
         w = min(focal, S)
         pos = p0[:, None] - w + np.arange(w)[None]
         mask = pos >= 0
-    elif mode == "pr1318":
+    elif mode == "pr1318":  # a partial window's zero padding counts, as in the reference (its targets are 0)
         pos = np.broadcast_to(L - focal + np.arange(focal - 1)[None], (rows, focal - 1))
-        mask = (pos < wlen[:, None]) & first_unit
+        mask = np.broadcast_to((wlen[:, None] > 0) & first_unit, pos.shape)
     elif mode == "pr1350":
         pos = np.broadcast_to(L - focal + np.arange(focal)[None], (rows, focal))
         mask = (pos < s_w[:, None]) & first_unit
@@ -123,7 +145,7 @@ def objective(mode: str, units: Units, rows: int, focal: int) -> Objective:
         mask = np.arange(S)[None] < count[:, None]
     else:
         raise ValueError(f"eval.slot.mode={mode!r}: use one of {MODES}")
-    return Objective(np.where(mask, pos, 0).astype(np.int32), mask, shared=mode in SHARED)
+    return Objective(np.where(mask, pos, 0).astype(np.int32), mask, shared=mode in SHARED, zero_pad=mode == "pr1318")
 
 
 def _logit_objective(base_FxV, y_F, mask_F):
@@ -172,19 +194,32 @@ class Slot:
         self._carries = s.mode == "score_first" or (s.warm_start and s.mode not in HIDDEN)
         self._vocab = int(model.cfg.vocab_size)
         self._carry = None  # made at the first batch: constructing a Slot allocates nothing (bench --target)
+        self._restarts: frozenset = frozenset()
+        self.shared = s.mode in SHARED
         self._fn = cached(model, ("slot", mesh, settings_key(s)), lambda: jax.jit(self._build(model)))
         self._in_flight = adapt.InFlight()
         self._diag: list = []
 
     def zero_delta(self) -> jax.Array:
+        """The δ a batch starts from when nothing carries: replicated like the δ each batch returns
+        (a first δ on one device would recompile the second batch)."""
         return jnp.zeros((self._vocab,), jnp.float32, device=mesh_lib.replicated(self._mesh))
+
+    def blocks(self, units: Units, batch_windows: int) -> list[np.ndarray]:
+        """The harness's blocks: a batch-shared δ's batches of whole windows (each one forward,
+        `self.shared`), where a reference rank's first batch starts δ again from zero; else one block."""
+        if not self.shared:
+            return [np.arange(len(units))]
+        blocks, first = window_batches(units, batch_windows, int(self._s.ranks))
+        self._restarts = frozenset(np.flatnonzero(first).tolist())
+        return blocks
 
     def objective(self, units: Units, rows: int) -> Objective:
         return objective(self.mode, units, rows, self._focal)
 
     def predict(self, inputs: dict) -> dict:
         n = inputs["num_units"]
-        if self._carry is None:  # replicated like the δ each batch returns: one on one device would recompile
+        if self._carry is None:
             self._carry = self.zero_delta()
         logits, base, carry, diag = self._fn(self._params, inputs["x_BxL"], inputs["pos_BxS"], inputs["obj_pos_BxF"],
                                              inputs["obj_y_BxF"], inputs["obj_mask_BxF"], self._carry, np.int32(n - 1))
@@ -195,7 +230,9 @@ class Slot:
         return {"logits": logits, "base_logits": base}
 
     def update(self, reveal: Reveal) -> None:
-        del reveal  # everything SLOT fits on arrives through the objective, before the score
+        # Everything SLOT fits on arrives through the objective, before the score.
+        if reveal.block + 1 in self._restarts:
+            self._carry = None  # the next batch starts from zero
 
     def diagnostics(self) -> dict[str, np.ndarray]:
         """Per scoring unit: ‖δ‖₂, solver iterations and objective evaluations."""

@@ -8,7 +8,9 @@ Three backends behind one call, `minimize(fun, x0, settings)`, selected by
   when yᵀs > 1e-10, the H₀ = yᵀs/yᵀy scaling, torch's bracketing + zoom line search
   with cubic interpolation and its 10% "insufficient progress" guard, and torch's
   stop tests (max_iter, max_eval = ⌊5·max_iter/4⌋, tolerance_grad on max|g|,
-  tolerance_change on max|t·d| and |Δf|). SLOT's objective has no finite minimum (a
+  tolerance_change on max|t·d| and |Δf|). Each line search may take 25 trials, as in
+  torch 2.9.1 (what #1318 ran); `ls_budget=True` follows later torch (pytorch PR #161488,
+  checked in 2.13.0), which caps it at the evaluations left, max_eval − used. SLOT's objective has no finite minimum (a
   logit bias can push unseen tokens to −∞), so the value after 25 iterations depends
   on the path; this backend follows torch's path and reproduces the seeds' numbers.
   Its state persists across `torch_lbfgs_step` calls, as torch's does across
@@ -40,6 +42,7 @@ class LbfgsSettings(NamedTuple):
     tolerance_grad: float = 1e-7
     tolerance_change: float = 1e-9
     max_ls: int = 25  # line-search trials per iteration
+    ls_budget: bool = False  # True: cap each line search at the evaluations left (max_eval − used), as torch 2.13
 
     @property
     def evals_cap(self) -> int:
@@ -265,8 +268,9 @@ def torch_lbfgs_step(vg, state: TorchLbfgsState, s: LbfgsSettings) -> TorchLbfgs
         t = jnp.where(first, jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(c.g))) * s.lr, jnp.float32(s.lr))
         gtd = jnp.dot(c.g, d)
         descent = gtd <= -s.tolerance_change
+        max_ls = s.evals_cap - c.evals if s.ls_budget else s.max_ls
         f_ls, g_ls, t_ls, ls_evals = _strong_wolfe(vg, st.x, t, d, c.f, c.g, gtd, tolerance_change=s.tolerance_change,
-                                                   max_ls=s.max_ls)
+                                                   max_ls=max_ls)
         x = jnp.where(descent, st.x + t_ls * d, st.x)
         f = jnp.where(descent, f_ls, c.f)
         g = jnp.where(descent, g_ls, c.g)

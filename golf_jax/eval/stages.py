@@ -90,7 +90,8 @@ def noncompliance(cfg) -> list[str]:
     names = stage_list(e)
     if e.prequant_ttt.mode != "off":
         why.append(f"eval.prequant_ttt.mode={e.prequant_ttt.mode}: trains on val before scoring it")
-    if ("sliding" in names or "slot" in names) and e.sliding.window_rule == "reference":
+    windowed = "sliding" in names or "slot" in names or ("ttt" in names and e.ttt.mode != "phased")
+    if windowed and e.sliding.window_rule == "reference":
         why.append("eval.sliding.window_rule=reference: the tail targets are scored more than once")
     if "ttt" in names and e.ttt.lookahead:
         why.append("eval.ttt.lookahead: TTT trains on a target before it is scored")
@@ -137,6 +138,7 @@ class StageResult:
     extra: dict = field(default_factory=dict)
     nll: np.ndarray | None = None  # per target, with record_nll (not written to JSON)
     probes: dict | None = None  # {target: (logp [V], recorded NLL)} at the asked targets (the audit's)
+    params: object = None  # the weights the stage adapted (TTT), when it adapts them; not written to JSON
 
     def to_json(self) -> dict:
         return {"val_loss": self.val_loss, "val_bpb": self.val_bpb, "seconds": self.seconds, "tokens": self.tokens,
@@ -170,9 +172,9 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
 
         wrap = profile.Tracer(e.profile, run.path).wrap
 
-    def score(evaluator, units, blocks, ledger):
+    def score(evaluator, units, blocks, ledger, whole_blocks=False):
         return harness.run(wrap(evaluator), val_tokens, units, blocks, lut, mesh, rows, ledger, record_nll, enforce,
-                           probe_targets)
+                           probe_targets, whole_blocks)
 
     names = ["custom"] if custom is not None else stage_list(e)
     for name in names:
@@ -180,7 +182,7 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
         ledger.compliant = not prior_reads
         t0 = time.perf_counter()
         extra: dict = {}
-        nll = res = None
+        nll = res = adapted = None
         if name == "custom":
             docs = int(np.sum(val_tokens[:-1] == BOS_ID))  # BOS-delimited documents
             ctx = EvalContext(cfg, model, params, mesh, L, int(e.sliding.stride), T, predict, docs)
@@ -211,7 +213,7 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
 
             units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
             evaluator = slot.Slot(model, params, mesh, e.slot, L, e.sliding.stride)
-            res = score(evaluator, units, [np.arange(len(units))], ledger)
+            res = score(evaluator, units, evaluator.blocks(units, e.sliding.batch_windows), ledger, evaluator.shared)
             acc, nll = res.acc, res.nll
             extra = slot.summary(e.slot, units, res, evaluator.diagnostics(), run)
         elif e.ttt.mode == "phased":
@@ -221,7 +223,7 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
                                              enforce, probe_targets, documents, wrap)
             acc, nll = res.acc, res.nll
         else:
-            units = sliding_units(T, L, e.sliding.stride, "merged")
+            units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
             K = num_chunks(T, e.ttt.chunk_tokens)
             chunk = chunk_of(units, e.ttt.chunk_tokens)
             blocks = [np.flatnonzero(chunk == c) for c in range(K)]
@@ -229,7 +231,7 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
 
             adapter = ttt.ScoreFirstTTT(model, predict, params, mesh, e.ttt, L, K)
             res = score(adapter, units, blocks, ledger)
-            acc, nll = res.acc, res.nll
+            acc, nll, adapted = res.acc, res.nll, adapter.params
             extra = {"chunks": K, "train_steps": adapter.steps, "mode": e.ttt.mode}
             if e.ttt.carry:
                 params = adapter.params  # the reference scores later stages with the adapted weights
@@ -243,7 +245,7 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
                             f"at worst, not 1 (tolerance {harness.NORMALIZATION_TOL:g})")
         results[name] = StageResult(name, acc.val_loss, acc.val_bpb, seconds, int(acc.token_count),
                                     int(acc.byte_count), ledger, problems, extra, nll,
-                                    None if res is None else res.probes)
+                                    None if res is None else res.probes, adapted)
         if run is not None and run.is_writer:
             ledger.write(run.path / f"ledger_{name}.json")
             if res:  # per block (TTT's chunks), for golf_jax/report

@@ -9,10 +9,13 @@ later score could use it.
 Modes (eval.ttt.mode):
 * "score_first": the merged 1.0828 record (SGD momentum 0.9, lr 0.005, 3 epochs).
 * "pr1318": the reference's TTT pass (AdamW lr 1e-3, 1 epoch, freeze blocks 0–9 with
-  either scope). Two of its quirks are flags, each non-compliant:
-  `eval.ttt.lookahead` (the last training sequence of a chunk ends one target into the
-  next, unscored chunk, reference L1351) and `eval.ttt.carry` (the adapted weights
-  score the stages after TTT: a second pass over targets they were trained on).
+  either scope), score-first as the reference's is: a chunk's training sequences end at
+  its last target (reference L1351's `+ 1` pays only for the input/target shift). Two
+  non-compliant flags: `eval.ttt.carry`, the reference's (the adapted weights score the
+  stages after TTT: a second pass over targets they were trained on), and
+  `eval.ttt.lookahead`, no submission's (the last training sequence of a chunk ends one
+  target into the next, unscored chunk: a known leak that the ledger and the audit
+  must catch; an earlier reading of L1351 put it into #1318).
 
 Params are functional: a chunk is scored with the weights from before its own update.
 """
@@ -75,7 +78,7 @@ class ScoreFirstTTT:
         self.name = "ttt"
         self.compliant = not t.lookahead
         self.notes = (["eval.ttt.lookahead: each chunk's last training sequence reads the first target of the "
-                       "next, unscored chunk (PR #1318, non-compliant)"] if t.lookahead else [])
+                       "next, unscored chunk (non-compliant)"] if t.lookahead else [])
         self._t, self._seq_len, self._num_chunks, self._mesh = t, seq_len, num_chunks, mesh
         self._predict = predict
         self.trainable, init, self._step = trainer(model, params, mesh, t)
@@ -99,7 +102,7 @@ class ScoreFirstTTT:
         a, b = c * t.chunk_tokens, min((c + 1) * t.chunk_tokens, T)
         x, y = adapt.sequences(reveal.read(a, b), L)
         if t.lookahead and x.shape[0] and b < T:
-            # Reference L1351: the span ends one token late, so the last sequence is shifted by one.
+            # The leak: the span ends one token late, so the last sequence is shifted by one.
             extra = reveal.read(b - L + 1, b + 1)
             x[-1], y[-1] = extra[:-1], extra[1:]
         if x.shape[0] == 0:

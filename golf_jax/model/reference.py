@@ -1,6 +1,7 @@
 """The PyTorch reference's weights as golf_jax params: the parity tests and tools/ load them.
 
-The reference (PR #1318's train_gpt.py) stores the block matrices as stacked banks in
+The references (PR #1318's train_gpt.py; #1855's adds the two-lane lambdas, skip gates,
+sparse attention gates and the window SmearGate) store the block matrices as stacked banks in
 torch's `(out, in)` layout; our GPT keeps per-layer `(in, out)` kernels (docs/differences.md,
 row 13). A submission never loads torch weights, so this module is not packed.
 """
@@ -45,7 +46,12 @@ def params_from_reference(state_dict: Mapping[str, np.ndarray]) -> dict:
         "skip_gates": ("skip_gates",),
         "ve_shared.embed.weight": ("ve_shared", "embed"),
         "ve_shared.scale": ("ve_shared", "scale"),
+        "parallel_post_lambdas": ("parallel_post_lambdas",),  # #1855's two-lane decoder
+        "parallel_resid_lambdas": ("parallel_resid_lambdas",),
     }
+    if "smear_gate.weight" in sd:  # #1855's window SmearGate: W [1, window] and λ [1]
+        flat[("smear", "gate")] = sd.pop("smear_gate.weight").reshape(-1)
+        flat[("smear", "lam")] = sd.pop("smear_lambda").reshape(())
     for name, arr in sd.items():
         parts = name.split(".")
         if name in direct:
