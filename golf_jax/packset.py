@@ -29,6 +29,7 @@ def _stages(cfg) -> list[str]:
 # module (or package) -> (does the config take the branch that imports it?, the setting that does).
 GATES = {
     "golf_jax.data.synthetic": (lambda c: c.data.source == "default", "data.source=default"),
+    "golf_jax.data.sequential": (lambda c: c.data.loader == "sequential", "data.loader=sequential"),
     "golf_jax.data.coprime": (lambda c: c.data.loader == "coprime", "data.loader=coprime"),
     "golf_jax.data.shuffled": (lambda c: c.data.loader == "shuffled", "data.loader=shuffled"),
     "golf_jax.train.checkpoint": (lambda c: c.train.checkpoint_every > 0 or bool(c.train.resume_from),

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from golf_jax.data.coprime import CoprimeLoader, path_seed
-from golf_jax.data.loader import SequentialLoader, TokenStream, span_ranks
+from golf_jax.data.loader import TokenStream
+from golf_jax.data.sequential import SequentialLoader, span_ranks
 from golf_jax.data.shards import ShardError
 from golf_jax.data.prepare import write_shard
 

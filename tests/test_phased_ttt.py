@@ -23,6 +23,7 @@ from golf_jax.eval import lora as lora_lib
 from golf_jax.eval import harness, phased_plan, phased_ttt, stages
 from golf_jax.eval.harness import ComplianceError
 from golf_jax.eval.ledger import Ledger
+from golf_jax.model.embeddings import BOS_ID
 
 L, CHUNK = 32, 20  # every window (20 or 32 inputs) runs at one width, 32: one compile of each step
 LENGTHS = (150, 40, 97, 25, 130, 61, 200, 33)  # tokens per document (with its BOS)
@@ -252,10 +253,15 @@ def test_training_before_scoring_is_caught(setup, result, monkeypatch):
     def proc(tokens, probe_targets=None):
         return {"ttt": _run(setup, tokens=tokens, enforce=False, documents=declared)}
 
-    check = checks.flip_test(proc, val, {"ttt": broken}, [t], 1024, 0.0, np.random.default_rng(0))
+    def flip(base):  # the tokens after t in the stage's document order (golf_jax/audit/checks.py)
+        places = {"ttt": checks.stream_order(base.ledger.score_rank(), declared, len(val))}
+        return checks.flip_test(proc, val, {"ttt": base}, [checks.Flip(t, "ttt")], 1024,
+                                {"ttt": np.zeros(len(base.nll))}, np.random.default_rng(0), places, BOS_ID)
+
+    check = flip(broken)
     assert check.status == checks.FAIL and "ttt" in check.evidence, check.evidence
     monkeypatch.undo()  # the legal evaluator: the same flip moves no earlier score
-    check = checks.flip_test(proc, val, {"ttt": result}, [t], 1024, 0.0, np.random.default_rng(0))
+    check = flip(result)
     assert check.status == checks.PASS, check.evidence
 
 

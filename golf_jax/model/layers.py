@@ -141,8 +141,8 @@ def compile_platform(x: jax.Array) -> str:
     """The platform of the devices the traced program is compiled for: the mesh of the trace's
     shardings says it (an ahead-of-time compile for H100s on a CPU host says "gpu"); where the
     trace carries none, the process's default backend."""
-    mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
-    return getattr(getattr(mesh, "abstract_device", None), "platform", None) or jax.default_backend()
+    device = jax.typeof(x).sharding.mesh.abstract_device
+    return device.platform if device else jax.default_backend()
 
 
 def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, implementation: str = "auto",
@@ -191,7 +191,7 @@ def lora_delta(x: jax.Array, lora: dict | None, name: str, dtype) -> jax.Array |
     B [B, out, r]), or 0 without one.
 
     The per-document LoRA of phased TTT (#1855): B starts at 0, so a fresh adapter
-    leaves the model unchanged. Rows are a batch axis of the einsums (as the reference's
+    leaves the model unchanged. Rows are a batch axis of the matmuls (as the reference's
     bmm), not a vmap of the model: cuDNN's attention under vmap cannot take the segment
     mask. In the compute dtype, as the reference's autocast runs it:
     an fp32 delta would make q, k and v fp32, which cuDNN's attention refuses (the chunked
@@ -200,8 +200,7 @@ def lora_delta(x: jax.Array, lora: dict | None, name: str, dtype) -> jax.Array |
     if lora is None or name + "_A" not in lora:
         return 0.0
     a, b = lora[name + "_A"].astype(dtype), lora[name + "_B"].astype(dtype)
-    xa = jnp.einsum("bti,bri->btr", x.astype(dtype), a)
-    return jnp.einsum("btr,bor->bto", xa, b) * lora["scale"].astype(dtype)
+    return (x.astype(dtype) @ a.mT) @ b.mT * lora["scale"].astype(dtype)  # [B, T, in] @ [B, in, r] @ [B, r, out]
 
 
 def softcap(logits: jax.Array, cap: float) -> jax.Array:

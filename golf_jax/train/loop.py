@@ -29,7 +29,6 @@ from jax.experimental import multihost_utils
 
 from golf_jax import mesh as mesh_lib
 from golf_jax import model as model_lib
-from golf_jax.data.loader import SequentialLoader, span_ranks
 from golf_jax.model import gpt
 from golf_jax.optim import build, schedule
 from golf_jax.rundir import Interrupted, RunDir
@@ -75,6 +74,8 @@ def make_loader(cfg, data_dir: Path, mesh):
 
         return ShuffledLoader(pattern, t.seq_len, t.batch_tokens, world, ranks, cfg.model.vocab_size,
                               seed=cfg.seed, rank_seed=cfg.compat.loader_rank_seed)
+    from golf_jax.data.sequential import SequentialLoader, span_ranks
+
     spans, read = span_ranks(ranks, world, cfg.compat.loader_spans)
     return SequentialLoader(pattern, t.seq_len, t.batch_tokens, spans, read, cfg.model.vocab_size)
 
