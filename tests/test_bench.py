@@ -251,3 +251,17 @@ def test_xla_flags_ab_pairs_each_flag_with_its_rounds_baseline(capsys, tmp_path)
     assert not out_dir.exists()
     with pytest.raises(SystemExit):
         ab.main(["--dry-run", "--flags", "latency"])
+
+
+def test_timed_calls_print_progress_into_a_file(capsys, monkeypatch):
+    """A slow stage (a TTT chunk, an export) speaks while it is timed: a line of tqdm's figures on
+    stderr every PROGRESS_EVERY seconds when the output is not a terminal."""
+    import time
+
+    from golf_jax.bench import measure
+
+    monkeypatch.setattr(measure, "PROGRESS_EVERY", 0.02)
+    bench = measure.Bench("ttt", "chunk", 1, lambda: time.sleep(0.03), "none", compiled={"x": None})
+    assert measure.timed(bench, calls=4, warmup=1) >= 0.03
+    err = capsys.readouterr().err
+    assert "bench ttt:" in err and "bench ttt warm-up" in err, err

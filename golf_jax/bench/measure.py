@@ -15,6 +15,9 @@ from typing import Any, Callable
 
 import jax
 
+from golf_jax.progress import progress
+
+PROGRESS_EVERY = 30.0  # seconds between progress lines when the output is a file
 # Dense bf16 peak per device (TFLOP/s), from the vendors' datasheets.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "B200": 2250.0}
 
@@ -74,13 +77,14 @@ def xla_flops(compiled) -> float | None:
 
 
 def timed(bench: Bench, calls: int, warmup: int) -> float:
-    """Seconds per call: `warmup` untimed calls, then `calls` with one sync at the end."""
+    """Seconds per call: `warmup` untimed calls, then `calls` with one sync at the end. Both loops
+    speak (golf_jax/progress.py): a TTT chunk or an export can take minutes a call."""
     out = None
-    for _ in range(warmup):
+    for _ in progress(f"bench {bench.stage} warm-up", "call", items=range(warmup), every=PROGRESS_EVERY):
         out = bench.call()
     jax.block_until_ready(out)
     t0 = time.perf_counter()
-    for i in range(calls):
+    for i in progress(f"bench {bench.stage}", "call", items=range(calls), every=PROGRESS_EVERY):
         with jax.profiler.StepTraceAnnotation(f"bench_{bench.stage}", step_num=i):
             out = bench.call()
     jax.block_until_ready(out)
