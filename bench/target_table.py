@@ -69,7 +69,7 @@ def row(r: dict) -> str:
     return (f"| {r['config']} | {r['stage']} | {r['devices']} | {r['unit']} ({r['settings'].get('rows', r['settings'].get('batch', ''))}) "
             f"| {r['peak_gib']:.2f} | {r['xla_flops_per_unit']:.3g} ({r['xla_over_analytic']:.2f}×) "
             f"| {r['bound_ms_per_unit']:.3f} | {'n/a' if ceil is None else f'{ceil / 1e6:.2f} M'} "
-            f"| {coll / 2**20:.0f} | {cud} | {'' if fit is None else fit} | {r['compile_s']:.0f} |")
+            f"| {coll / 2**20:.0f} | {cud:.0f} | {'' if fit is None else fit} | {r['compile_s']:.0f} |")
 
 
 def main() -> None:

@@ -43,12 +43,13 @@ def embedded_files(script: bytes) -> dict[str, str]:
 
 
 def fewest_gates():
-    """base_config from shards: the only gated branch it takes is the plain compressor (its
-    alternative, per-group compression, is gated too)."""
+    """base_config from shards: the only gated branches it takes are the sequential loader and
+    the plain compressor (their alternatives, the other loaders and per-group compression, are
+    gated too)."""
     cfg = base_config()
     cfg.data.source = "dir"
     on = [name for name, taken in zip(packset.GATES, packset.gates_on(cfg)) if taken]
-    assert on == ["golf_jax.quant.compress"], on
+    assert on == ["golf_jax.data.sequential", "golf_jax.quant.compress"], on
     return cfg
 
 
@@ -86,7 +87,8 @@ def test_script_holds_the_closure_minified_and_is_counted(tmp_path):
 
 def test_gates_follow_the_config_and_are_lazy(tmp_path):
     off = packer.packed_modules(fewest_gates())
-    assert [m for m in off if packer._under(m, packset.GATES)] == ["golf_jax.quant.compress"], \
+    gated = [m for m in off if packer._under(m, packset.GATES)]
+    assert gated == ["golf_jax.data.sequential", "golf_jax.quant.compress"], \
         "a gated module is imported at module level"
     every = packer.packed_modules(None)
     assert set(packset.GATES) <= set(every) and set(off) < set(every)
