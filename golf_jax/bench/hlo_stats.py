@@ -113,7 +113,7 @@ def _gemm_flops(ins: Instr, shapes: dict[str, str]) -> float:
     return 2.0 * math.prod(_dims(ins.shape)) * k  # the result's first tuple element is the product
 
 
-def _fmha_flops(ins: Instr, shapes: dict[str, str]) -> float:
+def _fmha_flops(ins: Instr, shapes: dict[str, str], backward: bool) -> float:
     """cuDNN flash attention: Q·Kᵀ and P·V (4·B·N·T·S·H), half of it under a causal mask; the
     backward recomputes P and forms dP, dQ, dK, dV: 2.5× the forward."""
     q, k = (_dims(shapes.get(o, "")) for o in ins.operands[:2])  # q [B, T, N, H], k [B, S, K, H]
@@ -122,7 +122,7 @@ def _fmha_flops(ins: Instr, shapes: dict[str, str]) -> float:
     fwd = 4.0 * math.prod(q) * k[1]
     if "CAUSAL" in ins.attrs.upper():
         fwd /= 2
-    return fwd * (2.5 if "backward" in ins.attrs.lower() else 1.0)
+    return fwd * (2.5 if backward else 1.0)
 
 
 def _fused_flops(comp: str, comps: dict, seen: dict) -> float:
@@ -182,8 +182,7 @@ def analyze(hlo_text: str) -> Stats:
                 if "cudnn$fmha" in target:
                     backward = "backward" in target.lower()
                     stats.cudnn_attention["backward" if backward else "forward"] += times
-                    flops = _fmha_flops(Instr(ins.name, ins.opcode, ins.shape, ins.operands,
-                                              ins.attrs + (" backward" if backward else "")), shapes)
+                    flops = _fmha_flops(ins, shapes, backward)
                     stats.attention_flops += times * flops
                 elif "gemm" in target.lower() or "matmul" in target.lower():
                     flops = _gemm_flops(ins, shapes)

@@ -36,7 +36,6 @@ from golf_jax.eval import harness, stages
 
 ALLOCATOR_SHARE = 0.92  # XLA_PYTHON_CLIENT_MEM_FRACTION in launch/*.sh
 MARGIN = 0.10  # of the card, kept free when sizing a batch: cuDNN's workspace, fragmentation, what XLA misses
-STAGES = ("train", "eval", "sliding", "ttt", "slot", "calib")
 
 
 @dataclass
