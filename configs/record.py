@@ -4,7 +4,7 @@ recipe, the GPTQ int6 export and its evaluation: round trip, sliding s64, TTT, S
 `get_config()` (= "legal") is compliant: the TTT stage is the reference's (AdamW lr
 1e-3, 1 epoch, blocks 0–9 frozen in the banked reference's scalar-only sense) run
 score-first, SLOT fits a δ per window on its already-scored context only
-(eval.slot.mode=context, golf_jax/eval/slot.py), and training stops 12 s early so that
+(eval.slot.mode=context, golf_jax/eval/slot/stage.py), and training stops 12 s early so that
 GPTQ's calibration on training data ends inside the 600 s (export.reserve_seconds, as
 the merged records do).
 

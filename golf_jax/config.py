@@ -241,7 +241,7 @@ def eval_config() -> ml_collections.ConfigDict:
     e.ttt.lookahead = False  # pr1318 only: a deliberate leak (no submission has it): the last sequence reaches 1 target ahead
     e.ttt.carry = False  # pr1318 only: later stages score with the TTT-adapted weights (a second pass; non-compliant)
 
-    # Phased score-first TTT (eval.ttt.mode="phased", golf_jax/eval/phased_ttt.py; #1855, the
+    # Phased score-first TTT (eval.ttt.mode="phased", golf_jax/eval/phased/ttt.py; #1855, the
     # 1.0611 record): documents split at BOS, scored alone in chunks by the base weights plus
     # a per-document LoRA that steps on each chunk after it is scored (never on the last),
     # and global SGD phases on the base weights over already-scored documents.
@@ -288,7 +288,7 @@ def eval_config() -> ml_collections.ConfigDict:
     e.prequant_ttt.depth_scope = "scalars"  # discriminative: "scalars" (reference) | "blocks" (intended, ULMFiT)
     e.prequant_ttt.chunk_tokens = 32_768  # parallel: device r trains chunks r, r+W, ... each epoch
 
-    # SLOT (stage "slot", golf_jax/eval/slot.py): a δ per window fitted by L-BFGS on
+    # SLOT (stage "slot", golf_jax/eval/slot/stage.py): a δ per window fitted by L-BFGS on
     # already-scored targets (mode "context"); the seeds' modes are non-compliant.
     e.slot = ml_collections.ConfigDict()
     e.slot.mode = "context"  # context | score_first (legal) | pr1318 | pr1350 | pr675 | pr1306 (reproductions)

@@ -19,16 +19,16 @@ import numpy as np
 from flax import serialization
 from jax.experimental import multihost_utils
 
-from golf_jax import codebytes
-from golf_jax import mesh as mesh_lib
+from golf_jax.submission import codebytes
+from golf_jax.core import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax.data import source
 from golf_jax.data.tokenizer import load_tokenizer
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 from golf_jax.eval import plain, stages as eval_stages
 from golf_jax.optim.build import build_optimizer, count_by_label
 from golf_jax.quant import export, hessian
-from golf_jax.rundir import RunDir, write_atomic
+from golf_jax.core.rundir import RunDir, write_atomic
 from golf_jax.train import loop, recipe as recipe_lib, step as step_lib
 
 
@@ -83,8 +83,8 @@ def check_config(cfg, num_devices: int, train: bool = True) -> None:
                 raise UserError(f"export.budget_bytes={cfg.export.budget_bytes:,} leaves no room for weights: this "
                                 f"config's submission script alone is {code:,} B; raise it (the challenge's is "
                                 "16,000,000)")
-            if cfg.eval.prequant_ttt.mode != "off":  # imported on its branch only: golf_jax/packset.py GATES
-                from golf_jax.eval import prequant_ttt
+            if cfg.eval.prequant_ttt.mode != "off":  # imported on its branch only: golf_jax/submission/modules.py GATES
+                from golf_jax.eval.ttt import prequant as prequant_ttt
 
                 prequant_ttt.check_config(cfg.eval.prequant_ttt)
         else:
@@ -104,7 +104,7 @@ def check_config(cfg, num_devices: int, train: bool = True) -> None:
 def load_data(cfg) -> Data:
     data_dir, tokenizer_path = source.resolve_data(cfg)
     sp = load_tokenizer(tokenizer_path, cfg.model.vocab_size)
-    if codebytes.SCRIPT is None:  # in the repository; a packed run (golf_jax/packset.py NOT_PACKED) reads checked data
+    if codebytes.SCRIPT is None:  # in the repository; a packed run (golf_jax/submission/modules.py NOT_PACKED) reads checked data
         from golf_jax.data import identity
 
         identity.check(data_dir, tokenizer_path)
@@ -129,7 +129,7 @@ def abstract_params(model, seq_len: int):
 def run(cfg) -> dict:
     """Run a whole job from a config; returns the summary written to summary.json.
 
-    In a multi-host run every process calls this after golf_jax.multihost.initialize_from_env().
+    In a multi-host run every process calls this after golf_jax.core.multihost.initialize_from_env().
     """
     mesh = mesh_lib.make_mesh()
     check_config(cfg, mesh.devices.size)
@@ -190,7 +190,7 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict, l
     prior_reads, prior_notes = [], []
     pq = cfg.eval.prequant_ttt
     if pq.mode != "off":
-        from golf_jax.eval import prequant_ttt
+        from golf_jax.eval.ttt import prequant as prequant_ttt
 
         with stage("prequant_ttt"):
             params, report = prequant_ttt.run(model, params, data.val_tokens, L, pq, mesh, log=run.log)
@@ -230,7 +230,7 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict, l
     post_s = time.perf_counter() - t_post
     summary.update(evaluation_summary(cfg, results, post_s, stage.seconds))
     if cfg.audit.enabled:
-        from golf_jax.audit.run import run_audit  # not packed: golf_jax/packset.py NOT_PACKED
+        from golf_jax.audit.run import run_audit  # not packed: golf_jax/submission/modules.py NOT_PACKED
 
         with stage("audit"):
             report = run_audit(cfg, mesh, artifact=info.path, trained=(model, rt_params), summary=summary,

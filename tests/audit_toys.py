@@ -280,7 +280,7 @@ class _ReadsVal(_PeekNext):
     def __init__(self, ctx, name: str) -> None:
         super().__init__(ctx, name)
         from golf_jax.audit import checks
-        from golf_jax.paths import shared_data_dir
+        from golf_jax.core.paths import shared_data_dir
 
         path = shared_data_dir() / "text" / "fineweb_val_200.jsonl"
         self.val_text = path.read_text()[:1000] if path.exists() else ""

@@ -8,14 +8,14 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# No persistent compilation cache (golf_jax/compile_cache.py) for the entry points the tests run:
+# No persistent compilation cache (golf_jax/core/compile_cache.py) for the entry points the tests run:
 # CI starts cold, where it only adds writes, and a cache shared across runs would make results depend
 # on what ran before (docs/perf.md, "Persistent compilation cache").
 os.environ.setdefault("GOLF_JAX_XLA_CACHE", "off")
 
 import pytest  # noqa: E402
 
-from golf_jax.paths import shared_data_dir  # noqa: E402
+from golf_jax.core.paths import shared_data_dir  # noqa: E402
 
 
 def _has_gpu() -> bool:
@@ -73,7 +73,7 @@ def tiny_lm(fineweb_tokens):
     import jax
     import numpy as np
 
-    from golf_jax import mesh as mesh_lib
+    from golf_jax.core import mesh as mesh_lib
     from golf_jax import model as model_lib
     from golf_jax.config import base_config
     from golf_jax.optim.build import build_optimizer

@@ -1,7 +1,7 @@
 """A tiny fit through the real train loop, as one process of a multi-host run.
 
 `python tests/multihost_worker.py DATA_DIR RUN_ROOT` joins the run the GOLF_JAX_*
-environment describes (golf_jax.multihost), then trains 3 steps; tests/test_multihost.py
+environment describes (golf_jax.core.multihost), then trains 3 steps; tests/test_multihost.py
 starts two of these and compares the losses process 0 logs with `fit_tiny` run in
 the test process on all 8 devices.
 """
@@ -41,11 +41,11 @@ def write_data(data_dir: Path) -> None:
 
 def fit_tiny(data_dir: Path, run_root: Path):
     """3 steps of loop.fit on this process's rows of every batch; returns the RunDir."""
-    from golf_jax import mesh as mesh_lib
+    from golf_jax.core import mesh as mesh_lib
     from golf_jax import model as model_lib
-    from golf_jax import multihost
+    from golf_jax.core import multihost
     from golf_jax.optim.build import build_optimizer
-    from golf_jax.rundir import RunDir
+    from golf_jax.core.rundir import RunDir
     from golf_jax.train import loop, step as step_lib
 
     multihost.initialize_from_env()

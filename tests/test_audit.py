@@ -19,8 +19,8 @@ from golf_jax.audit import budgets, checks
 from golf_jax.audit.__main__ import load_factory
 from golf_jax.audit.run import run_audit
 from golf_jax.config import base_config
-from golf_jax.errors import UserError
-from golf_jax.paths import REPO_ROOT
+from golf_jax.core.errors import UserError
+from golf_jax.core.paths import REPO_ROOT
 
 SMALL = {"tokens": 2048, "flips": 4, "probes": 1, "probe_vocab": 16, "vocab_probes": 1, "vocab_samples": 2,
          "normalization_positions": 16}
@@ -214,7 +214,7 @@ def test_load_factory_errors_name_the_problem(tmp_path):
 
 
 def test_artifact_budget_counts_the_code(tmp_path):
-    from golf_jax import codebytes
+    from golf_jax.submission import codebytes
 
     small, big = tmp_path / "small.golfjax", tmp_path / "big.golfjax"
     small.write_bytes(b"x" * 1000)

@@ -26,7 +26,7 @@ import pytest
 
 import tiny_run
 from golf_jax.data import synthetic
-from golf_jax.paths import REPO_ROOT, cache_dir
+from golf_jax.core.paths import REPO_ROOT, cache_dir
 
 FILE_FAULTS = ("missing", "empty", "truncated", "bit_flipped", "wrong_kind", "dir_for_file")
 FAULTS = FILE_FAULTS + ("file_for_dir", "unknown_key", "out_of_range", "nan", "inf", "mismatch", "out_readonly",
@@ -80,7 +80,7 @@ NO_OUTPUT = NA("writes nothing")
 REWRITTEN = NA("its output is derived and rewritten on purpose (a report, a script, a verified download)")
 NEW_DIR = NA("each run writes a new timestamped run directory")
 PACKED_CHECKS = NA("the packed script carries no config checks: the repository ran them before it wrote the script "
-                   "(golf_jax/packer.py); the run's config.json is what `pack` and the job checked")
+                   "(golf_jax/submission/build.py); the run's config.json is what `pack` and the job checked")
 
 ENTRIES = {
     "train": Entry("golf_jax.train", ["--config=cfg.py", "--config.train.run_dir=runs", *TINY, *DATA],
@@ -95,7 +95,7 @@ ENTRIES = {
         "out_exists": NEW_DIR,
         "out_full": Cell([], "train.run_dir=runs", deny=("runs", "ENOSPC")),
     }),
-    "evaluate": Entry("golf_jax.evaluate", ["--artifact=run/model.golfjax", "--config.train.run_dir=evals"],
+    "evaluate": Entry("golf_jax.eval", ["--artifact=run/model.golfjax", "--config.train.run_dir=evals"],
                       "run/model.golfjax", ("run", "evals", "cfg.py"), {
         "file_for_dir": Cell(["--config.train.run_dir=run/model.golfjax"], "train.run_dir=run/model.golfjax"),
         "unknown_key": Cell(["--config.eval.nope=1"], "eval.nope"),
@@ -130,19 +130,19 @@ ENTRIES = {
         "out_exists": REWRITTEN,
         "out_full": NA("the report is written after the timing"),
     }),
-    "pack": Entry("golf_jax.pack", ["--artifact", "run/model.golfjax", "--out", "out/sub.py"], "run/config.json",
+    "pack": Entry("golf_jax.submission", ["--artifact", "run/model.golfjax", "--out", "out/sub.py"], "run/config.json",
                   ("run", "out"), {
         "file_for_dir": NA("takes no input folder"),
         "unknown_key": Cell(["--nope"], "--nope"),
         "out_of_range": Cell([], "train.seq_len", setup=_edit_json("run/config.json", train__seq_len=0)),
         "nan": Cell([], "opt.matrix_lr", setup=_edit_json("run/config.json", opt__matrix_lr=float("nan"))),
         "inf": Cell([], "opt.scalar_lr", setup=_edit_json("run/config.json", opt__scalar_lr=float("inf"))),
-        "mismatch": NA("the script does not depend on the artifact (golf_jax/pack.py)"),
+        "mismatch": NA("the script does not depend on the artifact (golf_jax/submission/__main__.py)"),
         "out_readonly": Cell([], "out/sub.py", deny=("out", "EROFS")),
         "out_exists": REWRITTEN,
         "out_full": Cell([], "out/sub.py", deny=("out", "ENOSPC")),
     }),
-    "export": Entry("golf_jax.export", ["run"], "run/params.msgpack", ("run",), {
+    "export": Entry("golf_jax.quant", ["run"], "run/params.msgpack", ("run",), {
         "bit_flipped": NA("params.msgpack has no recorded hash: a flipped bit in a weight is another weight"),
         "file_for_dir": Cell(["run/model.golfjax"], "model.golfjax/params.msgpack", drop=("run",)),
         "unknown_key": Cell(["--nope"], "--nope"),
@@ -164,7 +164,7 @@ ENTRIES = {
         "out_exists": REWRITTEN,
         "out_full": Cell([], "rep", setup=_mkdir("rep"), deny=("rep", "ENOSPC")),
     }),
-    "submit": Entry("golf_jax.submit", ["--sota", "1.0", "--out", "rec", "run"], "run/summary.json", ("run",), {
+    "submit": Entry("golf_jax.records", ["--sota", "1.0", "--out", "rec", "run"], "run/summary.json", ("run",), {
         "file_for_dir": Cell(["run/model.golfjax"], "model.golfjax", drop=("run",)),
         "unknown_key": Cell(["--nope"], "--nope"),
         "out_of_range": Cell(["--sota", "-1"], "--sota"),

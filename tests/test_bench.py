@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from golf_jax import compile_cache
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import compile_cache
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.bench import flops, run, trace_ops
 from golf_jax.data.tokenizer import ByteLUT
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 from golf_jax.eval import profile
-from golf_jax.paths import REPO_ROOT
+from golf_jax.core.paths import REPO_ROOT
 
 TINY = {"model.num_layers": 2, "model.model_dim": 32, "model.num_heads": 2, "model.num_kv_heads": 1,
         "model.vocab_size": 256, "model.compute_dtype": "float32", "train.seq_len": 32, "train.batch_tokens": 256,
@@ -110,7 +110,7 @@ def test_eval_stages_report_windows_chunks_and_xla_agrees_on_the_forward_flops(m
 def test_slot_starts_its_carried_delta_replicated_like_the_delta_it_returns(mesh1):
     """Found by the bench: a single-device first δ made SLOT's second batch compile again."""
     from golf_jax import model as model_lib
-    from golf_jax.eval import slot
+    from golf_jax.eval.slot import stage as slot
 
     cfg = tiny()
     evaluator = slot.Slot(model_lib.build_model(cfg.model), None, mesh1, cfg.eval.slot, 32, 8)  # builds, no compile

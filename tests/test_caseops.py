@@ -14,7 +14,7 @@ from golf_jax.data import caseops, prepare, shards, source
 from golf_jax.data.caseops import ALLCAPS, CAPNEXT, ESC, TITLE, CaseOpsError
 from golf_jax.data.prepare import build, iter_documents
 from golf_jax.data.tokenizer import ByteLUT, build_byte_luts, target_bytes
-from golf_jax.paths import REPO_ROOT
+from golf_jax.core.paths import REPO_ROOT
 
 # Written by hand from the rules (maximal ASCII-letter runs; see golf_jax/data/caseops.py).
 GOLDEN = [
@@ -208,7 +208,7 @@ def test_sidecar_bpb_equals_lut_bpb_on_lowercase_text(shared_data, caseops_build
     eval.max_tokens cut, give the same bytes and the same bpb either way."""
     import jax
 
-    from golf_jax import mesh as mesh_lib
+    from golf_jax.core import mesh as mesh_lib
     from golf_jax import model as model_lib
     from golf_jax.audit import procedure
     from golf_jax.config import base_config

@@ -8,7 +8,7 @@ import importlib.util
 
 import pytest
 
-from golf_jax.paths import REPO_ROOT
+from golf_jax.core.paths import REPO_ROOT
 
 CONFIGS = sorted(p for p in (REPO_ROOT / "configs").glob("*.py") if p.name != "__init__.py")
 

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 import tiny_run
-from golf_jax import codebytes, packer, pipeline
+from golf_jax.submission import codebytes, build
+from golf_jax import pipeline
 from golf_jax.config import sibling_config
 from golf_jax.data import identity, prepare, shards, synthetic
-from golf_jax.errors import UserError
-from golf_jax.paths import REPO_ROOT
+from golf_jax.core.errors import UserError
+from golf_jax.core.paths import REPO_ROOT
 
 CONFIGS = sorted(p for p in (REPO_ROOT / "configs").glob("*.py") if p.name != "__init__.py")
 
@@ -45,7 +46,7 @@ def test_every_config_loads_without_the_configs_package(path, monkeypatch):
 
 
 def test_the_config_flag_reads_a_runs_config_json_as_data(run_dir, tmp_path):
-    from golf_jax import cli
+    from golf_jax.core import cli
 
     parser = cli._ConfigParser("config")
     for arg in (run_dir, run_dir / "config.json"):
@@ -78,7 +79,7 @@ def test_settings_that_would_fail_after_training_are_refused_up_front(key, value
 
 
 def test_export_packs_and_counts_as_the_run_did_and_keeps_its_script(run_dir, tmp_path, capsys):
-    from golf_jax import export as export_cli
+    from golf_jax.quant import __main__ as export_cli
 
     run = _copy(run_dir, tmp_path)
     script = (run / "submission.py").read_bytes()
@@ -86,7 +87,7 @@ def test_export_packs_and_counts_as_the_run_did_and_keeps_its_script(run_dir, tm
     out = json.loads((run / "export.json").read_text())
     assert (run / "submission.py").read_bytes() == script  # the default corpus's generator stays packed
     assert out["code_bytes"] == len(script) == codebytes.code_bytes(tiny_run.tiny_config())
-    assert "golf_jax.data.synthetic" in packer.packed_modules(tiny_run.tiny_config())
+    assert "golf_jax.data.synthetic" in build.packed_modules(tiny_run.tiny_config())
     assert f"code {len(script):,} B" in capsys.readouterr().out
 
 
@@ -99,8 +100,8 @@ def test_export_packs_and_counts_as_the_run_did_and_keeps_its_script(run_dir, tm
     (lambda r: (r / "params.msgpack").unlink(), r"params.msgpack: no such file"),
 ])
 def test_export_of_a_damaged_run_is_one_line(run_dir, tmp_path, capsys, damage, says):
-    from golf_jax import export as export_cli
-    from golf_jax.errors import exit_code
+    from golf_jax.quant import __main__ as export_cli
+    from golf_jax.core.errors import exit_code
 
     run = _copy(run_dir, tmp_path)
     artifact = (run / "model.golfjax").read_bytes()
@@ -112,7 +113,7 @@ def test_export_of_a_damaged_run_is_one_line(run_dir, tmp_path, capsys, damage, 
 
 
 def _evaluate(cfg, artifact):
-    from golf_jax import evaluate
+    from golf_jax.eval import __main__ as evaluate
 
     return evaluate.evaluate(cfg, str(artifact))
 
@@ -157,7 +158,7 @@ def test_a_corrupt_artifact_is_one_line_naming_the_file(run_dir, tmp_path, damag
 
 def test_evaluate_without_config_uses_the_artifacts_run_and_says_where_it_writes(run_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    argv = [sys.executable, "-m", "golf_jax.evaluate", f"--artifact={run_dir / 'model.golfjax'}",
+    argv = [sys.executable, "-m", "golf_jax.eval", f"--artifact={run_dir / 'model.golfjax'}",
             f"--config.train.run_dir={tmp_path}"]
     proc = subprocess.run(argv, cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True,
                           text=True, timeout=300)
@@ -261,7 +262,7 @@ def _full_disk(monkeypatch):
 def _writers():
     from golf_jax.eval.ledger import Ledger
     from golf_jax.quant import export
-    from golf_jax.rundir import RunDir
+    from golf_jax.core.rundir import RunDir
 
     def summary(run: Path):
         r = object.__new__(RunDir)  # only what write_json reads
@@ -302,7 +303,7 @@ def test_a_full_disk_keeps_the_last_good_file_and_is_one_line(run_dir, tmp_path,
 
 def test_a_full_disk_at_the_end_of_a_run_keeps_its_last_summary(tmp_path, monkeypatch):
     """The job's own writes on a full disk: summary.json keeps its last good content."""
-    from golf_jax.rundir import RunDir
+    from golf_jax.core.rundir import RunDir
 
     cfg = tiny_run.tiny_config()
     run = RunDir(tmp_path, "full", cfg)
@@ -354,7 +355,7 @@ def test_quant_error_marks_exact_tensors(tmp_path):
 def test_tensorboard_gets_the_eval_scores_and_the_audit_verdict(tmp_path):
     from golf_jax.config import base_config
     from golf_jax.report.tensorboard import attach
-    from golf_jax.rundir import RunDir
+    from golf_jax.core.rundir import RunDir
     from test_report import read_events
 
     class Run(RunDir):

@@ -11,7 +11,8 @@ from jax.extend import core
 
 from configs import smoke
 from golf_jax import model as model_lib
-from golf_jax.eval import harness, lora
+from golf_jax.eval import harness
+from golf_jax.eval.phased import lora
 
 L, S, V = 48, 8, 80  # unlike every other width: model 32, MLP 64
 

@@ -1,4 +1,4 @@
-"""The whole job with every eval stage, then `python -m golf_jax.evaluate` on its artifact."""
+"""The whole job with every eval stage, then `python -m golf_jax.eval` on its artifact."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from golf_jax.paths import REPO_ROOT
+from golf_jax.core.paths import REPO_ROOT
 
 TINY = {
     "model.num_layers": 2, "model.model_dim": 64, "train.seq_len": 128, "train.batch_tokens": 2048,
@@ -64,7 +64,7 @@ def test_pipeline_runs_named_stages_and_labels_prequant_ttt(prequant_run):
 
 def test_evaluate_cli_reproduces_the_stages_from_the_artifact(prequant_run, tmp_path):
     over, run_dir, summary, _ = prequant_run
-    proc = _cli("golf_jax.evaluate", {**over, "train.run_dir": tmp_path}, f"--artifact={run_dir / 'model.golfjax'}")
+    proc = _cli("golf_jax.eval", {**over, "train.run_dir": tmp_path}, f"--artifact={run_dir / 'model.golfjax'}")
     lines = re.findall(r"^eval (\w+): val_bpb (\S+) \((\S+) s\)$", proc.stdout, re.M)
     assert [name for name, _, _ in lines] == ["roundtrip", "sliding", "ttt"]
     for name, bpb, _ in lines:
@@ -79,7 +79,7 @@ def test_evaluate_cli_reproduces_the_stages_from_the_artifact(prequant_run, tmp_
 
 
 def test_evaluate_cli_rejects_a_missing_artifact(tmp_path):
-    argv = [sys.executable, "-m", "golf_jax.evaluate", "--config=configs/smoke.py", f"--artifact={tmp_path / 'x'}",
+    argv = [sys.executable, "-m", "golf_jax.eval", "--config=configs/smoke.py", f"--artifact={tmp_path / 'x'}",
             f"--config.train.run_dir={tmp_path}"]
     proc = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "no such file" in proc.stderr

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from golf_jax import codebytes
+from golf_jax.submission import codebytes
 from golf_jax import model as model_lib
 from golf_jax.config import base_config
 from golf_jax.data import prepare
 from golf_jax.quant import compress, container, export, gptq, hessian, rowquant
 from golf_jax.quant.prune import ArtifactBudgetError
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 
 V, D, T = 128, 64, 32
 SMALL = 1024  # a tiny model: lower the fp16 passthrough bound so its block kernels are "large"

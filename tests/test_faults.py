@@ -21,13 +21,13 @@ import pytest
 from flax import serialization
 
 from configs import smoke
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax import pipeline
 from golf_jax.config import base_config
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 from golf_jax.optim.build import build_optimizer
-from golf_jax.paths import REPO_ROOT
+from golf_jax.core.paths import REPO_ROOT
 from golf_jax.quant import export
 from golf_jax.train import checkpoint as ckpt_lib
 from golf_jax.train import step as step_lib
@@ -194,7 +194,7 @@ def test_export_refuses_weights_an_artifact_cannot_hold(tmp_path, value, shown):
 
 
 def test_export_cli_reexports_a_run_dir(saved_run, fresh_state, tmp_path, capsys):
-    from golf_jax import export as export_cli
+    from golf_jax.quant import __main__ as export_cli
 
     run_dir = _copy(saved_run, tmp_path)
     with pytest.raises(UserError, match="params.msgpack: no such file"):

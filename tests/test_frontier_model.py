@@ -180,8 +180,8 @@ def test_logits_match_the_upstream_code(upstream, case):
 
 def test_lora_forward_matches_the_upstream_code(upstream):
     """#1855's forward_ttt (loop on): per-row adapters on q, k, v, o, mlp and the head, each row its own;
-    the per-token NLL of our batched LoRA forward (golf_jax/eval/lora.py) agrees in fp32."""
-    from golf_jax.eval import lora as lora_lib
+    the per-token NLL of our batched LoRA forward (golf_jax/eval/phased/lora.py) agrees in fp32."""
+    from golf_jax.eval.phased import lora as lora_lib
 
     fx, params = upstream
     shapes = {k: tuple(int(d) for d in v.split(",")) for k, v in (str(e).split(":") for e in fx["lora_shapes"])}

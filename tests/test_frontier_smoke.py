@@ -13,7 +13,8 @@ import pytest
 import test_sp8192_smoke
 
 from configs import frontier, golf
-from golf_jax import packer, pipeline
+from golf_jax.submission import build
+from golf_jax import pipeline
 
 pytestmark = pytest.mark.shared_data
 pytest.importorskip("zpaq", reason="export.compressor=pergroup_zpaq needs `pip install zpaq` (in the dev extra)")
@@ -34,10 +35,10 @@ def tiny(cfg, shards, tmp_path):
 def test_frontier_packed_script_trains_and_evaluates(sp8192_shards, tmp_path):
     """The packed script of configs/frontier.py fits the code-bytes target, and from a temp dir,
     with only its embedded sources, it trains the tiny frontier, exports, reloads and evaluates."""
-    script = packer.build_script(frontier.get_config())
+    script = build.build_script(frontier.get_config())
     assert len(script) <= FRONTIER_MAX_CODE_BYTES, f"{len(script):,} B: what grew? (docs/perf.md, Code bytes)"
     cfg = tiny(frontier.get_config(), sp8192_shards, tmp_path)
-    assert packer.build_script(cfg) == script  # the tiny shrink takes the same branches: the same script
+    assert build.build_script(cfg) == script  # the tiny shrink takes the same branches: the same script
     work = tmp_path / "submission"
     work.mkdir()
     (work / "config.json").write_text(cfg.to_json_best_effort())

@@ -18,7 +18,7 @@ import pytest
 from golf_jax import model as model_lib
 from golf_jax.config import base_config
 from golf_jax.quant import hessian, selfgen
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 
 V, D, T, N = 128, 64, 16, 13
 

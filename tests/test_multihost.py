@@ -13,11 +13,11 @@ import jax
 import numpy as np
 import pytest
 
-from golf_jax import multihost
+from golf_jax.core import multihost
 from golf_jax.config import base_config
-from golf_jax.paths import REPO_ROOT
+from golf_jax.core.paths import REPO_ROOT
 from golf_jax.quant import export
-from golf_jax.rundir import RunDir
+from golf_jax.core.rundir import RunDir
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 import multihost_worker  # noqa: E402

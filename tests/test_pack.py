@@ -17,17 +17,20 @@ import numpy as np
 import pytest
 
 from configs import smoke, sp8192_legal
-from golf_jax import codebytes, pack, packer, packset, pipeline
+from golf_jax.submission import codebytes, __main__ as pack, build, modules
+from golf_jax import pipeline
 from golf_jax.config import base_config
 from golf_jax.data import prepare
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
+from golf_jax.core.paths import REPO_ROOT
 
 T = 32
 # configs/sp8192_legal.py packed 57,241 B on 2026-12-02 (docs/perf.md, Code bytes); every module
 # unminified was 172 KB, and base85 instead of the latin-1 literal would make it 70.5 KB.
 SP8192_LEGAL_MAX_BYTES = 66_000
 DOC_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-NEVER_IN_A_SUBMISSION = ("golf_jax.audit", "golf_jax.packer", "golf_jax.pack", "golf_jax.bench", "golf_jax.evaluate",
+NEVER_IN_A_SUBMISSION = ("golf_jax.audit", "golf_jax.submission.build", "golf_jax.submission.__main__", "golf_jax.bench",
+                         "golf_jax.eval.__main__", "golf_jax.quant.__main__", "golf_jax.records", "golf_jax.core.cli",
                          "golf_jax.quant.estimate", "golf_jax.data.prepare", "golf_jax.data.caseops",
                          "golf_jax.train.__main__", "golf_jax.report")
 
@@ -48,29 +51,33 @@ def fewest_gates():
     gated too)."""
     cfg = base_config()
     cfg.data.source = "dir"
-    on = [name for name, taken in zip(packset.GATES, packset.gates_on(cfg)) if taken]
+    on = [name for name, taken in zip(modules.GATES, modules.gates_on(cfg)) if taken]
     assert on == ["golf_jax.data.sequential", "golf_jax.quant.compress"], on
     return cfg
 
 
 def test_script_holds_the_closure_minified_and_is_counted(tmp_path):
     cfg = sp8192_legal.get_config()
-    script = packer.build_script(cfg)
+    script = build.build_script(cfg)
     assert codebytes.code_bytes(cfg) == len(script)
-    assert packer.build_script(cfg) == script  # deterministic
+    assert build.build_script(cfg) == script  # deterministic
     assert len(script) < SP8192_LEGAL_MAX_BYTES, f"{len(script):,} B: what grew? (docs/perf.md, Code bytes)"
     files = embedded_files(script)
-    mods = packer.packed_modules(cfg)
-    assert files == packer.packed_files(cfg) and len(files) == len(mods)
+    mods = build.packed_modules(cfg)
+    assert files == build.packed_files(cfg)
+    shipped = {".".join(Path(p).with_suffix("").parts).removesuffix(".__init__") for p in files}
+    assert shipped <= set(mods) and all(  # only empty subpackages stay out: they unpack as namespace packages
+        m != "golf_jax" and (REPO_ROOT / m.replace(".", "/") / "__init__.py").is_file() for m in set(mods) - shipped)
+    assert not [p for p in files if "from __future__" in files[p]]
     assert "golf_jax/pipeline.py" in files and "golf_jax/data/shuffled.py" in files
-    assert not [m for m in mods if packer._under(m, NEVER_IN_A_SUBMISSION)], mods
-    assert not {"golf_jax.data.coprime", "golf_jax.data.synthetic", "golf_jax.eval.prequant_ttt"} & set(mods)
+    assert not [m for m in mods if build._under(m, NEVER_IN_A_SUBMISSION)], mods
+    assert not {"golf_jax.data.coprime", "golf_jax.data.synthetic", "golf_jax.eval.ttt.prequant"} & set(mods)
     for path, source in files.items():  # no comments, no docstrings
         assert not re.search(r"^\s*#", source, re.M), path
         tree = ast.parse(source)
         assert not [n for n in ast.walk(tree) if isinstance(n, DOC_NODES) and ast.get_docstring(n) is not None
                     and not (isinstance(n, ast.Module) and "__doc__" in source)], path
-        checks = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == packer.CONFIG_CHECK]
+        checks = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == build.CONFIG_CHECK]
         assert all(len(n.body) == 1 and isinstance(n.body[0], (ast.Pass, ast.Expr)) for n in checks), path  # run before packing
 
     (tmp_path / "config.json").write_text(cfg.to_json_best_effort())
@@ -86,24 +93,24 @@ def test_script_holds_the_closure_minified_and_is_counted(tmp_path):
 
 
 def test_gates_follow_the_config_and_are_lazy(tmp_path):
-    off = packer.packed_modules(fewest_gates())
-    gated = [m for m in off if packer._under(m, packset.GATES)]
+    off = build.packed_modules(fewest_gates())
+    gated = [m for m in off if build._under(m, modules.GATES)]
     assert gated == ["golf_jax.data.sequential", "golf_jax.quant.compress"], \
         "a gated module is imported at module level"
-    every = packer.packed_modules(None)
-    assert set(packset.GATES) <= set(every) and set(off) < set(every)
-    assert {"golf_jax.data.synthetic", "golf_jax.data.prepare"} <= set(packer.packed_modules(smoke.get_config()))
+    every = build.packed_modules(None)
+    assert set(modules.GATES) <= set(every) and set(off) < set(every)
+    assert {"golf_jax.data.synthetic", "golf_jax.data.prepare"} <= set(build.packed_modules(smoke.get_config()))
 
     # The minified tree has the same closure, and a packed tree refuses a config it was not packed for.
     cfg = sp8192_legal.get_config()
-    for path, source in packer.packed_files(cfg).items():
+    for path, source in build.packed_files(cfg).items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(source)
-    assert packer.packed_modules(cfg, root=tmp_path) == packer.packed_modules(cfg)
-    packset.check_packed(cfg, root=tmp_path)
+    assert build.packed_modules(cfg, root=tmp_path) == build.packed_modules(cfg)
+    modules.check_packed(cfg, root=tmp_path)
     cfg.data.loader = "coprime"
     with pytest.raises(ValueError, match="packed without golf_jax.data.coprime, which data.loader=coprime needs"):
-        packset.check_packed(cfg, root=tmp_path)
+        modules.check_packed(cfg, root=tmp_path)
 
 
 def test_packed_script_trains_and_evaluates_like_in_process(tmp_path, shared_data):
@@ -123,7 +130,7 @@ def test_packed_script_trains_and_evaluates_like_in_process(tmp_path, shared_dat
     for i in range(8):  # the shuffled loader wants a shard per data rank
         prepare.write_shard(work / f"fineweb_train_{i:06d}.bin", rng.integers(0, 1024, 8 * T).astype(np.uint16))
     (work / "config.json").write_text(cfg.to_json_best_effort())
-    script = packer.build_script(cfg)
+    script = build.build_script(cfg)
     (work / "submission.py").write_bytes(script)
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

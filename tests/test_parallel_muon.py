@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.optim.build import build_optimizer
 
 # 3 and 10 matrices of one shape (padded to 8 and 16), a tall one alone, a stacked bank.

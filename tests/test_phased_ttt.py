@@ -15,12 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax.audit import checks
 from golf_jax.config import base_config
-from golf_jax.eval import lora as lora_lib
-from golf_jax.eval import harness, phased_plan, phased_ttt, stages
+from golf_jax.eval.phased import lora as lora_lib
+from golf_jax.eval import harness, stages
+from golf_jax.eval.phased import plan as phased_plan, ttt as phased_ttt
 from golf_jax.eval.harness import ComplianceError
 from golf_jax.eval.ledger import Ledger
 from golf_jax.model.embeddings import BOS_ID

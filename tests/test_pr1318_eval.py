@@ -20,11 +20,11 @@ import pytest
 from flax import traverse_util
 
 from configs import record as record_config
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax.eval import harness, stages
-from golf_jax.eval import slot as slot_lib
-from golf_jax.eval.slot import window_batches
+from golf_jax.eval.slot import stage as slot_lib
+from golf_jax.eval.slot.stage import window_batches
 from golf_jax.eval.windows import gather_batch, sliding_units
 from golf_jax.model import reference
 

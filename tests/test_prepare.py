@@ -14,7 +14,7 @@ import sentencepiece as spm
 
 from golf_jax.data.prepare import build
 from golf_jax.data.shards import read_shard
-from golf_jax.paths import REPO_ROOT
+from golf_jax.core.paths import REPO_ROOT
 
 TEXTS = [
     "The miller carried three sacks to the old mill.",

@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.config import eval_config
-from golf_jax.eval import adapt, prequant_ttt
+from golf_jax.eval import adapt
+from golf_jax.eval.ttt import prequant as prequant_ttt
 from golf_jax.optim import step as optim_step
 
 L = 128

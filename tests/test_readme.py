@@ -7,7 +7,7 @@ import shlex
 import subprocess
 import sys
 
-from golf_jax.paths import REPO_ROOT
+from golf_jax.core.paths import REPO_ROOT
 
 
 def quickstart_commands() -> list[str]:

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from golf_jax.paths import REPO_ROOT
+from golf_jax.core.paths import REPO_ROOT
 
 TINY = {
     "model.num_layers": 2, "model.model_dim": 64, "model.num_heads": 4, "model.num_kv_heads": 2,

@@ -15,7 +15,7 @@ from golf_jax.model.blocks import rope_base_for
 from golf_jax.model.layers import linear_override_init
 from golf_jax.train import qat as qat_lib
 from golf_jax.optim.build import build_optimizer, count_by_label
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.train import step as step_lib
 
 

@@ -1,4 +1,4 @@
-"""The report (golf_jax/report), TensorBoard events and the progress helper (golf_jax/progress.py).
+"""The report (golf_jax/report), TensorBoard events and the progress helper (golf_jax/core/progress.py).
 
 The report runs on run dirs built here from small synthetic records (no training);
 the README's smoke test (tests/test_readme.py) reports on a real one.
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from golf_jax import progress
+from golf_jax.core import progress
 from golf_jax.config import base_config
 from golf_jax.data import prepare
 from golf_jax.quant import container, rowquant
@@ -25,7 +25,7 @@ from golf_jax.quant.export import named_arrays, quantize_int8
 from golf_jax.report import curves, quant_error, rundata
 from golf_jax.report.tensorboard import attach, scalars
 from golf_jax.report.write import write_report
-from golf_jax.rundir import RunDir
+from golf_jax.core.rundir import RunDir
 
 # -- TensorBoard ------------------------------------------------------------------------
 

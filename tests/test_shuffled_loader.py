@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.config import base_config
 from golf_jax.data.shards import ShardError
 from golf_jax.data.prepare import write_shard

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.eval import harness, plain, windows
 from golf_jax.eval.ledger import Ledger
 

@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.config import eval_config
 from golf_jax.eval import stages
 from golf_jax.eval.ledger import Ledger, _expand
-from golf_jax.eval.slot import _logit_objective
-from golf_jax.rundir import RunDir
+from golf_jax.eval.slot.stage import _logit_objective
+from golf_jax.core.rundir import RunDir
 
 L, STRIDE = 128, 64
 FLIP = 1384  # a target scored by window 20 (unit 21): batch 1 of the 2,048-target slice, mid-window

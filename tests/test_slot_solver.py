@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from golf_jax.eval import slot_solver as ss
+from golf_jax.eval.slot import solver as ss
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))

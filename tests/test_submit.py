@@ -1,4 +1,4 @@
-"""`python -m golf_jax.submit`: the record statistics, and the folder from small fake run dirs."""
+"""`python -m golf_jax.records`: the record statistics, and the folder from small fake run dirs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from scipy import stats as sps
 
 from golf_jax.config import base_config
-from golf_jax.submit import __main__ as submit
-from golf_jax.submit.stats import record_test, verdict
+from golf_jax.records import __main__ as submit
+from golf_jax.records.stats import record_test, verdict
 
 # PR #1855 (the 1.0611 record): seeds 42 / 0 / 1234, against the leaderboard's 1.0810 of its day.
 LOSS_1855 = [2.31944212, 2.32239991, 2.32423994]

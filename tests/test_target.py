@@ -17,7 +17,7 @@ import pytest
 
 from configs import smoke
 from golf_jax.bench import gpu_targets, hlo_stats, run
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 
 # bf16 (cuDNN's flash attention takes bf16/fp16), head dim 32, two layers.
 TINY = {"model.num_layers": 2, "model.model_dim": 64, "model.num_heads": 2, "model.num_kv_heads": 1,
@@ -85,7 +85,7 @@ def test_auto_keeps_only_the_chosen_paths_residuals(plugin):
     import jax
     import jax.numpy as jnp
 
-    from golf_jax import mesh as mesh_lib
+    from golf_jax.core import mesh as mesh_lib
     from golf_jax.model import layers
 
     mesh = gpu_targets.target_mesh(gpu_targets.GPUS["h100"], 1)
@@ -101,7 +101,7 @@ def test_auto_keeps_only_the_chosen_paths_residuals(plugin):
 def test_auto_attention_stays_chunked_where_the_program_runs_on_the_cpu():
     import jax
 
-    from golf_jax import mesh as mesh_lib
+    from golf_jax.core import mesh as mesh_lib
     from golf_jax.bench import target
 
     plan = target.plan_sliding(tiny(), mesh_lib.make_mesh(jax.devices()[:1]))
@@ -200,7 +200,7 @@ def test_shape_bytes_counts_tuples_and_scalars():
 def test_gpu_description_names_each_field_the_card_gives_differently():
     import importlib.util
 
-    from golf_jax.paths import REPO_ROOT
+    from golf_jax.core.paths import REPO_ROOT
 
     spec = importlib.util.spec_from_file_location("gpu_description", REPO_ROOT / "bench" / "gpu_description.py")
     module = importlib.util.module_from_spec(spec)

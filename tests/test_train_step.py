@@ -6,7 +6,7 @@ import numpy as np
 from configs import smoke as smoke_config
 from golf_jax import model as model_lib
 from golf_jax.optim.build import build_optimizer
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.train import step as step_lib
 
 

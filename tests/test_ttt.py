@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.config import eval_config
 from golf_jax.data.tokenizer import target_bytes
 from golf_jax.eval import adapt, harness, stages
@@ -122,7 +122,7 @@ def test_freeze_scopes(tiny_lm):
 
 
 def test_frozen_blocks_do_not_move(tiny_lm):
-    from golf_jax.eval import ttt
+    from golf_jax.eval.ttt import score_first as ttt
 
     _, model, params, val, _ = tiny_lm
     mesh = mesh_lib.make_mesh()

@@ -12,13 +12,16 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from golf_jax import errors, pipeline, submission
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import errors
+from golf_jax import pipeline
+from golf_jax.core import rundir
+from golf_jax.submission import script as submission
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.data import prepare, shards, source
-from golf_jax.errors import UserError
-from golf_jax.paths import REPO_ROOT
+from golf_jax.core.errors import UserError
+from golf_jax.core.paths import REPO_ROOT
 from golf_jax.quant.prune import ArtifactBudgetError
-from golf_jax.rundir import RunDir
+from golf_jax.core.rundir import RunDir
 from golf_jax.train import loop
 
 
@@ -112,18 +115,18 @@ def test_packed_eval_finds_the_runs_data(tmp_path, monkeypatch):
     (run / "config.json").write_text(cfg.to_json_best_effort())
     (run / "data.json").write_text(json.dumps({"data_dir": "/corpus/abc", "tokenizer": "/corpus/abc/tokenizer.model"}))
     monkeypatch.chdir(tmp_path)
-    loaded = submission.load_config("run/config.json")
-    submission.eval_data(loaded, "run/config.json")
+    loaded = rundir.load_run_config("run/config.json")
+    rundir.recorded_data(loaded, "run/config.json")
     assert (loaded.data.source, loaded.data.dir, loaded.data.tokenizer) == ("dir", "/corpus/abc",
                                                                             "/corpus/abc/tokenizer.model")
-    submission.eval_data(loaded, "run/config.json", data_dir="mine")
+    rundir.recorded_data(loaded, "run/config.json", data_dir="mine")
     assert loaded.data.dir == "mine"  # --data-dir wins
     # A hand-written config.json's relative data paths are read from its own folder, not the working directory.
     cfg.data.source, cfg.data.dir, cfg.data.tokenizer = "dir", "shards", "/abs/sp.model"
     (run / "data.json").unlink()
     (run / "config.json").write_text(cfg.to_json_best_effort())
-    loaded = submission.load_config("run/config.json")
-    submission.eval_data(loaded, "run/config.json")
+    loaded = rundir.load_run_config("run/config.json")
+    rundir.recorded_data(loaded, "run/config.json")
     assert (loaded.data.dir, loaded.data.tokenizer) == (str(run / "shards"), "/abs/sp.model")
 
 

@@ -11,11 +11,12 @@ import numpy as np
 from flax import serialization
 
 from configs import smoke
-from golf_jax import codebytes, pipeline
+from golf_jax.submission import codebytes
+from golf_jax import pipeline
 from golf_jax import model as model_lib
 from golf_jax.data import source
 from golf_jax.quant import export
-from golf_jax.rundir import RunDir
+from golf_jax.core.rundir import RunDir
 
 TINY = {"model.num_layers": 2, "model.model_dim": 64, "train.seq_len": 64, "train.batch_tokens": 512,
         "train.iterations": 2, "eval.max_tokens": 4097, "eval.batch_tokens": 1024, "audit.enabled": False}

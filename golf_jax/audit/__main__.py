@@ -30,9 +30,9 @@ from pathlib import Path  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-from golf_jax import cli  # noqa: E402
+from golf_jax.core import cli  # noqa: E402
 from golf_jax.audit.isolated import load_factory  # noqa: E402,F401 (the factory's loader, in the evaluator's process)
-from golf_jax.errors import UserError  # noqa: E402
+from golf_jax.core.errors import UserError  # noqa: E402
 
 _CONFIG = cli.define_config()
 _ARTIFACT = flags.DEFINE_string("artifact", None, "An artifact (RUN_DIR/model.golfjax): its bytes count against the "
@@ -73,7 +73,7 @@ def check_inputs(cfg, artifact: str | None, json_out: str | None = None) -> None
     """The config, the artifact and the output place, before anything compiles."""
     import jax
 
-    from golf_jax import mesh as mesh_lib
+    from golf_jax.core import mesh as mesh_lib
     from golf_jax import pipeline
 
     checked = cfg.copy_and_resolve_references()
@@ -101,7 +101,7 @@ def check_inputs(cfg, artifact: str | None, json_out: str | None = None) -> None
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from golf_jax import compile_cache
+    from golf_jax.core import compile_cache
     from golf_jax.audit.run import run_audit
 
     compile_cache.enable()  # before the first compile: a rerun reads its executables back (docs/perf.md)
@@ -124,7 +124,7 @@ def main(argv) -> None:
     report = run_audit(cfg, artifact=artifact, custom=custom, summary=summary)
     report["argv"] = sys.argv[1:]
     if _JSON.value:
-        from golf_jax.rundir import write_atomic
+        from golf_jax.core.rundir import write_atomic
 
         Path(_JSON.value).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(_JSON.value, json.dumps(report, indent=1) + "\n")

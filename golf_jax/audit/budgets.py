@@ -1,6 +1,6 @@
 """The audit's budget and data-access checks (the challenge's README; variants-and-compliance §4.1, §5.2 C4(e–f), C6).
 
-* artifact: code bytes (the submission script, golf_jax/codebytes.py) + compressed
+* artifact: code bytes (the submission script, golf_jax/submission/codebytes.py) + compressed
   weights ≤ 16,000,000 decimal bytes;
 * time: training ≤ 600 s (GPTQ calibration on training data counts: it must fit in
   export.reserve_seconds) and evaluation ≤ 600 s, from a run's summary.json, only
@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from golf_jax import codebytes
+from golf_jax.submission import codebytes
 from golf_jax.audit.checks import FAIL, PASS, SKIP, Check
 from golf_jax.quant.hessian import fits_reserve
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 
 _CTX = mp.get_context("spawn")  # a fresh interpreter: nothing of the audit's process is inherited
 
@@ -196,7 +196,7 @@ def serve(conn, setup: dict) -> None:
     sys.stdout = sys.stderr  # the audit's process owns stdout (its report)
     touched: list[str] = []
     try:
-        from golf_jax import mesh as mesh_lib
+        from golf_jax.core import mesh as mesh_lib
         from golf_jax.audit import procedure
         from golf_jax.eval import harness, stages
 

@@ -20,14 +20,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax.data import source
 from golf_jax.data.prepare import encode_documents, iter_documents
 from golf_jax.data.tokenizer import build_byte_luts, load_tokenizer
-from golf_jax.eval import prequant_ttt, stages
+from golf_jax.eval.ttt import prequant as prequant_ttt
+from golf_jax.eval import stages
 from golf_jax.eval.compiled import settings_key
-from golf_jax.paths import shared_data_dir
+from golf_jax.core.paths import shared_data_dir
 from golf_jax.quant import export
 
 SOURCES = ("auto", "val", "fineweb")

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.audit import budgets, checks, isolated, procedure
 from golf_jax.audit.checks import FAIL, PASS, SKIP, Check
 from golf_jax.data import source
-from golf_jax.errors import UserError
-from golf_jax.eval import harness, phased_plan, stages
-from golf_jax.paths import shared_data_dir
-from golf_jax.progress import progress
+from golf_jax.core.errors import UserError
+from golf_jax.eval import harness, stages
+from golf_jax.eval.phased import plan as phased_plan
+from golf_jax.core.paths import shared_data_dir
+from golf_jax.core.progress import progress
 
 
 def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, custom=None,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from golf_jax import cli, compile_cache
+from golf_jax.core import cli, compile_cache
 
 _CONFIG = cli.define_config()
 _STAGE = flags.DEFINE_enum("stage", "train", ["train", "eval", "sliding", "ttt", "slot", "gptq", "export", "calib"],

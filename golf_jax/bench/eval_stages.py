@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax.bench import flops
 from golf_jax.bench.measure import Bench, compile_aot
@@ -95,7 +95,7 @@ def build_ttt(cfg, mesh) -> Bench:
     t, L, S = cfg.eval.ttt, stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
     if t.mode == "phased":
         return build_phased(cfg, mesh)
-    from golf_jax.eval import ttt
+    from golf_jax.eval.ttt import score_first as ttt
 
     ttt.check_config(t, L, S)
     C = int(t.chunk_tokens)
@@ -131,7 +131,7 @@ def build_ttt(cfg, mesh) -> Bench:
 
 
 def build_slot(cfg, mesh) -> Bench:
-    from golf_jax.eval import slot
+    from golf_jax.eval.slot import stage as slot
 
     e, L = cfg.eval, stages.eval_seq_len(cfg)
     S = int(e.sliding.stride)
@@ -170,7 +170,7 @@ def build_slot(cfg, mesh) -> Bench:
 def build_phased(cfg, mesh) -> Bench:
     """One steady-state block of phased TTT: every row a document whose chunk is scored from
     a full eval-seq_len window and then trained on (not its last chunk)."""
-    from golf_jax.eval import phased_plan, phased_ttt
+    from golf_jax.eval.phased import plan as phased_plan, ttt as phased_ttt
     from golf_jax.model.embeddings import BOS_ID
 
     p, L = cfg.eval.phased, stages.eval_seq_len(cfg)

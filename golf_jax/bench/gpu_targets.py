@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import jax
 
-from golf_jax import mesh as mesh_lib
-from golf_jax.errors import UserError
+from golf_jax.core import mesh as mesh_lib
+from golf_jax.core.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import jax
 
-from golf_jax.progress import progress
+from golf_jax.core.progress import progress
 
 PROGRESS_EVERY = 30.0  # seconds between progress lines when the output is a file
 # Dense bf16 peak per device (TFLOP/s), from the vendors' datasheets.
@@ -78,7 +78,7 @@ def xla_flops(compiled) -> float | None:
 
 def timed(bench: Bench, calls: int, warmup: int) -> float:
     """Seconds per call: `warmup` untimed calls, then `calls` with one sync at the end. Both loops
-    speak (golf_jax/progress.py): a TTT chunk or an export can take minutes a call."""
+    speak (golf_jax/core/progress.py): a TTT chunk or an export can take minutes a call."""
     out = None
     for _ in progress(f"bench {bench.stage} warm-up", "call", items=range(warmup), every=PROGRESS_EVERY):
         out = bench.call()

@@ -21,10 +21,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from golf_jax import codebytes
+from golf_jax.submission import codebytes
 from golf_jax import model as model_lib
 from golf_jax.bench.measure import Bench
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 from golf_jax.quant import export, gptq, hessian, rowquant
 
 HOST = "host numpy (BLAS): no device FLOPs, no MFU"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import jax
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.bench import eval_stages, quant_stages, train_stage
 from golf_jax.bench.measure import Bench, report, timed
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 from golf_jax.eval.profile import trace_options
 
 STAGES = {

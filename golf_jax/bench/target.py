@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax.bench import flops, gpu_targets, hlo_stats
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 from golf_jax.eval import harness, stages
 
 ALLOCATOR_SHARE = 0.92  # XLA_PYTHON_CLIENT_MEM_FRACTION in launch/*.sh
@@ -137,7 +137,7 @@ def plan_ttt(cfg, mesh, rows: int = 0) -> StagePlan:
     t, L, S = cfg.eval.ttt, stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
     if t.mode == "phased":
         return _plan_phased(cfg, mesh, rows)
-    from golf_jax.eval import ttt
+    from golf_jax.eval.ttt import score_first as ttt
 
     ttt.check_config(t, L, S)
     model, params = _model_and_params(cfg, mesh, L)
@@ -162,8 +162,8 @@ def plan_ttt(cfg, mesh, rows: int = 0) -> StagePlan:
 
 
 def _plan_phased(cfg, mesh, rows: int = 0) -> StagePlan:
-    from golf_jax.eval import lora as lora_lib
-    from golf_jax.eval import phased_ttt
+    from golf_jax.eval.phased import lora as lora_lib
+    from golf_jax.eval.phased import ttt as phased_ttt
 
     p, L = cfg.eval.phased, stages.eval_seq_len(cfg)
     phased_ttt.check_config(p, L)
@@ -200,7 +200,7 @@ def _plan_phased(cfg, mesh, rows: int = 0) -> StagePlan:
 
 
 def plan_slot(cfg, mesh, rows: int = 0) -> StagePlan:
-    from golf_jax.eval import slot
+    from golf_jax.eval.slot import stage as slot
     from golf_jax.eval.windows import sliding_units
 
     e, L = cfg.eval, stages.eval_seq_len(cfg)

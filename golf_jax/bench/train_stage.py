@@ -9,11 +9,11 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax.bench import flops
 from golf_jax.bench.measure import Bench, compile_aot
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 from golf_jax.optim.build import build_optimizer
 from golf_jax.train import step as step_lib
 

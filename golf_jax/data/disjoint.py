@@ -6,7 +6,7 @@ their sha256 in manifest.json, and refuses a --train document that is also a --v
 `check(data_dir)` verifies a shard folder from those files; without them (shards built
 elsewhere, the generated corpus) it hashes the documents of the shards themselves, split
 at BOS, when they are small enough to read here. The run records the result in data.json;
-the audit's "train/val disjoint" check and `golf_jax.submit` read it.
+the audit's "train/val disjoint" check and `golf_jax.records` read it.
 """
 
 from __future__ import annotations

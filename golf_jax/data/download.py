@@ -16,7 +16,7 @@ file is checked here against the hub's metadata (paths-info: size, and the LFS s
 the git blob id); a copy that does not match is deleted and fetched once more, then
 refused. Shard headers are checked with golf_jax/data/shards.py and the tokenizer's
 vocabulary with golf_jax/data/tokenizer.py. A rerun verifies what is there and fetches
-only what is missing or wrong. Never packed (golf_jax/packset.py NOT_PACKED).
+only what is missing or wrong. Never packed (golf_jax/submission/modules.py NOT_PACKED).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 from golf_jax.data.identity import git_blob_id
 from golf_jax.data.shards import ShardError, read_header, sha256_file
 from golf_jax.data.tokenizer import load_tokenizer
-from golf_jax.paths import cache_dir
+from golf_jax.core.paths import cache_dir
 
 VARIANTS = {"sp1024": ("willdepueoai/parameter-golf", 1024), "sp8192": ("kevclark/parameter-golf", 8192)}
 REMOTE_ROOT = "datasets"  # upstream MATCHED_FINEWEB_REMOTE_ROOT_PREFIX
@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.train_shards < 0:
         ap.error(f"--train-shards {args.train_shards}: use 0 or more")
     try:
-        from golf_jax.outputs import check_output
+        from golf_jax.core.outputs import check_output
 
         check_output(out, "--out", folder=True)  # before the network
         net = Network(args.connect_timeout, args.read_timeout, args.tries)

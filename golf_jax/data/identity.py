@@ -7,7 +7,7 @@ OUT/datasets/fineweb10B_<variant>/: the hub's sha256 or git blob id of every fil
 tokenizer of the same size would count other bytes per token, and a rewritten val shard
 would score, both silently; each is one line naming the file instead.
 
-A repository tool (golf_jax/packset.py NOT_PACKED): the training and evaluate commands check
+A repository tool (golf_jax/submission/modules.py NOT_PACKED): the training and evaluate commands check
 the data before they compile; a packed submission runs on data checked so.
 """
 
@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from golf_jax.data.shards import sha256_file
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 
 
 def git_blob_id(path: Path) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 from golf_jax.data import caseops, disjoint
 from golf_jax.data.shards import HEADER_WORDS, MAGIC, VERSION, ShardError, sha256_file
 from golf_jax.data.tokenizer import load_tokenizer
-from golf_jax.progress import progress
+from golf_jax.core.progress import progress
 
 BOS_ID = 1
 ENCODE_BATCH = 256  # documents per sp.encode call
@@ -197,7 +197,7 @@ def write_split(
     total_bytes: int = 0,
     hashes: disjoint.DocHashes | None = None,
 ) -> dict[str, Any]:
-    """Encode documents in order and shard them, with a progress bar (golf_jax/progress.py).
+    """Encode documents in order and shard them, with a progress bar (golf_jax/core/progress.py).
 
     `docs`: (text, input bytes read so far) as _chain_docs yields them, of `total_bytes`
     in all; the progress counts those bytes (in whole MB), or documents when `max_docs` caps them.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 
 MAGIC = 20240520
 VERSION = 1

@@ -11,12 +11,12 @@ import numpy as np
 from golf_jax.data import shards
 from golf_jax.data.shards import sha256_file
 from golf_jax.data.tokenizer import ByteLUT, build_byte_luts, is_caseops_tokenizer
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 
 
 def resolve_data(cfg) -> tuple[Path, Path]:
     """The shard directory and tokenizer of the run, absolute (building the default corpus if asked)."""
-    if cfg.data.source == "default":  # imported on its branch only: golf_jax/packset.py GATES
+    if cfg.data.source == "default":  # imported on its branch only: golf_jax/submission/modules.py GATES
         from golf_jax.data.synthetic import ensure_default_corpus
 
         corpus = ensure_default_corpus()

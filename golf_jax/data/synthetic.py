@@ -26,7 +26,7 @@ from pathlib import Path
 
 from golf_jax.data.prepare import ShardWriter, encode_documents
 from golf_jax.data.shards import sha256_file
-from golf_jax.paths import cache_dir
+from golf_jax.core.paths import cache_dir
 
 GENERATOR_VERSION = 2
 PARAMS = {

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 
 _SPACE = "\u2581"  # SentencePiece's "▁" word-boundary marker
 # CaseOps (golf_jax/data/caseops.py): TITLE, ALLCAPS, CAPNEXT, ESC and the ids a CaseOps tokenizer holds them at

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.eval.compiled import cached
 from golf_jax.model import layers
 from golf_jax.optim import step as optim_step

@@ -36,13 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.data.tokenizer import ByteLUT, target_bytes
 from golf_jax.eval.bpb import BpbAccumulator
 from golf_jax.eval.compiled import cached
 from golf_jax.eval.ledger import Ledger
 from golf_jax.eval.windows import Units, gather_batch, unit_ranges
-from golf_jax.progress import progress
+from golf_jax.core.progress import progress
 
 
 NORMALIZATION_TOL = 1e-5  # |log Σ_v p(v)| of an evaluator's own fp32 log-distribution (variants §5.2, C2)

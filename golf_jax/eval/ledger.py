@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from golf_jax.eval.windows import merge_ranges
-from golf_jax.rundir import write_atomic
+from golf_jax.core.rundir import write_atomic
 
 
 @dataclass

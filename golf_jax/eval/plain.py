@@ -13,8 +13,8 @@ from jax.sharding import Mesh
 from golf_jax.data.tokenizer import ByteLUT, target_bytes
 from golf_jax.eval.bpb import BpbAccumulator
 from golf_jax.model import layers
-from golf_jax import mesh as mesh_lib
-from golf_jax.progress import progress
+from golf_jax.core import mesh as mesh_lib
+from golf_jax.core.progress import progress
 
 
 def make_eval_step(model: nn.Module):

@@ -7,7 +7,7 @@ StepTraceAnnotation (the step view of TensorBoard's profile plugin; the batch ru
 from its predict to the next one, the harness's scoring included) and every update
 with a TraceAnnotation, and stops after batch STOP-1 or the stage's last block.
 The trace goes to RUN_DIR/profile_<stage>/ (docs/profiling.md: how to open it).
-Imported only when eval.profile is set (golf_jax/packset.py GATES).
+Imported only when eval.profile is set (golf_jax/submission/modules.py GATES).
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """The evaluation stages, run in the order `eval.stages` lists them, on any params.
 
-The train pipeline, `python -m golf_jax.evaluate` and the packed submission script's
+The train pipeline, `python -m golf_jax.eval` and the packed submission script's
 `eval` all call `run_stages`, so one config gives one procedure everywhere.
 
 * roundtrip: the plain non-overlapping eval (reference §6.1);
 * sliding: sliding windows, stride eval.sliding.stride (§6.2; merged rule by default);
 * ttt: score-first chunked TTT (§6.3, variants §4.3), or with eval.ttt.mode=phased
-  #1855's phased TTT (per-document LoRA + global SGD phases; golf_jax/eval/phased_ttt.py);
-* slot: a δ per window fitted by L-BFGS and added to the logits (§6.4; golf_jax/eval/slot.py).
+  #1855's phased TTT (per-document LoRA + global SGD phases; golf_jax/eval/phased/ttt.py);
+* slot: a δ per window fitted by L-BFGS and added to the logits (§6.4; golf_jax/eval/slot/stage.py).
 
 Each stage writes `ledger_<stage>.json` (golf_jax/eval/ledger.py) and reports its
 bpb, time and compliance; a stage scored through the harness also writes
@@ -65,20 +65,20 @@ def check_config(cfg) -> None:
     check_geometry(L, e.sliding.stride)
     # Each TTT module is imported only here and where it runs: a submission packs only its own.
     if e.ttt.mode == "phased":
-        from golf_jax.eval import phased_ttt
+        from golf_jax.eval.phased import ttt as phased_ttt
 
         if "ttt" in names and (e.ttt.lookahead or e.ttt.carry):
             raise ValueError("eval.ttt.lookahead and eval.ttt.carry reproduce PR #1318; set eval.ttt.mode=pr1318 to use them")
         phased_ttt.check_config(e.phased, L, used="ttt" in names)
     else:
-        from golf_jax.eval import ttt
+        from golf_jax.eval.ttt import score_first as ttt
 
         ttt.check_config(e.ttt, L, e.sliding.stride, used="ttt" in names)
     if "slot" in names:  # imported here only: a submission without SLOT need not pack it
-        from golf_jax.eval import slot
+        from golf_jax.eval.slot import stage as slot
 
         slot.check_config(e.slot, L, e.sliding.stride)
-    if e.profile:  # imported here only: golf_jax/packset.py GATES
+    if e.profile:  # imported here only: golf_jax/submission/modules.py GATES
         from golf_jax.eval import profile
 
         profile.parse(e.profile, names)
@@ -98,7 +98,7 @@ def noncompliance(cfg) -> list[str]:
     if "ttt" in names and e.ttt.carry and names.index("ttt") < len(names) - 1:
         why.append("eval.ttt.carry: later stages rescore targets with weights trained on them")
     if "slot" in names:
-        from golf_jax.eval import slot
+        from golf_jax.eval.slot import stage as slot
 
         if e.slot.mode in slot.WHY:
             why.append(slot.WHY[e.slot.mode])
@@ -151,7 +151,7 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
                probe_targets=None, custom=None, documents=None) -> dict[str, StageResult]:
     """Run cfg.eval's stages in order on `params`; returns {stage: StageResult}.
 
-    `run` (a golf_jax.rundir.RunDir) receives the ledgers; `plain_eval` is an already
+    `run` (a golf_jax.core.rundir.RunDir) receives the ledgers; `plain_eval` is an already
     compiled plain.make_evaluator over the same val stream (the train loop's). For the
     audit (golf_jax/audit): `record_nll` keeps every target's NLL, `probe_targets` the
     full distribution at those targets, `enforce=False` lets evaluators read ahead
@@ -209,7 +209,7 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
             res = score(harness.FixedModel(predict, params), units, [np.arange(len(units))], ledger)
             acc, nll, extra = res.acc, res.nll, {"windows": len(units)}
         elif name == "slot":
-            from golf_jax.eval import slot
+            from golf_jax.eval.slot import stage as slot
 
             units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
             evaluator = slot.Slot(model, params, mesh, e.slot, L, e.sliding.stride)
@@ -217,7 +217,7 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
             acc, nll = res.acc, res.nll
             extra = slot.summary(e.slot, units, res, evaluator.diagnostics(), run)
         elif e.ttt.mode == "phased":
-            from golf_jax.eval import phased_ttt
+            from golf_jax.eval.phased import ttt as phased_ttt
 
             res, extra = phased_ttt.evaluate(cfg, model, params, val_tokens, lut, mesh, ledger, L, record_nll,
                                              enforce, probe_targets, documents, wrap)
@@ -227,7 +227,7 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
             K = num_chunks(T, e.ttt.chunk_tokens)
             chunk = chunk_of(units, e.ttt.chunk_tokens)
             blocks = [np.flatnonzero(chunk == c) for c in range(K)]
-            from golf_jax.eval import ttt
+            from golf_jax.eval.ttt import score_first as ttt
 
             adapter = ttt.ScoreFirstTTT(model, predict, params, mesh, e.ttt, L, K)
             res = score(adapter, units, blocks, ledger)

@@ -17,7 +17,7 @@ positions) becomes seq_len/stride units over the same inputs. A unit is
 (window start, first scored position, count) and scores targets
 [start + pos, start + pos + count).
 
-Phased TTT's units (golf_jax/eval/phased_plan.py) also carry `wlen`, each window's
+Phased TTT's units (golf_jax/eval/phased/plan.py) also carry `wlen`, each window's
 own input length (a document chunk and its document's context before it): the
 inputs past it are zeros, and a batch's width is `bucket_width` of its longest.
 """

@@ -71,7 +71,7 @@ def check_config(m: Any) -> None:
                          "at least one block (the reference requires a start layer > 0)")
     if not 0.0 <= m.loop_enable_frac <= 1.0:
         raise ValueError(f"model.loop_enable_frac={m.loop_enable_frac}: use a fraction of training in [0, 1]")
-    from golf_jax.config import base_config  # the schema: a submission does not pack it (golf_jax/packer.py)
+    from golf_jax.config import base_config  # the schema: a submission does not pack it (golf_jax/submission/build.py)
 
     defaults = base_config().model
     for key, (is_on, switch) in DEPENDENT_KEYS.items():

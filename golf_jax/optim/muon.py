@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 
 NS5_COEFFS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
 # Polar Express (PR #1344, used by #1787 / #1855): per-iteration minimax coefficients

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from golf_jax import codebytes
+from golf_jax.submission import codebytes
 from golf_jax import model as model_lib
 from golf_jax.quant import container, export
 

@@ -26,7 +26,7 @@ Formats (export.format):
 
 Artifact bytes = compressed weights + code bytes, in DECIMAL bytes against
 export.budget_bytes (16,000,000). Code bytes are passed in: the byte length of the
-single self-extracting submission script (golf_jax/codebytes.py), the one file a
+single self-extracting submission script (golf_jax/submission/codebytes.py), the one file a
 submission needs to train and evaluate.
 """
 
@@ -42,11 +42,11 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from golf_jax.errors import UserError
-from golf_jax.progress import progress
+from golf_jax.core.errors import UserError
+from golf_jax.core.progress import progress
 from golf_jax.quant import container, gptq, hessian, prune, rowquant
 from golf_jax.quant.prune import ArtifactBudgetError
-from golf_jax.rundir import write_atomic
+from golf_jax.core.rundir import write_atomic
 
 PASSTHROUGH_MAX_NUMEL = 65_536
 CONTROL_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights")
@@ -306,7 +306,7 @@ def export_artifact(params, labels, cfg, out_dir: Path, code_bytes: int, calib=N
     """Write `model.golfjax` into out_dir; raise ArtifactBudgetError over the budget.
 
     `labels` is the model's optimizer-label pytree (which kernels are Muon matrices,
-    hence int6); `code_bytes` the counted code (golf_jax.codebytes.code_bytes()).
+    hence int6); `code_bytes` the counted code (golf_jax.submission.codebytes.code_bytes()).
     `calib` (a hessian.Calibration) is required for gptq_int6.
     """
     check_weights(named_arrays(params))

@@ -35,8 +35,8 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from golf_jax.model import layers
-from golf_jax import mesh as mesh_lib
-from golf_jax.progress import progress
+from golf_jax.core import mesh as mesh_lib
+from golf_jax.core.progress import progress
 
 CALIB_SOURCES = ("train", "val", "selfgen")
 TIED_EMBED_KEY = "tok_emb/embedding"  # the tied table's params path, [V, D]

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 from golf_jax.quant.container import QuantTensor, serialize
 
 ARTIFACT_LIMIT_BYTES = 16_000_000

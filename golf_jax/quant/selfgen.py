@@ -2,7 +2,7 @@
 
 The record calibrates on sequences the trained model samples itself from BOS, so no
 training or validation data is read after the training clock. Its own module: only
-configs that self-generate pack it (golf_jax/packset.py GATES).
+configs that self-generate pack it (golf_jax/submission/modules.py GATES).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 
 
 def generate(model: nn.Module, params, num_seqs: int, seq_len: int, mesh: Mesh, seed: int,

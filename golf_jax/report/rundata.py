@@ -1,6 +1,6 @@
 """A run directory read back for the report: its config, summary, metrics and per-stage records.
 
-What a run writes is golf_jax/rundir.py (config.json, metrics.jsonl, summary.json; an
+What a run writes is golf_jax/core/rundir.py (config.json, metrics.jsonl, summary.json; an
 evaluation run writes eval.json instead), golf_jax/eval/stages.py (blocks_<stage>.npy,
 slot_windows.npz) and the pipeline (params.msgpack, model.golfjax). Anything absent is
 None here: the report skips what a run does not have.

@@ -1,6 +1,6 @@
 """TensorBoard event files of a run's metrics, beside metrics.jsonl (tensorboardX: no torch or TF).
 
-`python -m golf_jax.train` calls `attach()`: from then on every run dir (golf_jax/rundir.py)
+`python -m golf_jax.train` calls `attach()`: from then on every run dir (golf_jax/core/rundir.py)
 also gives each metrics record to a `Sink` in RUN_DIR/tensorboard/, and `tensorboard
 --logdir runs/` shows every run's curves live, and at the end its eval scores and audit verdict. It wraps RunDir's methods from here, so
 rundir.py, which a submission packs, holds no TensorBoard code: a submission (and
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tensorboardX import SummaryWriter
 
-from golf_jax.rundir import RunDir
+from golf_jax.core.rundir import RunDir
 
 FLUSH_SECONDS = 10  # how stale a live view may be
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from golf_jax.report import curves, markdown, plots, quant_error, rundata
-from golf_jax.rundir import write_atomic
+from golf_jax.core.rundir import write_atomic
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> tuple[list[Path], list[str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from golf_jax import cli
+from golf_jax.core import cli
 
 _CONFIG = cli.define_config()
 
@@ -13,7 +13,7 @@ _CONFIG = cli.define_config()
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from golf_jax import compile_cache, multihost
+    from golf_jax.core import compile_cache, multihost
     from golf_jax.pipeline import run
     from golf_jax.report import tensorboard
 

@@ -38,7 +38,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 
 # The config fields that fix the TrainState's shapes; named in mismatch errors.
 SHAPE_KEYS = ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult",

@@ -8,7 +8,7 @@ metrics are read one step late. Periodic validation is a callback the pipeline p
 With train.checkpoint_every > 0 the state is saved asynchronously (see
 golf_jax/train/checkpoint.py, which also explains how the loader state survives the
 Prefetcher's read-ahead); train.resume_from continues the latest checkpoint of a run.
-SIGTERM / SIGINT (golf_jax/rundir.py) stop the loop between steps: the step in hand is
+SIGTERM / SIGINT (golf_jax/core/rundir.py) stop the loop between steps: the step in hand is
 saved as a checkpoint, then the run ends as `Interrupted`.
 """
 
@@ -27,11 +27,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax import model as model_lib
 from golf_jax.model import gpt
 from golf_jax.optim import build, schedule
-from golf_jax.rundir import Interrupted, RunDir
+from golf_jax.core.rundir import Interrupted, RunDir
 from golf_jax.train import step as step_lib
 
 
@@ -65,7 +65,7 @@ def make_loader(cfg, data_dir: Path, mesh):
     pattern = str(data_dir / "fineweb_train_*.bin")
     world, ranks = mesh.devices.size, mesh_lib.local_data_ranks(mesh)
     t = cfg.train
-    if cfg.data.loader == "coprime":  # each loader is imported on its branch only: golf_jax/packset.py GATES
+    if cfg.data.loader == "coprime":  # each loader is imported on its branch only: golf_jax/submission/modules.py GATES
         from golf_jax.data.coprime import CoprimeLoader
 
         return CoprimeLoader(pattern, t.seq_len, t.batch_tokens // t.seq_len, world, ranks, cfg.model.vocab_size)
@@ -161,7 +161,7 @@ def fit(cfg, model, tx, recipe, state, loader, mesh, run: RunDir, validate: Call
     profile = _parse_profile(t.profile_steps)
     train_time, step, stop_after, pending, val_bpb = float(meta["train_time_s"]), int(meta["step"]), None, None, float("nan")
     qat_on_step = meta["late_qat_step"]
-    if recipe.qat_mask is not None:  # imported on its branch only: golf_jax/packset.py GATES
+    if recipe.qat_mask is not None:  # imported on its branch only: golf_jax/submission/modules.py GATES
         from golf_jax.train import qat
     loop_on_step = meta.get("loop_on_step") if unlooped_step is not None else 0
     save_meta = lambda seconds: {"step": step, "train_time_s": seconds, "late_qat_step": qat_on_step,  # noqa: E731

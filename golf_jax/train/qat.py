@@ -2,7 +2,7 @@
 train.late_qat_threshold, the forward sees the int6-exported kernels soft-rounded.
 
 Its own module, imported only when the threshold is > 0: a submission without QAT
-does not pack it (golf_jax/packset.py GATES).
+does not pack it (golf_jax/submission/modules.py GATES).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.optim import step as optim_step
 from golf_jax.train import recipe as recipe_lib
 from golf_jax.train.recipe import Recipe
@@ -56,7 +56,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
 
     def loss_fn(params, batch: dict):
         if recipe.qat_mask is not None:
-            from golf_jax.train import qat  # imported on its branch only: golf_jax/packset.py GATES
+            from golf_jax.train import qat  # imported on its branch only: golf_jax/submission/modules.py GATES
 
             params = qat.apply_qat(params, recipe.qat_mask, batch["qat_alpha"])
         return model.apply({"params": params}, batch["x"], batch["y"], method=model.loss)

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import jax
 
-from golf_jax.codebytes import package_sources
-from golf_jax.errors import UserError
-from golf_jax.paths import REPO_ROOT
+from golf_jax.core.errors import UserError
+from golf_jax.core.paths import REPO_ROOT
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> None:
@@ -44,7 +43,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
 
 def code_version() -> dict:
     digest = hashlib.sha256()
-    for path in package_sources():
+    for path in sorted((REPO_ROOT / "golf_jax").rglob("*.py")):  # every source file
         digest.update(str(path.relative_to(REPO_ROOT)).encode())
         digest.update(path.read_bytes())
     info = {"package_sha256": digest.hexdigest()}
@@ -98,7 +97,7 @@ class RunDir:
                 raise UserError(f"train.run_dir={root}: cannot create {self.path} ({getattr(e, 'strerror', 0) or e}); "
                                 "pass --config.train.run_dir=<a writable folder>") from e
         if jax.process_count() > 1:  # not packed (packset.NOT_PACKED): a submission runs on one host
-            from golf_jax.multihost import shared_run_dir
+            from golf_jax.core.multihost import shared_run_dir
 
             self.path = shared_run_dir(self.path)
         self._t0 = time.time()
@@ -148,3 +147,34 @@ class RunDir:
         for f in (self._log, self._metrics):
             if f is not None:
                 f.close()
+
+
+def load_run_config(path: str | Path):
+    """A run's config.json (RunDir writes it) as a ConfigDict; a relative data.dir or
+    data.tokenizer in it is taken from the folder of the config.json, not the working directory."""
+    import ml_collections
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such config.json (a run directory holds one; or pass --config-json)")
+    try:
+        cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
+        for key in ("dir", "tokenizer"):
+            if cfg.data[key]:
+                cfg.data[key] = str(path.parent.resolve() / cfg.data[key])
+    except (ValueError, TypeError, LookupError, AttributeError) as e:
+        raise UserError(f"{path}: not a run's config.json ({e!r})") from e
+    return cfg
+
+
+def recorded_data(cfg, config_json: str | Path, data_dir: str | None = None, tokenizer: str | None = None) -> None:
+    """Point cfg at the data to evaluate on: --data-dir / --tokenizer, else the absolute paths that
+    the run recorded in data.json beside its config.json (the default corpus's too), else the config's."""
+    recorded = Path(config_json).with_name("data.json")
+    if recorded.is_file():
+        d = json.loads(recorded.read_text())
+        cfg.data.source, cfg.data.dir, cfg.data.tokenizer = "dir", d["data_dir"], d["tokenizer"]
+    if data_dir:
+        cfg.data.source, cfg.data.dir = "dir", data_dir
+    if tokenizer:
+        cfg.data.tokenizer = tokenizer

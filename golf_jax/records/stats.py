@@ -63,7 +63,7 @@ def record_test(losses: Sequence[float], bpbs: Sequence[float], sota_bpb: float)
     try:
         from scipy import stats
     except ImportError as e:
-        raise ImportError("golf_jax.submit needs scipy: pip install -e '.[tools]'") from e
+        raise ImportError("golf_jax.records needs scipy: pip install -e '.[tools]'") from e
 
     loss, bpb = np.asarray(losses, np.float64), np.asarray(bpbs, np.float64)
     if loss.size == 0 or loss.shape != bpb.shape:

@@ -45,11 +45,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.eval import adapt
 from golf_jax.eval.compiled import cached, settings_key
 from golf_jax.eval.harness import Objective, Reveal
-from golf_jax.eval.slot_solver import SOLVERS, LbfgsSettings, SolveInfo, minimize
+from golf_jax.eval.slot.solver import SOLVERS, LbfgsSettings, SolveInfo, minimize
 from golf_jax.eval.windows import Units
 from golf_jax.model import layers
 

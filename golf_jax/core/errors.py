@@ -1,7 +1,7 @@
 """Errors a user can fix (a config value, a data file, a path), and how entry points end on them.
 
 A UserError's message is the whole story in one line: it names the key or file and how
-to fix it. The entry points (`python -m golf_jax.train`, `golf_jax.evaluate`, the packed
+to fix it. The entry points (`python -m golf_jax.train`, `golf_jax.eval`, the packed
 `submission.py`) print that line and exit with code 2; any other exception is a bug and
 keeps its traceback. `--debug` or GOLF_JAX_DEBUG=1 shows a UserError's traceback too.
 """

@@ -1,13 +1,13 @@
 """Phased score-first TTT, eval.ttt.mode="phased" (variants-and-compliance §4.4; PR #1855).
 
 The 1.0611 record's evaluation: every document is scored alone, chunk by chunk, by the
-base weights plus a per-document LoRA (golf_jax/eval/lora.py) that takes one AdamW step
+base weights plus a per-document LoRA (golf_jax/eval/phased/lora.py) that takes one AdamW step
 on each chunk right after the harness has scored it (never on a document's last chunk).
 Three times during the first eval.phased.prefix_docs documents, once the documents of a
 phase are all scored, the base weights take a pass of SGD over those already-scored
 documents; later documents are scored with the updated base plus a fresh LoRA.
 
-What runs when is fixed up front by golf_jax/eval/phased_plan.py from the document
+What runs when is fixed up front by golf_jax/eval/phased/plan.py from the document
 lengths (a deterministic order, so runs are bit-reproducible). Everything goes through
 the harness (golf_jax/eval/harness.py): a block is one chunk of every document of a
 round; `predict` runs the vmap'd LoRA forward and keeps its VJP; only after the block is
@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from golf_jax import mesh as mesh_lib
-from golf_jax.eval import adapt, harness, lora as lora_lib, phased_plan
+from golf_jax.core import mesh as mesh_lib
+from golf_jax.eval import adapt, harness
+from golf_jax.eval.phased import lora as lora_lib, plan as phased_plan
 from golf_jax.eval.compiled import cached
 from golf_jax.eval.harness import Reveal
 from golf_jax.model import layers

@@ -1,4 +1,4 @@
-"""What the absl entry points (`python -m golf_jax.train`, `golf_jax.evaluate`, `golf_jax.audit`,
+"""What the absl entry points (`python -m golf_jax.train`, `golf_jax.eval`, `golf_jax.audit`,
 `golf_jax.bench`) share: `--config`, flag errors and user errors as one line with exit code 2,
 and `--debug`.
 
@@ -24,8 +24,8 @@ from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from golf_jax.config import base_config
-from golf_jax.errors import debugging, exit_code
-from golf_jax.outputs import check_output  # noqa: F401 (the entry points' up-front check of an output place)
+from golf_jax.core.errors import debugging, exit_code
+from golf_jax.core.outputs import check_output  # noqa: F401 (the entry points' up-front check of an output place)
 
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of a user error (also GOLF_JAX_DEBUG=1).")
 
@@ -61,16 +61,16 @@ class _ConfigParser(ConfigFileFlagParser):
         return cfg
 
     def _run_config(self, path: Path):
-        from golf_jax.errors import UserError
-        from golf_jax.submission import eval_data, load_config
+        from golf_jax.core.errors import UserError
+        from golf_jax.core.rundir import load_run_config, recorded_data
 
         if not path.is_file():
             raise ValueError(f"{path}: no such file; pass a run directory (it holds config.json), its config.json "
                              "or a configs/*.py file")
         try:
             cfg = base_config()  # keys added to the schema since the run keep their defaults
-            cfg.update(load_config(path))
-            eval_data(cfg, path)  # the data the run recorded (its data.json), as the packed eval reads it
+            cfg.update(load_run_config(path))
+            recorded_data(cfg, path)  # the data the run recorded (its data.json), as the packed eval reads it
         except UserError as e:
             raise ValueError(f"{e}; pass the config.json a run directory holds, or a configs/*.py file") from e
         except (ValueError, KeyError, TypeError) as e:
@@ -125,7 +125,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main, argv_hook=None) -> None:
-    """app.run(main); a golf_jax.errors.UserError raised in main ends as one line and exit code 2.
+    """app.run(main); a golf_jax.core.errors.UserError raised in main ends as one line and exit code 2.
     `argv_hook(argv) -> argv` may fill in flags (e.g. a default --config) before they are parsed."""
     if argv_hook is not None:
         sys.argv = argv_hook(sys.argv)  # config_flags reads the overrides from sys.argv

@@ -1,6 +1,6 @@
 """Finished runs as a record folder needs them: what each scored, and why it cannot count.
 
-A run directory (golf_jax/rundir.py, golf_jax/pipeline.py) holds config.json,
+A run directory (golf_jax/core/rundir.py, golf_jax/pipeline.py) holds config.json,
 summary.json (scores, artifact bytes, the audit's verdict and checks), env.json,
 code_version.json, data.json, log.txt and submission.py (the counted code).
 """

@@ -1,10 +1,10 @@
-"""`python -m golf_jax.submit RUN_DIR [RUN_DIR ...] --sota 1.0611 [--out DIR]`: a records/ folder.
+"""`python -m golf_jax.records RUN_DIR [RUN_DIR ...] --sota 1.0611 [--out DIR]`: a records/ folder.
 
 The runs are the seeds of one submission (same config and packed script). It is a record
 only if every run finished, passed its compliance audit (score "val_bpb (official)"),
 fits the 16,000,000-byte artifact, was timed inside the 600 s budgets on 8xH100 and scored
 the whole val split of shards, and the seeds beat --sota (val_bpb) by 0.005 nats at p < 0.01
-(golf_jax/submit/stats.py).
+(golf_jax/records/stats.py).
 Otherwise the folder is written as a non-record submission that says why.
 Exit status: 0 a record, 1 a non-record folder, 2 nothing written (bad input).
 """
@@ -17,14 +17,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from golf_jax.paths import cache_dir
-from golf_jax.submit import folder
-from golf_jax.submit.runs import blockers, check_same_submission, load_run
-from golf_jax.submit.stats import record_test, verdict
+from golf_jax.core.paths import cache_dir
+from golf_jax.records import folder
+from golf_jax.records.runs import blockers, check_same_submission, load_run
+from golf_jax.records.stats import record_test, verdict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m golf_jax.submit", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m golf_jax.records", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path, help="run directories, one per seed")
     ap.add_argument("--sota", type=float, required=True, help="the leaderboard's SOTA val_bpb, e.g. 1.0611")

@@ -1,4 +1,4 @@
-"""Which golf_jax modules a submission script packs (golf_jax/packer.py builds it).
+"""Which golf_jax modules a submission script packs (golf_jax/submission/build.py builds it).
 
 The import closure of ENTRY, read statically from the source tree, less NOT_PACKED
 (repository tools: a packed module may import them only inside functions) and less the
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from golf_jax.paths import REPO_ROOT
+from golf_jax.core.paths import REPO_ROOT
 
-ENTRY = ("golf_jax.submission",)  # main: what a submission runs
+ENTRY = ("golf_jax.submission.script",)  # main: what a submission runs
 # Repository tools: the audit checks the repository's runs and the report shows them (the packed train skips both);
 # data.download fetches the challenge's shards and data.identity checks them against their record (inside
 # data/, so named here).
-NOT_PACKED = ("golf_jax.audit", "golf_jax.packer", "golf_jax.report", "golf_jax.data.download",
-              "golf_jax.data.identity", "golf_jax.multihost")
+NOT_PACKED = ("golf_jax.audit", "golf_jax.submission.build", "golf_jax.report", "golf_jax.data.download",
+              "golf_jax.data.identity", "golf_jax.core.multihost")
 
 
 def _stages(cfg) -> list[str]:
@@ -34,14 +34,14 @@ GATES = {
     "golf_jax.data.shuffled": (lambda c: c.data.loader == "shuffled", "data.loader=shuffled"),
     "golf_jax.train.checkpoint": (lambda c: c.train.checkpoint_every > 0 or bool(c.train.resume_from),
                                   "train.checkpoint_every > 0 or train.resume_from"),
-    "golf_jax.eval.prequant_ttt": (lambda c: c.eval.prequant_ttt.mode != "off", "eval.prequant_ttt.mode != off"),
-    "golf_jax.eval.slot": (lambda c: "slot" in _stages(c), "eval.stages with slot"),
-    "golf_jax.eval.slot_solver": (lambda c: "slot" in _stages(c), "eval.stages with slot"),
-    "golf_jax.eval.ttt": (lambda c: "ttt" in _stages(c) and c.eval.ttt.mode != "phased",
+    "golf_jax.eval.ttt.prequant": (lambda c: c.eval.prequant_ttt.mode != "off", "eval.prequant_ttt.mode != off"),
+    "golf_jax.eval.slot.stage": (lambda c: "slot" in _stages(c), "eval.stages with slot"),
+    "golf_jax.eval.slot.solver": (lambda c: "slot" in _stages(c), "eval.stages with slot"),
+    "golf_jax.eval.ttt.score_first": (lambda c: "ttt" in _stages(c) and c.eval.ttt.mode != "phased",
                           "eval.stages with ttt and eval.ttt.mode=score_first or pr1318"),
-    "golf_jax.eval.phased_ttt": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
-    "golf_jax.eval.phased_plan": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
-    "golf_jax.eval.lora": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
+    "golf_jax.eval.phased.ttt": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
+    "golf_jax.eval.phased.plan": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
+    "golf_jax.eval.phased.lora": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
     "golf_jax.eval.profile": (lambda c: bool(c.eval.profile), "eval.profile"),
     "golf_jax.quant.lqer": (lambda c: c.export.lqer_rank > 0, "export.lqer_rank > 0"),
     "golf_jax.quant.lowrank": (lambda c: c.export.lqer_rank > 0, "export.lqer_rank > 0"),
@@ -74,6 +74,6 @@ def module_file(root: Path, name: str) -> Path | None:
 def check_packed(cfg, root: Path = REPO_ROOT) -> None:
     """Raise when `cfg` takes a gated branch whose module this (packed) tree lacks."""
     for name, (pred, setting) in GATES.items():
-        if pred(cfg) and module_file(root, name) is None:
+        if pred(cfg) and module_file(root, name) is None and not root.joinpath(*name.split(".")).is_dir():
             raise ValueError(f"this submission was packed without {name}, which {setting} needs: pack it for "
-                             "this config (python -m golf_jax.pack --config-json RUN_DIR/config.json ...)")
+                             "this config (python -m golf_jax.submission --config-json RUN_DIR/config.json ...)")

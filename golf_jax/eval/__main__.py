@@ -1,4 +1,4 @@
-"""`python -m golf_jax.evaluate --artifact=RUN_DIR/model.golfjax [--config=configs/X.py | RUN_DIR] [--config.eval.…] [--debug]`
+"""`python -m golf_jax.eval --artifact=RUN_DIR/model.golfjax [--config=configs/X.py | RUN_DIR] [--config.eval.…] [--debug]`
 
 Runs the config's eval stages on an existing artifact, prints a line
 `eval <stage>: val_bpb <value> (<seconds> s)` per stage, audits the procedure
@@ -22,14 +22,14 @@ from pathlib import Path
 
 from absl import app, flags
 
-from golf_jax import cli
+from golf_jax.core import cli
 
 
 def check_artifact_data(artifact: Path, data) -> str:
     """The tokenizer the artifact was trained with (its run's data.json) must be the evaluation's:
     another tokenizer counts other bytes per token. Returns what was checked, for eval.json."""
     from golf_jax.data.shards import sha256_file
-    from golf_jax.errors import UserError
+    from golf_jax.core.errors import UserError
 
     recorded = artifact.parent / "data.json"
     if not recorded.is_file():
@@ -51,13 +51,13 @@ def check_artifact_data(artifact: Path, data) -> str:
 
 def evaluate(cfg, artifact: str) -> dict:
     """Evaluate `artifact` with cfg's eval stages; returns what eval.json holds."""
-    from golf_jax import mesh as mesh_lib
-    from golf_jax import multihost
+    from golf_jax.core import mesh as mesh_lib
+    from golf_jax.core import multihost
     from golf_jax import pipeline
     from golf_jax.data import source
-    from golf_jax.errors import UserError
+    from golf_jax.core.errors import UserError
     from golf_jax.eval import stages as eval_stages
-    from golf_jax.rundir import RunDir
+    from golf_jax.core.rundir import RunDir
 
     if not artifact or not Path(artifact).is_file():
         raise UserError(f"--artifact={artifact}: no such file (pass RUN_DIR/model.golfjax of a training run)")
@@ -96,7 +96,7 @@ def evaluate(cfg, artifact: str) -> dict:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from golf_jax import compile_cache
+    from golf_jax.core import compile_cache
     from golf_jax.report import tensorboard
 
     cfg = flags.FLAGS.config

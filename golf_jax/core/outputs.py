@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from golf_jax.errors import UserError
+from golf_jax.core.errors import UserError
 
 
 def check_output(path: str | Path, flag: str, folder: bool = False) -> None:

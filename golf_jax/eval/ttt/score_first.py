@@ -26,13 +26,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.eval import adapt
 from golf_jax.eval.compiled import settings_key
 from golf_jax.eval.harness import Reveal
 from golf_jax.optim.build import build_adaptation_optimizer
 
-MODES = ("score_first", "pr1318", "phased")  # phased: golf_jax/eval/phased_ttt.py (keys eval.phased.*)
+MODES = ("score_first", "pr1318", "phased")  # phased: golf_jax/eval/phased/ttt.py (keys eval.phased.*)
 
 
 def check_config(t, seq_len: int, stride: int, used: bool = True) -> None:

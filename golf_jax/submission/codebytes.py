@@ -1,10 +1,9 @@
 """The counted code of a submission: the bytes of its self-extracting script.
 
-A leaf module (it imports only golf_jax.paths and golf_jax.packset, and golf_jax.packer
-inside functions): the export stage takes the code bytes as a number, `python -m
-golf_jax.pack` writes the same bytes to a file, and the run directory's code version
-hashes the repository's sources (`package_sources`). golf_jax/packer.py builds the
-script from the modules golf_jax/packset.py lists for the config. This module is packed
+A leaf module (it imports only golf_jax.core.paths and submission/modules.py, and
+submission/build.py inside functions): the export stage takes the code bytes as a number,
+and `python -m golf_jax.submission` writes the same bytes to a file. submission/build.py
+builds the script from the modules submission/modules.py lists for the config. This module is packed
 itself, so it holds only what a packed run needs: a packed run counts its own script.
 """
 
@@ -14,29 +13,24 @@ import functools
 import os
 from pathlib import Path
 
-from golf_jax.packset import gates_on, script_codecs
-from golf_jax.paths import REPO_ROOT
+from golf_jax.submission.modules import gates_on, script_codecs
+from golf_jax.core.paths import REPO_ROOT
 
 SCRIPT: str | None = None  # set by the bootstrap: the running submission script, whose length is the code bytes
 
 
-def package_sources() -> list[Path]:
-    """Every golf_jax source file, sorted: what the run directory's code version hashes."""
-    return sorted((REPO_ROOT / "golf_jax").rglob("*.py"))
-
-
 def script(cfg=None) -> bytes:
-    """The submission script for `cfg`: the running one when packed, else built (golf_jax/packer.py)."""
+    """The submission script for `cfg`: the running one when packed, else built (golf_jax/submission/build.py)."""
     if SCRIPT is not None:
         return Path(SCRIPT).read_bytes()
-    from golf_jax.packer import build_script
+    from golf_jax.submission.build import build_script
 
     return build_script(cfg)
 
 
 @functools.lru_cache(maxsize=8)
 def _counted(branches: tuple[bool, ...], codecs: tuple[str, ...]) -> int:
-    from golf_jax.packer import script_for
+    from golf_jax.submission.build import script_for
 
     return len(script_for(branches, REPO_ROOT, codecs))
 

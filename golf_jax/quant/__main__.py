@@ -1,4 +1,4 @@
-"""`python -m golf_jax.export RUN_DIR [--eval]`: the artifact again, from RUN_DIR/params.msgpack.
+"""`python -m golf_jax.quant RUN_DIR [--eval]`: the artifact again, from RUN_DIR/params.msgpack.
 
 The job saves its float weights (after averaging and any pre-quant TTT) as params.msgpack
 just before it exports, so a run whose export failed (over budget, diverged weights, a
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from golf_jax.errors import UserError, exit_code
+from golf_jax.core.errors import UserError, exit_code
 
 
 def read_params(path: Path, like: dict) -> dict:
@@ -43,10 +43,15 @@ def reexport(run_dir: str | Path, evaluate: bool = False, log=print) -> dict:
     """Export RUN_DIR/params.msgpack with the run's config (and evaluate it); returns export.json's contents."""
     import jax
 
-    from golf_jax import codebytes, mesh as mesh_lib, model as model_lib, pipeline, submission
+    from golf_jax.submission import codebytes
+
+    from golf_jax.core import mesh as mesh_lib
+
+    from golf_jax import model as model_lib, pipeline
     from golf_jax.config import base_config
+    from golf_jax.core.rundir import load_run_config, recorded_data
     from golf_jax.quant import export, hessian
-    from golf_jax.rundir import write_atomic
+    from golf_jax.core.rundir import write_atomic
 
     run_dir = Path(run_dir)
     weights = run_dir / "params.msgpack"
@@ -54,11 +59,11 @@ def reexport(run_dir: str | Path, evaluate: bool = False, log=print) -> dict:
         raise UserError(f"{weights}: no such file; pass a run directory whose job reached the export stage "
                         "(it saves params.msgpack just before exporting)")
     cfg = base_config()  # keys added to the schema since the run keep their defaults
-    cfg.update(submission.load_config(run_dir / "config.json"))
+    cfg.update(load_run_config(run_dir / "config.json"))
     # The script is packed for the run's config as it ran (data.source=default packs the corpus
     # generator), as the job's export stage packed it: same modules, same code bytes.
     script = codebytes.script(cfg)
-    submission.eval_data(cfg, run_dir / "config.json")  # the data the run trained and evaluated on
+    recorded_data(cfg, run_dir / "config.json")  # the data the run trained and evaluated on
     mesh = mesh_lib.make_mesh()
     model = model_lib.build_model(cfg.model)
     abstract = pipeline.abstract_params(model, cfg.train.seq_len)
@@ -86,7 +91,7 @@ def reexport(run_dir: str | Path, evaluate: bool = False, log=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m golf_jax.export", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m golf_jax.quant", description=__doc__.split("\n")[0])
     ap.add_argument("run_dir", help="a training run's directory (holds config.json and params.msgpack)")
     ap.add_argument("--eval", action="store_true", help="then run the config's eval stages on the artifact")
     args = ap.parse_args(argv)

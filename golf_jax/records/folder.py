@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from golf_jax.config import base_config
-from golf_jax.submit.runs import RUN_KEYS, Run, flatten
-from golf_jax.submit.stats import ALPHA, MARGIN_NATS, RecordTest
+from golf_jax.records.runs import RUN_KEYS, Run, flatten
+from golf_jax.records.stats import ALPHA, MARGIN_NATS, RecordTest
 
 TRACKS = {True: ("track_10min_16mb", "10min_16mb"), False: ("track_non_record_16mb", "non_record_16mb")}
 # Settings that say where a run read and wrote, not what it trained: left out of the technique table.

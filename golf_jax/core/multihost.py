@@ -1,11 +1,11 @@
 """Multi-host runs: joining the job that the environment describes, and one run directory.
 
-Never packed (golf_jax/packset.py NOT_PACKED): a submission trains on one host. The entry
-points (`python -m golf_jax.train`, `python -m golf_jax.evaluate`) call
+Never packed (golf_jax/submission/modules.py NOT_PACKED): a submission trains on one host. The entry
+points (`python -m golf_jax.train`, `python -m golf_jax.eval`) call
 `initialize_from_env()` before any device is touched; RunDir calls `shared_run_dir` when
 there are several processes. Everything else is the same program on every process: the
 loaders read only this process's data ranks (golf_jax/train/loop.py `make_loader`) and
-golf_jax/mesh.py `put_local_batch` assembles the global batch from every process's rows.
+golf_jax/core/mesh.py `put_local_batch` assembles the global batch from every process's rows.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from golf_jax import mesh as mesh_lib
+from golf_jax.core import mesh as mesh_lib
 from golf_jax.eval import adapt
 from golf_jax.eval.compiled import cached, settings_key
 from golf_jax.optim import step as optim_step

@@ -1,24 +1,24 @@
-"""Builds the submission script (`python -m golf_jax.pack`; golf_jax/codebytes.py counts it).
-Never packed itself (packset.NOT_PACKED): a packed run counts its own script.
+"""Builds the submission script (`python -m golf_jax.submission`; golf_jax/submission/codebytes.py counts it).
+Never packed itself (modules.NOT_PACKED): a packed run counts its own script.
 
 Every code byte is a weight byte lost (artifact = weights + code ≤ 16,000,000), so:
 
-* the script holds only the modules golf_jax/packset.py lists for the config: the import
-  closure of golf_jax/submission.py (train and eval), every golf_jax import, those inside
+* the script holds only the modules golf_jax/submission/modules.py lists for the config: the import
+  closure of golf_jax/submission/script.py (train and eval), every golf_jax import, those inside
   functions too, less NOT_PACKED and the GATES branches the config does not take;
 * each module goes in without docstrings and comments (`ast.unparse`), then minified
   by python-minifier (local names, annotations; docs/perf.md has the bytes each saves);
 * without the bodies of the `check_config` functions: they check a config's own keys
   (enums, ranges, unused keys), and the repository ran them before it wrote the
-  config.json and the submission.py of a run (pipeline.run, `python -m golf_jax.pack`).
+  config.json and the submission.py of a run (pipeline.run, `python -m golf_jax.submission`).
   What depends on the machine or the data (devices, batch geometry, shards, tokenizer,
-  the packed modules: packset.check_packed) is checked elsewhere and stays;
+  the packed modules: modules.check_packed) is checked elsewhere and stays;
 * the sources, joined with \\x1e / \\x1f separators, are compressed (lzma or bz2, or ZPAQ
-  where the config's export needs `zpaq` anyway: packset.script_codecs; whichever is smallest) and kept as raw bytes in a str literal of a latin-1 source file
+  where the config's export needs `zpaq` anyway: modules.script_codecs; whichever is smallest) and kept as raw bytes in a str literal of a latin-1 source file
   (only backslash, CR, NUL and some quotes escaped: ~1.2 % overhead, where base85 adds 25 %).
 
 The bootstrap unpacks them into a temp dir, puts it first on sys.path (ahead of any
-installed golf_jax), sets codebytes.SCRIPT and calls `golf_jax.submission.main`.
+installed golf_jax), sets codebytes.SCRIPT and calls `golf_jax.submission.script.main`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ import functools
 import lzma
 from pathlib import Path
 
-from golf_jax.packset import ENTRY, GATES, NOT_PACKED, gates_on, module_file, script_codecs
-from golf_jax.paths import REPO_ROOT
+from golf_jax.submission.modules import ENTRY, GATES, NOT_PACKED, gates_on, module_file, script_codecs
+from golf_jax.core.paths import REPO_ROOT
 
 CONFIG_CHECK = "check_config"  # a config's own checks: run in the repository, empty in the script
+FUTURE = "from __future__ import annotations\n"  # a line in every module, unneeded once minified
 MINIFIER = "python-minifier"  # pinned in pyproject.toml: its output is the counted code
 
 _BOOTSTRAP = (
@@ -44,8 +45,8 @@ _BOOTSTRAP = (
     ' for r in Z.decompress(D.encode("latin-1")).split(b"\\x1e")[1:]:\n'
     '  p,s=r.split(b"\\x1f",1);f=os.path.join(d,p.decode());os.makedirs(os.path.dirname(f),exist_ok=1)\n'
     '  with open(f,"wb") as h:h.write(s)\n'
-    " sys.path.insert(0,d);from golf_jax import codebytes as c;c.SCRIPT=os.path.abspath(__file__)\n"
-    " from golf_jax.submission import main;sys.exit(main(sys.argv[1:]))\n"
+    " sys.path.insert(0,d);from golf_jax.submission import codebytes as c;c.SCRIPT=os.path.abspath(__file__)\n"
+    " from golf_jax.submission.script import main;sys.exit(main(sys.argv[1:]))\n"
 )
 
 
@@ -90,7 +91,7 @@ def packed_modules(cfg=None, root: Path = REPO_ROOT) -> list[str]:
 
 
 def closure(branches: tuple[bool, ...], root: Path) -> list[str]:
-    """packed_modules for the gated branches taken (packset.gates_on)."""
+    """packed_modules for the gated branches taken (modules.gates_on)."""
     on = dict(zip(GATES, branches))
     todo = [(e, True, "the submission") for e in ENTRY]
     seen: set[str] = set()
@@ -101,7 +102,7 @@ def closure(branches: tuple[bool, ...], root: Path) -> list[str]:
         never, gate = _under(name, NOT_PACKED), _under(name, GATES)
         if never and top:
             raise ValueError(f"{by} imports {name} at module level, but {never} is not packed "
-                             "(golf_jax/packset.py NOT_PACKED): import it inside the function that uses it")
+                             "(golf_jax/submission/modules.py NOT_PACKED): import it inside the function that uses it")
         if not top and (never or (gate and not on[gate])):
             continue  # a lazy import on a branch this config does not take
         path = module_file(root, name)
@@ -138,7 +139,13 @@ def minify(source: str) -> str:
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                     and isinstance(body[0].value.value, str):
                 node.body = body[1:] or [ast.Pass()]
-    return python_minifier.minify(ast.unparse(tree), remove_literal_statements=False, hoist_literals=False)
+    for node in ast.walk(tree):  # field annotations only name the fields: one short, evaluable type
+        if isinstance(node, ast.ClassDef):
+            for field in node.body:
+                if isinstance(field, ast.AnnAssign):
+                    field.annotation = ast.Name("int")
+    source = python_minifier.minify(ast.unparse(tree), remove_literal_statements=False, hoist_literals=False)
+    return source.replace(FUTURE, "", 1)  # nothing is left to defer: the minifier removed the other annotations
 
 
 def packed_files(cfg=None, root: Path = REPO_ROOT) -> dict[str, str]:
@@ -151,7 +158,9 @@ def files_for(branches: tuple[bool, ...], root: Path) -> dict[str, str]:
     files = {}
     for name in closure(branches, root):
         path = module_file(root, name)
-        files[path.relative_to(root).as_posix()] = minify(path.read_text(encoding="utf-8"))
+        source = minify(path.read_text(encoding="utf-8"))
+        if source.strip() or path.name != "__init__.py" or name == "golf_jax":
+            files[path.relative_to(root).as_posix()] = source  # an empty subpackage unpacks as a namespace package
     return files
 
 
