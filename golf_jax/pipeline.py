@@ -90,7 +90,7 @@ def check_config(cfg, num_devices: int, train: bool = True) -> None:
         else:
             model_lib.check_config(cfg.model)
         eval_stages.check_config(cfg)
-        if cfg.audit.enabled:  # not packed (packset.NOT_PACKED): a packed run turns the audit off
+        if cfg.audit.enabled:  # not packed (submission/modules.py NOT_PACKED): a packed run turns the audit off
             from golf_jax.audit import procedure
 
             procedure.check_config(cfg.audit)

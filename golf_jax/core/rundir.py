@@ -96,7 +96,7 @@ class RunDir:
                     shutil.rmtree(self.path, ignore_errors=True)
                 raise UserError(f"train.run_dir={root}: cannot create {self.path} ({getattr(e, 'strerror', 0) or e}); "
                                 "pass --config.train.run_dir=<a writable folder>") from e
-        if jax.process_count() > 1:  # not packed (packset.NOT_PACKED): a submission runs on one host
+        if jax.process_count() > 1:  # not packed (submission/modules.py NOT_PACKED): a submission runs on one host
             from golf_jax.core.multihost import shared_run_dir
 
             self.path = shared_run_dir(self.path)
