@@ -187,7 +187,7 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict, l
             run.log(f"weights after training: {averaging} (val_bpb {fitted.live_val_bpb:.4f} live → {val_bpb:.4f})")
     summary.update(averaging=averaging, pre_quant_val_bpb=val_bpb)
 
-    prior_reads, prior_notes = [], []
+    val = eval_stages.Val(data.val_tokens, data.lut, plain_eval=plain_eval)
     pq = cfg.eval.prequant_ttt
     if pq.mode != "off":
         from golf_jax.eval.ttt import prequant as prequant_ttt
@@ -195,9 +195,7 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict, l
         with stage("prequant_ttt"):
             params, report = prequant_ttt.run(model, params, data.val_tokens, L, pq, mesh, log=run.log)
             post_bpb = validate(params, fitted.steps)
-        T = len(data.val_tokens) - 1
-        prior_reads = [(0, T)]
-        prior_notes = [f"eval.prequant_ttt.mode={pq.mode}: the weights were trained on all of val before scoring"]
+        val = prequant_ttt.read_before_scoring(val, pq.mode)
         summary["prequant_ttt"] = {**report, "val_bpb": post_bpb}
         run.log(f"prequant_ttt: val_bpb {val_bpb:.4f} → {post_bpb:.4f} in {report['seconds']:.1f}s (NON-COMPLIANT)")
 
@@ -224,9 +222,7 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict, l
     with stage("load_artifact"):
         rt_params = jax.device_put(export.load_artifact(info.path, params), mesh_lib.replicated(mesh))
     with stage("eval"):
-        results = eval_stages.run_stages(cfg, model, rt_params, data.val_tokens, data.lut, mesh, run=run,
-                                         log=run.log, prior_reads=prior_reads, prior_notes=prior_notes,
-                                         plain_eval=plain_eval)
+        results = eval_stages.run_stages(cfg, model, rt_params, val, mesh, run=run, log=run.log)
     post_s = time.perf_counter() - t_post
     summary.update(evaluation_summary(cfg, results, post_s, stage.seconds))
     if cfg.audit.enabled:
@@ -260,7 +256,7 @@ def evaluate_artifact(cfg, artifact: str | Path, mesh=None, log=print) -> dict:
     check_config(cfg, mesh.devices.size, train=False)
     data = load_data(cfg)
     model, params = load_artifact_model(cfg, artifact, mesh)
-    return eval_stages.run_stages(cfg, model, params, data.val_tokens, data.lut, mesh, log=log)
+    return eval_stages.run_stages(cfg, model, params, eval_stages.Val(data.val_tokens, data.lut), mesh, log=log)
 
 
 OFFICIAL, NONCOMPLIANT, UNAUDITED = "val_bpb (official)", "non-compliant (reproduction)", "unaudited"

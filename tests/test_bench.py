@@ -162,8 +162,8 @@ def test_eval_profile_traces_the_batches_asked_for(tmp_path, mesh1):
                             mesh_lib.replicated(mesh1))
     val = np.random.default_rng(0).integers(0, 256, 32 + 8 * 20 + 1).astype(np.int32)  # 21 windows: 6 batches
     lut = ByteLUT(np.ones(256, np.int16), np.zeros(256, bool), np.zeros(256, bool))
-    stages.run_stages(cfg, model, params, val, lut, mesh1, run=SimpleNamespace(path=tmp_path, is_writer=False),
-                      log=lambda *_: None)
+    stages.run_stages(cfg, model, params, stages.Val(val, lut), mesh1,
+                      run=SimpleNamespace(path=tmp_path, is_writer=False), log=lambda *_: None)
     (trace,) = (tmp_path / "profile_sliding").glob("plugins/profile/*/*.trace.json.gz")
     events = json.loads(gzip.open(trace).read())["traceEvents"]
     steps = sorted(int(e["args"]["step_num"]) for e in events if e.get("name") == "eval_sliding")

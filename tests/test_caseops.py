@@ -241,8 +241,8 @@ def test_sidecar_bpb_equals_lut_bpb_on_lowercase_text(shared_data, caseops_build
     model = model_lib.build_model(m)
     params = jax.device_get(model.init(jax.random.PRNGKey(0), np.zeros((1, 128), np.int32))["params"])
     quiet = lambda *a, **k: None  # noqa: E731
-    with_sidecar = stages.run_stages(cfg, model, params, data.val_tokens, data.lut, mesh, log=quiet)
-    with_lut = stages.run_stages(cfg, model, params, data.val_tokens, lut, mesh, log=quiet)
+    with_sidecar = stages.run_stages(cfg, model, params, stages.Val(data.val_tokens, data.lut), mesh, log=quiet)
+    with_lut = stages.run_stages(cfg, model, params, stages.Val(data.val_tokens, lut), mesh, log=quiet)
     for name in ("roundtrip", "sliding"):
         a, b = with_sidecar[name], with_lut[name]
         assert a.bytes == b.bytes == int(target_bytes(lut, data.val_tokens[:-1], data.val_tokens[1:]).sum())

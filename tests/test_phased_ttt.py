@@ -65,8 +65,9 @@ def setup(fineweb_tokens):
 def _run(setup, cfg=None, tokens=None, enforce=True, documents=None):
     c, model, params, val, lut, mesh = setup
     params = jax.device_put(params, mesh_lib.replicated(mesh))
-    return stages.run_stages(cfg or c, model, params, val if tokens is None else tokens, lut, mesh,
-                             log=lambda m: None, record_nll=True, enforce=enforce, documents=documents)["ttt"]
+    inspection = harness.Inspection(record_nll=True, enforce=enforce, documents=documents)
+    return stages.run_stages(cfg or c, model, params, stages.Val(val if tokens is None else tokens, lut), mesh,
+                             log=lambda m: None, inspection=inspection)["ttt"]
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,7 @@ def setup(fx, fineweb_tokens):
 
 def _run(setup, cfg):
     model, params, val, lut, mesh, _ = setup
-    return stages.run_stages(cfg, model, params, val, lut, mesh, log=lambda m: None)
+    return stages.run_stages(cfg, model, params, stages.Val(val, lut), mesh, log=lambda m: None)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ def _sliding(tiny_lm, stride: int, rule: str = "merged", record_nll: bool = Fals
     predict = harness.jit_predict(harness.make_predict(model), mesh)
     ev = harness.FixedModel(predict, jax.device_put(params, mesh_lib.replicated(mesh)))
     return harness.run(ev, val, units, [np.arange(len(units))], lut, mesh, 16, Ledger("sliding", T),
-                       record_nll=record_nll)
+                       harness.Inspection(record_nll=record_nll))
 
 
 def test_reference_geometry_matches_spec_6_2():

@@ -10,7 +10,7 @@ import pytest
 
 from golf_jax.core import mesh as mesh_lib
 from golf_jax.config import eval_config
-from golf_jax.eval import stages
+from golf_jax.eval import harness, stages
 from golf_jax.eval.ledger import Ledger, _expand
 from golf_jax.eval.slot.stage import _logit_objective
 from golf_jax.core.rundir import RunDir
@@ -33,7 +33,8 @@ def _run(tiny_lm, cfg, val=None, run=None):
     _, model, params, val0, lut = tiny_lm
     mesh = mesh_lib.make_mesh()
     return stages.run_stages(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)),
-                             val0 if val is None else val, lut, mesh, run=run, log=lambda m: None, record_nll=True)
+                             stages.Val(val0 if val is None else val, lut), mesh, run=run, log=lambda m: None,
+                             inspection=harness.Inspection(record_nll=True))
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,8 @@ def _cfg(tiny_lm, **ttt):
 def _run(tiny_lm, cfg, run=None):
     _, model, params, val, lut = tiny_lm
     mesh = mesh_lib.make_mesh()
-    return stages.run_stages(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)), val, lut, mesh,
-                             run=run, log=lambda m: None, record_nll=True)
+    return stages.run_stages(cfg, model, jax.device_put(params, mesh_lib.replicated(mesh)), stages.Val(val, lut),
+                             mesh, run=run, log=lambda m: None, inspection=harness.Inspection(record_nll=True))
 
 
 @pytest.fixture(scope="module")

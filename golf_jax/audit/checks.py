@@ -317,7 +317,7 @@ def answer_independence(proc, tokens: np.ndarray, positions: list[int], samples:
         for stage, r in ref.items():
             if i - 1 not in (r.probes or {}):
                 per.append({"stage": stage, "position": i, "unscored": True})
-        ref_logp = {s: r.probes[i - 1][0].astype(np.float64) for s, r in ref.items() if i - 1 in (r.probes or {})}
+        ref_logp = {s: r.probes[i - 1].logp.astype(np.float64) for s, r in ref.items() if i - 1 in (r.probes or {})}
         ratios: dict[str, list] = {s: [] for s in ref_logp}
         seen = np.bincount(tokens[max(0, i - seq_len) : i], minlength=vocab)[:vocab].astype(np.float64)
         hist = seen / seen.sum()  # the recent history: the ids a cache keyed on the answer fires on
@@ -330,7 +330,7 @@ def answer_independence(proc, tokens: np.ndarray, positions: list[int], samples:
             for stage, r in proc(stream, probe_targets=[i - 1]).items():
                 if stage not in ref_logp:
                     continue
-                logp = r.probes[i - 1][0].astype(np.float64) if i - 1 in (r.probes or {}) else np.full(vocab, np.nan)
+                logp = r.probes[i - 1].logp.astype(np.float64) if i - 1 in (r.probes or {}) else np.full(vocab, np.nan)
                 d = float(np.nanmax(np.abs(logp - ref_logp[stage]))) if not np.isnan(logp).all() else np.inf
                 q = (hist[v] + 1.0 / vocab + model[v]) / 3  # the mixture the ids were drawn from
                 ratios[stage].append(np.exp(-r.nll[i - 1]) / q if np.isfinite(r.nll[i - 1]) else np.inf)

@@ -26,7 +26,7 @@ from golf_jax.data import source
 from golf_jax.data.prepare import encode_documents, iter_documents
 from golf_jax.data.tokenizer import build_byte_luts, load_tokenizer
 from golf_jax.eval.ttt import prequant as prequant_ttt
-from golf_jax.eval import stages
+from golf_jax.eval import harness, stages
 from golf_jax.eval.compiled import settings_key
 from golf_jax.core.paths import shared_data_dir
 from golf_jax.quant import export
@@ -215,15 +215,14 @@ class Procedure:
     def __call__(self, tokens: np.ndarray, probe_targets=None) -> dict:
         self.runs += 1
         cfg, L = self.cfg, stages.eval_seq_len(self.cfg)
-        params, prior_reads, prior_notes = self.params, [], []
+        params, val = self.params, stages.Val(tokens, self.lut)
         pq = cfg.eval.prequant_ttt
         if pq.mode != "off":
             params, _ = prequant_ttt.run(self.model, params, tokens, L, pq, self.mesh, log=_quiet)
-            prior_reads = [(0, len(tokens) - 1)]
-            prior_notes = [f"eval.prequant_ttt.mode={pq.mode}: the weights were trained on all of val before scoring"]
-        return stages.run_stages(cfg, self.model, params, tokens, self.lut, self.mesh, log=_quiet,
-                                 prior_reads=prior_reads, prior_notes=prior_notes, record_nll=True, enforce=False,
-                                 probe_targets=probe_targets, custom=self._custom(), documents=self.documents)
+            val = prequant_ttt.read_before_scoring(val, pq.mode)
+        inspection = harness.Inspection(record_nll=True, probe_targets=probe_targets, enforce=False,
+                                        custom=self._custom(), documents=self.documents)
+        return stages.run_stages(cfg, self.model, params, val, self.mesh, log=_quiet, inspection=inspection)
 
     def _custom(self):
         if self.custom is None or not self.told:

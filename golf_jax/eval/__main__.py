@@ -78,7 +78,8 @@ def evaluate(cfg, artifact: str) -> dict:
         pipeline.record_data(cfg, data, run)
         run.log(f"artifact: {artifact}; data: {data.data_dir}; {checked}")
         model, params = loaded
-        results = eval_stages.run_stages(cfg, model, params, data.val_tokens, data.lut, mesh, run=run, log=run.log)
+        results = eval_stages.run_stages(cfg, model, params, eval_stages.Val(data.val_tokens, data.lut), mesh, run=run,
+                                         log=run.log)
         out.update(pipeline.evaluation_summary(cfg, results, time.perf_counter() - t0))
         for name, r in results.items():
             if run.is_writer:  # one process prints (multi-host)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Iterable, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -120,6 +120,42 @@ class Reveal:
         return [self._val[x : y + 1].copy() for x, y in zip(a.tolist(), b.tolist())]
 
 
+class Inspection(NamedTuple):
+    """What the audit (golf_jax/audit) asks of a run beyond its scores: built once by the audit
+    and handed to run_stages, which passes it on; production runs with the defaults (None).
+
+    `record_nll` keeps every target's NLL, `probe_targets` the full log-distribution at those
+    targets, `enforce=False` lets every evaluator read ahead so that the ledger, not an
+    exception, shows it; `custom` (a factory of stages.EvalContext) replaces the config's
+    stages, and `documents` declares phased TTT's document starts (default: the BOS positions).
+    """
+
+    record_nll: bool = False
+    probe_targets: object = None
+    enforce: bool = True
+    custom: object = None
+    documents: object = None
+
+
+class Probe(NamedTuple):
+    """The full log-distribution at a probed target, and the NLL the harness recorded there."""
+
+    logp: np.ndarray  # float32 [V]
+    nll: float
+
+
+class _Batch(NamedTuple):
+    """A scored batch waiting for its sums to reach the host (read in _drain)."""
+
+    nll_sum: object  # device [rows] NLL sums
+    base_sum: object  # device [rows] NLL sums without the fit, or None
+    units: int  # the leading rows that are real
+    tokens: int
+    bytes: int
+    recorded: tuple | None  # (nll_BxS, target, mask) with Inspection.record_nll
+    block: int
+
+
 @dataclass
 class HarnessResult:
     acc: BpbAccumulator
@@ -128,7 +164,7 @@ class HarnessResult:
     base_acc: BpbAccumulator | None = None  # the same windows scored with predict's "base_logits", if any
     unit_nll: np.ndarray | None = None  # [units, 2] float64 NLL sums (with, without) when base logits exist
     max_abs_logsumexp: float | None = None  # worst |log Σ p| of an evaluator's own "logp" (None: logits)
-    probes: dict | None = None  # {target: (logp float32 [V], recorded NLL)} at the asked targets
+    probes: dict | None = None  # {target: Probe} at the asked targets
     blocks: np.ndarray | None = None  # [blocks, 3] float64 per block: NLL sum (nats), tokens, bytes
 
 
@@ -206,16 +242,16 @@ def _score_fns(mesh: Mesh):
 
 
 def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iterable[np.ndarray], lut: ByteLUT,
-        mesh: Mesh, rows: int, ledger: Ledger, record_nll: bool = False, enforce: bool = True,
-        probe_targets=None, whole_blocks: bool = False) -> HarnessResult:
+        mesh: Mesh, rows: int, ledger: Ledger, inspection: Inspection = Inspection(),
+        whole_blocks: bool = False) -> HarnessResult:
     """Score `units` block by block (each block an index array into units, in order).
 
     Within a block, units are batched `rows` at a time (`whole_blocks`: the block is one
     batch, of at least `rows` rows: a fit shared by a batch of windows); after the whole
-    block is scored the evaluator is given a Reveal of it and may update. `enforce=False` (the audit)
-    lets every evaluator read ahead, so that the ledger, not an exception, shows it;
-    `probe_targets` keeps the full log-distribution at those targets.
+    block is scored the evaluator is given a Reveal of it and may update. `inspection`: the
+    audit's record_nll, probe_targets and enforce (Inspection).
     """
+    record_nll, enforce, probe_targets = inspection.record_nll, inspection.enforce, inspection.probe_targets
     blocks = list(blocks)
     score_jit, score_logp_jit = cached(None, ("score", mesh), lambda: _score_fns(mesh))
     probes = None if probe_targets is None else {}
@@ -257,8 +293,8 @@ def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iter
                 credited = target_bytes(lut, arrays["prev"], arrays["y"], target_index=arrays["target"])
                 nbytes = int(np.sum(np.where(arrays["mask"], credited, 0), dtype=np.int64))
                 base_sum = None if base is None else score_jit(base, put["y"], put["mask"])[1]
-                pending.append((nll_sum, base_sum, len(sub), int(arrays["mask"].sum()), nbytes,
-                                (nll_BxS, arrays["target"], arrays["mask"]) if record_nll else None, b))
+                pending.append(_Batch(nll_sum, base_sum, len(sub), int(arrays["mask"].sum()), nbytes,
+                                      (nll_BxS, arrays["target"], arrays["mask"]) if record_nll else None, b))
                 ledger.score(unit_ranges(sub))
                 bar.update(len(sub))
                 if len(pending) > 64:  # these batches finished long ago: no stall
@@ -287,7 +323,7 @@ def _collect_probes(probes: dict, probe_set: np.ndarray, arrays: dict, dist, nll
     logp = np.asarray(jax.device_get(_probe_logp(dist, rows, cols, is_logits)))
     nll = np.asarray(jax.device_get(nll_BxS), np.float64)[rows, cols]
     for k, (r, c) in enumerate(zip(rows, cols)):
-        probes[int(arrays["target"][r, c])] = (logp[k], float(nll[k]))
+        probes[int(arrays["target"][r, c])] = Probe(logp[k], float(nll[k]))
 
 
 def _fit_inputs(evaluator, obj: Objective, val_tokens: np.ndarray, units: Units, ledger: Ledger, mesh: Mesh,
@@ -324,15 +360,15 @@ def _fit_inputs(evaluator, obj: Objective, val_tokens: np.ndarray, units: Units,
 def _drain(pending: list, acc: BpbAccumulator, nll_all, base_acc: BpbAccumulator, unit_rows: list,
            per_block: np.ndarray) -> None:
     """Read finished batches' sums (device → host) into the float64 accumulators."""
-    sums = jax.device_get([(p[0], p[1]) for p in pending])
-    for (_, _, n, tokens, nbytes, rec, b), (rows, base_rows) in zip(pending, sums):
+    sums = jax.device_get([(p.nll_sum, p.base_sum) for p in pending])
+    for p, (rows, base_rows) in zip(pending, sums):
         rows = np.asarray(rows, np.float64)
-        acc.add(float(np.sum(rows)), tokens, nbytes)
-        per_block[b] += np.sum(rows), tokens, nbytes
+        acc.add(float(np.sum(rows)), p.tokens, p.bytes)
+        per_block[p.block] += np.sum(rows), p.tokens, p.bytes
         if base_rows is not None:
             base_rows = np.asarray(base_rows, np.float64)
-            base_acc.add(float(np.sum(base_rows)), tokens, nbytes)
-            unit_rows.append(np.stack([rows[:n], base_rows[:n]], axis=1))
-        if rec is not None:
-            nll_BxS, target, mask = rec
+            base_acc.add(float(np.sum(base_rows)), p.tokens, p.bytes)
+            unit_rows.append(np.stack([rows[: p.units], base_rows[: p.units]], axis=1))
+        if p.recorded is not None:
+            nll_BxS, target, mask = p.recorded
             nll_all[target[mask]] = np.asarray(jax.device_get(nll_BxS), np.float64)[mask]

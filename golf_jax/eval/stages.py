@@ -23,8 +23,10 @@ by block as its optional `schedule(units)` says (default: one block).
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -146,37 +148,51 @@ class StageResult:
                 "ledger_problems": self.problems, "notes": self.ledger.notes, **self.extra}
 
 
-def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, log=print,
-               prior_reads=(), prior_notes=(), record_nll: bool = False, plain_eval=None, enforce: bool = True,
-               probe_targets=None, custom=None, documents=None) -> dict[str, StageResult]:
-    """Run cfg.eval's stages in order on `params`; returns {stage: StageResult}.
+class Val(NamedTuple):
+    """The val stream that the stages score, and what the run already did with it.
 
-    `run` (a golf_jax.core.rundir.RunDir) receives the ledgers; `plain_eval` is an already
-    compiled plain.make_evaluator over the same val stream (the train loop's). For the
-    audit (golf_jax/audit): `record_nll` keeps every target's NLL, `probe_targets` the
-    full distribution at those targets, `enforce=False` lets evaluators read ahead
-    (the ledger shows it), `custom` (a factory of EvalContext) replaces the stages, and
-    `documents` declares phased TTT's document starts (default: the BOS positions).
+    `prior_reads`/`prior_notes`: targets the weights were trained on before the stages ran
+    (pre-quant TTT, golf_jax/eval/ttt/prequant.py), which every stage's ledger flags;
+    `plain_eval`: plain.make_evaluator over these tokens, already compiled (the train loop's),
+    which roundtrip then reuses.
+    """
+
+    tokens: np.ndarray  # [T+1]
+    lut: object  # ByteLUT: the bytes each target credits
+    prior_reads: tuple = ()
+    prior_notes: tuple = ()
+    plain_eval: object = None
+
+
+def run_stages(cfg, model, params, val: Val, mesh, run=None, log=print,
+               inspection: harness.Inspection | None = None) -> dict[str, StageResult]:
+    """Run cfg.eval's stages in order on `params` over `val`; returns {stage: StageResult}.
+
+    `run` (a golf_jax.core.rundir.RunDir) receives the ledgers. `inspection` is the audit's
+    (golf_jax/audit; harness.Inspection): per-target NLL, probed distributions, read-ahead
+    allowed, a user's evaluator in place of the stages, declared documents; None in production.
     """
     check_config(cfg)
     e, L = cfg.eval, eval_seq_len(cfg)
+    val_tokens, lut, plain_eval = val.tokens, val.lut, val.plain_eval
+    inspection = inspection or harness.Inspection()
     T = len(val_tokens) - 1
     results: dict[str, StageResult] = {}
-    prior_reads, prior_notes = list(prior_reads), list(prior_notes)
+    prior_reads, prior_notes = list(val.prior_reads), list(val.prior_notes)
     predict = harness.model_predict(model, mesh)  # one compile for sliding and TTT (and later passes)
     rows = harness.batch_rows(e.sliding.batch_windows, mesh)
-    per_target = record_nll or probe_targets is not None
+    per_target = inspection.record_nll or inspection.probe_targets is not None
     wrap = lambda evaluator: evaluator  # noqa: E731
     if e.profile and run is not None:  # eval.profile: trace a stage's batches (golf_jax/eval/profile.py)
         from golf_jax.eval import profile
 
         wrap = profile.Tracer(e.profile, run.path).wrap
 
-    def score(evaluator, units, blocks, ledger, whole_blocks=False):
-        return harness.run(wrap(evaluator), val_tokens, units, blocks, lut, mesh, rows, ledger, record_nll, enforce,
-                           probe_targets, whole_blocks)
+    def score(evaluator, units, blocks, ledger, whole_blocks=False, rows=rows):
+        return harness.run(wrap(evaluator), val_tokens, units, blocks, lut, mesh, rows, ledger, inspection,
+                           whole_blocks)
 
-    names = ["custom"] if custom is not None else stage_list(e)
+    names = ["custom"] if inspection.custom is not None else stage_list(e)
     for name in names:
         ledger = Ledger(name, T, prior_reads=list(prior_reads), notes=list(prior_notes))
         ledger.compliant = not prior_reads
@@ -186,7 +202,7 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
         if name == "custom":
             docs = int(np.sum(val_tokens[:-1] == BOS_ID))  # BOS-delimited documents
             ctx = EvalContext(cfg, model, params, mesh, L, int(e.sliding.stride), T, predict, docs)
-            evaluator = custom(ctx)
+            evaluator = inspection.custom(ctx)
             name = ledger.stage = str(getattr(evaluator, "name", "custom"))
             units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
             schedule = getattr(evaluator, "schedule", None)
@@ -219,8 +235,8 @@ def run_stages(cfg, model, params, val_tokens: np.ndarray, lut, mesh, run=None, 
         elif e.ttt.mode == "phased":
             from golf_jax.eval.phased import ttt as phased_ttt
 
-            res, extra = phased_ttt.evaluate(cfg, model, params, val_tokens, lut, mesh, ledger, L, record_nll,
-                                             enforce, probe_targets, documents, wrap)
+            res, extra = phased_ttt.evaluate(cfg, model, params, val_tokens, mesh, L, functools.partial(
+                score, ledger=ledger), inspection.documents)
             acc, nll = res.acc, res.nll
         else:
             units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)

@@ -227,13 +227,13 @@ class PhasedTTT:
                                "documents": int(len(phase.docs)), "tokens": int(len(tokens)), "steps": steps})
 
 
-def evaluate(cfg, model, params, val_tokens: np.ndarray, lut, mesh, ledger, seq_len: int, record_nll: bool = False,
-             enforce: bool = True, probe_targets=None, documents=None, wrap=lambda evaluator: evaluator):
+def evaluate(cfg, model, params, val_tokens: np.ndarray, mesh, seq_len: int, score, documents=None):
     """Run the phased stage through the harness: (HarnessResult, summary dict).
 
-    `documents`: declared document starts (the audit keeps its slice's for every rerun);
-    default: the BOS positions of `val_tokens`. `wrap`: what the harness gets in place of the
-    evaluator (eval.profile's tracing, golf_jax/eval/profile.py).
+    `score(evaluator, units, blocks, rows=...) -> HarnessResult`: the harness as the stages
+    run it (golf_jax/eval/stages.py: the stream, the stage's ledger, the audit's inspection,
+    eval.profile's tracing). `documents`: declared document starts (the audit keeps its
+    slice's for every rerun); default: the BOS positions of `val_tokens`.
     """
     p = cfg.eval.phased
     docs = (phased_plan.find_documents(val_tokens) if documents is None
@@ -242,8 +242,7 @@ def evaluate(cfg, model, params, val_tokens: np.ndarray, lut, mesh, ledger, seq_
     plan = phased_plan.build(docs, rows, int(p.batch_docs), int(p.chunk_size), seq_len, int(p.prefix_docs),
                              int(p.num_phases))
     evaluator = PhasedTTT(model, params, mesh, p, plan, seq_len)
-    res = harness.run(wrap(evaluator), val_tokens, plan.units, plan.blocks, lut, mesh, rows, ledger, record_nll,
-                      enforce, probe_targets)
+    res = score(evaluator, plan.units, plan.blocks, rows=rows)
     extra = {"mode": "phased", "documents": len(docs), "rounds": len(plan.rounds), "blocks": len(plan.blocks),
              "rows": rows, "lora_steps": evaluator.lora_steps, "global_steps": evaluator.global_steps,
              "phases": evaluator.phase_log,

@@ -69,6 +69,13 @@ def run(model, params, val_tokens: np.ndarray, seq_len: int, p, mesh: Mesh, log=
                     "trainable": n_train, "frozen": n_frozen}
 
 
+def read_before_scoring(val, mode: str):
+    """`val` (golf_jax.eval.stages.Val) after pre-quant TTT: every target was read before the
+    stages score it, which each of their ledgers flags."""
+    return val._replace(prior_reads=[(0, len(val.tokens) - 1)],
+                        prior_notes=[f"eval.prequant_ttt.mode={mode}: the weights were trained on all of val before scoring"])
+
+
 def rank_ranges(total: int, world: int) -> list[tuple[int, int]]:
     """Device r's contiguous share [⌊total·r/W⌋, ⌊total·(r+1)/W⌋) (the reference's split)."""
     return [(total * r // world, total * (r + 1) // world) for r in range(world)]
