@@ -20,7 +20,7 @@ def _sliding(tiny_lm, stride: int, rule: str = "merged", record_nll: bool = Fals
     units = windows.sliding_units(T, L, stride, rule)
     predict = harness.jit_predict(harness.make_predict(model), mesh)
     ev = harness.FixedModel(predict, jax.device_put(params, mesh_lib.replicated(mesh)))
-    return harness.run(ev, val, units, [np.arange(len(units))], lut, mesh, 16, Ledger("sliding", T),
+    return harness.run(ev, val, lut, harness.Schedule(units, [np.arange(len(units))], 16), mesh, Ledger("sliding", T),
                        harness.Inspection(record_nll=record_nll))
 
 

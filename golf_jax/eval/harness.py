@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -137,6 +137,17 @@ class Inspection(NamedTuple):
     documents: object = None
 
 
+class Schedule(NamedTuple):
+    """What a stage scores and in which order: `units` (windows) in `blocks` (index arrays into
+    units; the evaluator may update after each), batched `rows` at a time (`whole_blocks`: a
+    block is one batch of at least `rows` rows, for a fit shared by a batch of windows)."""
+
+    units: Units
+    blocks: list
+    rows: int
+    whole_blocks: bool = False
+
+
 class Probe(NamedTuple):
     """The full log-distribution at a probed target, and the NLL the harness recorded there."""
 
@@ -241,18 +252,15 @@ def _score_fns(mesh: Mesh):
             jax.jit(_score_logp, in_shardings=(dat,) * 3, out_shardings=(dat, dat, dat)))
 
 
-def run(evaluator: Evaluator, val_tokens: np.ndarray, units: Units, blocks: Iterable[np.ndarray], lut: ByteLUT,
-        mesh: Mesh, rows: int, ledger: Ledger, inspection: Inspection = Inspection(),
-        whole_blocks: bool = False) -> HarnessResult:
-    """Score `units` block by block (each block an index array into units, in order).
-
-    Within a block, units are batched `rows` at a time (`whole_blocks`: the block is one
-    batch, of at least `rows` rows: a fit shared by a batch of windows); after the whole
-    block is scored the evaluator is given a Reveal of it and may update. `inspection`: the
-    audit's record_nll, probe_targets and enforce (Inspection).
+def run(evaluator: Evaluator, val_tokens: np.ndarray, lut: ByteLUT, schedule: Schedule, mesh: Mesh, ledger: Ledger,
+        inspection: Inspection = Inspection()) -> HarnessResult:
+    """Score the schedule's units block by block, in order; after a whole block is scored the
+    evaluator is given a Reveal of it and may update. `inspection`: the audit's record_nll,
+    probe_targets and enforce (Inspection).
     """
     record_nll, enforce, probe_targets = inspection.record_nll, inspection.enforce, inspection.probe_targets
-    blocks = list(blocks)
+    units, rows, whole_blocks = schedule.units, schedule.rows, schedule.whole_blocks
+    blocks = list(schedule.blocks)
     score_jit, score_logp_jit = cached(None, ("score", mesh), lambda: _score_fns(mesh))
     probes = None if probe_targets is None else {}
     probe_set = np.asarray(sorted(probe_targets or ()), np.int64)

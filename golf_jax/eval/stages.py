@@ -189,8 +189,8 @@ def run_stages(cfg, model, params, val: Val, mesh, run=None, log=print,
         wrap = profile.Tracer(e.profile, run.path).wrap
 
     def score(evaluator, units, blocks, ledger, whole_blocks=False, rows=rows):
-        return harness.run(wrap(evaluator), val_tokens, units, blocks, lut, mesh, rows, ledger, inspection,
-                           whole_blocks)
+        return harness.run(wrap(evaluator), val_tokens, lut, harness.Schedule(units, blocks, rows, whole_blocks), mesh,
+                           ledger, inspection)
 
     names = ["custom"] if inspection.custom is not None else stage_list(e)
     for name in names:
