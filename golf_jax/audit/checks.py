@@ -141,7 +141,7 @@ def flip_plan(tokens: np.ndarray, ranks: dict, places: dict, geometry: dict, bos
     `geometry`: seq_len, stride, rows, chunk.
     """
     T = len(tokens) - 1
-    L, stride, rows, chunk = (int(geometry[k]) for k in ("seq_len", "stride", "rows", "chunk"))
+    seq_len, stride, rows, chunk = (int(geometry[k]) for k in ("seq_len", "stride", "rows", "chunk"))
     firsts, ends, reordered_rest, rest = [], [], [], []
     for stage, rank in ranks.items():
         blocks = np.unique(rank[rank >= 0])
@@ -161,17 +161,17 @@ def flip_plan(tokens: np.ndarray, ranks: dict, places: dict, geometry: dict, bos
         elif len(blocks) > 1:
             ends.append(Flip(T - stride // 2, None, "near the end of the stream"))
     docs = np.flatnonzero(tokens[1:-1] == bos) + 1
-    docs = docs[docs > L]
+    docs = docs[docs > seq_len]
     batch_span = rows * stride
-    strat = [chunk + chunk // 2 + 3, chunk + 1, L + batch_span // 2 + 5] + ([int(docs[0])] if docs.size else [])
-    strat += [chunk, L + batch_span + 1, L - stride + 3 * stride, T - stride // 2]
+    strat = [chunk + chunk // 2 + 3, chunk + 1, seq_len + batch_span // 2 + 5] + ([int(docs[0])] if docs.size else [])
+    strat += [chunk, seq_len + batch_span + 1, seq_len - stride + 3 * stride, T - stride // 2]
     plan = firsts + ends + reordered_rest + [Flip(t, None, "stratified") for t in strat] + rest
     out: list[Flip] = []
     for f in plan:
         if 1 <= f.cut < T and all((f.cut, f.order) != (g.cut, g.order) for g in out):
             out.append(f)
     while len(out) < count and len(out) < T - 1:
-        t = int(rng.integers(L // 2, T))
+        t = int(rng.integers(seq_len // 2, T))
         if all(t != g.cut for g in out):
             out.append(Flip(t, None, "random"))
     return out[:count]

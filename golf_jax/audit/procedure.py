@@ -70,20 +70,20 @@ def scaled_config(cfg, num_devices: int):
     a = cfg.audit
     c = cfg.copy_and_resolve_references()
     e = c.eval
-    L0, s0 = stages.eval_seq_len(cfg), int(e.sliding.stride)
-    L = int(a.seq_len or L0)
+    seq_len0, s0 = stages.eval_seq_len(cfg), int(e.sliding.stride)
+    seq_len = int(a.seq_len or seq_len0)
     stride = int(a.stride or s0)
-    e.seq_len, e.sliding.stride, e.sliding.batch_windows, e.max_tokens = L, stride, int(a.batch_windows), 0
+    e.seq_len, e.sliding.stride, e.sliding.batch_windows, e.max_tokens = seq_len, stride, int(a.batch_windows), 0
     if a.chunk_tokens:
         e.ttt.chunk_tokens = e.prequant_ttt.chunk_tokens = int(a.chunk_tokens)
     e.slot.focal = max(1, round(int(e.slot.focal) * stride / s0))
     p = e.phased  # phased TTT: small rounds, so that its global phases come between rounds of the slice
     p.batch_docs = min(int(p.batch_docs), int(a.phased_docs))
     p.prefix_docs = min(int(p.prefix_docs), int(p.num_phases) * int(p.batch_docs))
-    p.chunk_size = min(int(p.chunk_size), L)
+    p.chunk_size = min(int(p.chunk_size), seq_len)
     if a.chunk_tokens:
         p.global_chunk_tokens = int(a.chunk_tokens)
-    seqs = max(1, int(a.tokens) // L)
+    seqs = max(1, int(a.tokens) // seq_len)
     e.prequant_ttt.batch_seqs = min(int(e.prequant_ttt.batch_seqs), max(1, -(-seqs // num_devices)))
     stages.check_config(c)
     return c
@@ -214,11 +214,11 @@ class Procedure:
 
     def __call__(self, tokens: np.ndarray, probe_targets=None) -> dict:
         self.runs += 1
-        cfg, L = self.cfg, stages.eval_seq_len(self.cfg)
+        cfg, seq_len = self.cfg, stages.eval_seq_len(self.cfg)
         params, prior_reads, prior_notes = self.params, [], []
         pq = cfg.eval.prequant_ttt
         if pq.mode != "off":
-            params, _ = prequant_ttt.run(self.model, params, tokens, L, pq, self.mesh, log=_quiet)
+            params, _ = prequant_ttt.run(self.model, params, tokens, seq_len, pq, self.mesh, log=_quiet)
             prior_reads = [(0, len(tokens) - 1)]
             prior_notes = [f"eval.prequant_ttt.mode={pq.mode}: the weights were trained on all of val before scoring"]
         return stages.run_stages(cfg, self.model, params, tokens, self.lut, self.mesh, log=_quiet,

@@ -117,22 +117,22 @@ def bucket_width(n: int, seq_len: int) -> int:
 def gather_batch(val_tokens: np.ndarray, units: Units, rows: int) -> dict:
     """Arrays of one forward over `units`, padded to `rows` rows (padding is masked).
 
-    Inputs (what an evaluator may see): x_BxL (window tokens, zero past wlen) and
+    Inputs (what an evaluator may see): x_BxW (window tokens, zero past wlen) and
     pos_BxS (the positions to score). Targets (the harness's): y_BxS, prev_BxS (the token
     before each target, for the byte LUT), mask_BxS and target_BxS (global indices).
-    With per-unit `wlen`, L is bucket_width of the batch's longest window.
+    W (`width`) is the seq_len; with per-unit `wlen`, bucket_width of the batch's longest window.
     """
-    n, L, S = len(units), units.seq_len, units.stride
+    n, width, S = len(units), units.seq_len, units.stride
     if n > rows:
         raise ValueError(f"gather_batch: {n} units do not fit in {rows} rows")
     num_targets = units.num_targets
     if units.wlen is not None:
-        L = bucket_width(int(units.wlen.max(initial=1)), units.seq_len)
-    x = np.zeros((rows, L), np.int32)
+        width = bucket_width(int(units.wlen.max(initial=1)), units.seq_len)
+    x = np.zeros((rows, width), np.int32)
     pos = np.zeros((rows, S), np.int32)
     mask = np.zeros((rows, S), bool)
     target = np.zeros((rows, S), np.int64)
-    offs = np.arange(L)
+    offs = np.arange(width)
     idx = units.start[:, None] + offs[None, :]
     valid = idx < num_targets  # the window's inputs: val[ws : ws + wlen]
     if units.wlen is not None:

@@ -81,8 +81,8 @@ def _chol_inv_lower(M: np.ndarray, base: int = 64) -> np.ndarray:
     """
     n = M.shape[0]
     if n <= base:
-        L = np.linalg.cholesky(M)
-        return np.tril(np.linalg.solve(L, np.eye(n, dtype=M.dtype)))
+        chol = np.linalg.cholesky(M)
+        return np.tril(np.linalg.solve(chol, np.eye(n, dtype=M.dtype)))
     k = n // 2
     Ai = _chol_inv_lower(M[:k, :k], base)
     X = M[k:, :k] @ Ai.T

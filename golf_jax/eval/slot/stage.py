@@ -116,13 +116,13 @@ def objective(mode: str, units: Units, rows: int, focal: int) -> Objective:
 
     Padding rows (p0 = s = wlen = count = 0) get an empty mask in every mode.
     """
-    n, L, S = len(units), units.seq_len, units.stride
+    n, seq_len, S = len(units), units.seq_len, units.stride
     p0 = np.zeros(rows, np.int64)
     s_w = np.zeros(rows, np.int64)
     wlen = np.zeros(rows, np.int64)
     count = np.zeros(rows, np.int64)
     p0[:n], s_w[:n], count[:n] = units.pos, units.window_pos, units.count
-    wlen[:n] = np.minimum(units.start + L, units.num_targets) - units.start
+    wlen[:n] = np.minimum(units.start + seq_len, units.num_targets) - units.start
     first_unit = (p0 == s_w)[:, None]  # batch-shared objectives count a split window once
     if mode == "context":
         pos = p0[:, None] - focal + np.arange(focal)[None]
@@ -132,13 +132,13 @@ def objective(mode: str, units: Units, rows: int, focal: int) -> Objective:
         pos = p0[:, None] - w + np.arange(w)[None]
         mask = pos >= 0
     elif mode == "pr1318":  # a partial window's zero padding counts, as in the reference (its targets are 0)
-        pos = np.broadcast_to(L - focal + np.arange(focal - 1)[None], (rows, focal - 1))
+        pos = np.broadcast_to(seq_len - focal + np.arange(focal - 1)[None], (rows, focal - 1))
         mask = np.broadcast_to((wlen[:, None] > 0) & first_unit, pos.shape)
     elif mode == "pr1350":
-        pos = np.broadcast_to(L - focal + np.arange(focal)[None], (rows, focal))
+        pos = np.broadcast_to(seq_len - focal + np.arange(focal)[None], (rows, focal))
         mask = (pos < s_w[:, None]) & first_unit
     elif mode == "pr1306":
-        pos = np.broadcast_to(np.arange(L)[None], (rows, L))
+        pos = np.broadcast_to(np.arange(seq_len)[None], (rows, seq_len))
         mask = (pos < s_w[:, None]) & first_unit
     elif mode == "pr675":
         pos = p0[:, None] + np.arange(S)[None]

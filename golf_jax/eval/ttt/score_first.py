@@ -97,13 +97,13 @@ class ScoreFirstTTT:
     def update(self, reveal: Reveal) -> None:
         if reveal.is_last:  # the is_last_chunk guard: an update after the final score is never used
             return
-        t, L, c = self._t, self._seq_len, reveal.block
+        t, seq_len, c = self._t, self._seq_len, reveal.block
         T = reveal.num_targets
         a, b = c * t.chunk_tokens, min((c + 1) * t.chunk_tokens, T)
-        x, y = adapt.sequences(reveal.read(a, b), L)
+        x, y = adapt.sequences(reveal.read(a, b), seq_len)
         if t.lookahead and x.shape[0] and b < T:
             # The leak: the span ends one token late, so the last sequence is shifted by one.
-            extra = reveal.read(b - L + 1, b + 1)
+            extra = reveal.read(b - seq_len + 1, b + 1)
             x[-1], y[-1] = extra[:-1], extra[1:]
         if x.shape[0] == 0:
             return
