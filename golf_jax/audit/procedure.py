@@ -31,8 +31,9 @@ from golf_jax.eval.compiled import settings_key
 from golf_jax.core.paths import shared_data_dir
 from golf_jax.quant import export
 
+# audit.source: "auto" is the val shards if data.source=dir, else ../shared/data FineWeb-200, else the config's val
 SOURCES = ("auto", "val", "fineweb")
-WEIGHTS = ("random", "artifact")
+WEIGHTS = ("random", "artifact")  # random: a small random model; artifact: the artifact's (or the run's)
 FINEWEB = "text/fineweb_val_200.jsonl"
 TOKENIZERS = {1024: "tokenizers/fineweb_1024_bpe.model", 8192: "tokenizers/fineweb_8192_bpe.model"}
 # The official validation set (variants §5.2 C5): 50,000 documents; targets per tokenizer.

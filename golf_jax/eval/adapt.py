@@ -23,6 +23,8 @@ from golf_jax.eval.compiled import cached
 from golf_jax.model import layers
 from golf_jax.optim import step as optim_step
 
+# freeze_scope / depth_scope: "blocks" acts on whole blocks (the intent); "scalars" reaches only their
+# scalars, as in the banked reference (docs/reference-notes.md#ttt-freeze-scope)
 SCOPES = ("blocks", "scalars")
 _BLOCK = re.compile(r"blocks_(\d+)$")
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# eval.sliding.window_rule: "merged" scores each target once; "reference" is PR #1318's re-scored
+# tail (docs/reference-notes.md#sliding-window-eval)
 WINDOW_RULES = ("merged", "reference")
 
 

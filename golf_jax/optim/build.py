@@ -19,7 +19,7 @@ import optax
 from golf_jax.optim.muon import NS_COEFFS, scale_by_muon
 
 LABELS = ("muon", "embed", "scalar", "head", "frozen")
-MUON_VARIANTS = ("muon", "muoneq_r")
+MUON_VARIANTS = ("muon", "muoneq_r")  # muoneq_r: rows L2-normalised before Newton–Schulz (SP8192 stack)
 DTYPES = ("bfloat16", "float32")  # Muon's Newton-Schulz and momentum buffer
 
 

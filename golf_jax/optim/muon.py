@@ -32,6 +32,8 @@ POLAR_EXPRESS_COEFFS: tuple[tuple[float, float, float], ...] = (
     (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 )
+# opt.muon_ns_coeffs: "standard" (3.4445, −4.775, 2.0315) every iteration, or "polar_express"'s
+# per-iteration coefficients (#1787; docs/reference-notes.md#polar-express)
 NS_COEFFS = {"standard": NS5_COEFFS, "polar_express": POLAR_EXPRESS_COEFFS}
 
 

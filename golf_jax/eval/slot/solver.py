@@ -31,6 +31,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+# eval.slot.solver: torch_exact (torch.optim.LBFGS step by step), jaxopt's or optax's L-BFGS
 SOLVERS = ("torch_exact", "jaxopt", "optax")
 
 

@@ -53,7 +53,18 @@ from golf_jax.eval.slot.solver import SOLVERS, LbfgsSettings, SolveInfo, minimiz
 from golf_jax.eval.windows import Units
 from golf_jax.model import layers
 
-MODES = ("context", "score_first", "pr1318", "pr1350", "pr675", "pr1306")
+# eval.slot.mode -> what it fits, one line each (the error for a bad mode lists them; docs/reference-notes.md#modes).
+MODES = {
+    "context": "legal: one δ per scoring unit, fitted on its already-scored context [s-F, s)",
+    "score_first": "legal: δ carried window to window, refitted on the targets the previous window just scored "
+                   "(#1735's disabled sequential SLOT)",
+    "pr1318": "PR #1318's SLOT: one δ per batch of 32 windows, fitted on [L-F, L-1), its own scored targets "
+              "(non-compliant)",
+    "pr1350": "PR #1350's causal L-BFGS SLOT: one δ per batch on [L-F, s), the previous window's scored targets "
+              "(non-compliant)",
+    "pr675": "PR #675's SLOT: per window a hidden δ and a logit bias fitted on the targets it scores (non-compliant)",
+    "pr1306": "PR #1306's causal SLOT: one hidden δ per batch, AdamW steps on every window's context (non-compliant)",
+}
 COMPLIANT_MODES = ("context", "score_first")
 SHARED = ("pr1318", "pr1350", "pr1306")  # one δ per batch
 HIDDEN = ("pr675", "pr1306")  # δ lives in the final hidden space
@@ -70,8 +81,10 @@ WHY = {
 
 def check_config(s, seq_len: int, stride: int) -> None:
     """Every eval.slot key's range, before any compile."""
+    from golf_jax.config import described  # the schema: a submission does not pack it
+
     if s.mode not in MODES:
-        raise ValueError(f"eval.slot.mode={s.mode!r}: use one of {MODES}")
+        raise ValueError(f"eval.slot.mode={s.mode!r}: use one of {described(MODES)}")
     if s.solver not in SOLVERS:
         raise ValueError(f"eval.slot.solver={s.solver!r}: use one of {SOLVERS}")
     if s.max_iter < 1 or s.history < 1 or s.steps < 1 or s.max_eval < 0:
@@ -144,7 +157,7 @@ def objective(mode: str, units: Units, rows: int, focal: int) -> Objective:
         pos = p0[:, None] + np.arange(S)[None]
         mask = np.arange(S)[None] < count[:, None]
     else:
-        raise ValueError(f"eval.slot.mode={mode!r}: use one of {MODES}")
+        raise ValueError(f"eval.slot.mode={mode!r}: use one of {list(MODES)}")
     return Objective(np.where(mask, pos, 0).astype(np.int32), mask, shared=mode in SHARED, zero_pad=mode == "pr1318")
 
 

@@ -30,12 +30,20 @@ from golf_jax.eval.compiled import cached, settings_key
 from golf_jax.optim import step as optim_step
 from golf_jax.optim.build import build_adaptation_optimizer
 
-MODES = ("off", "flat", "discriminative", "parallel")
+# eval.prequant_ttt.mode -> what it runs (all but "off" train on val before scoring it: non-compliant).
+MODES = {
+    "off": "no pre-quant TTT (legal)",
+    "flat": "PR #1306 / #1350: AdamW on val, LR cosine per epoch toward lr_floor",
+    "discriminative": "PR #6: as flat, with block i's LR scaled by depth_lr_min + (1-depth_lr_min)·i/(L-1)",
+    "parallel": "PR #1735 / #1758: local AdamW per device on chunks r, r+W, ..., weights averaged every epoch",
+}
 
 
 def check_config(p) -> None:
+    from golf_jax.config import described  # the schema: a submission does not pack it
+
     if p.mode not in MODES:
-        raise ValueError(f"eval.prequant_ttt.mode={p.mode!r}: use one of {MODES}")
+        raise ValueError(f"eval.prequant_ttt.mode={p.mode!r}: use one of {described(MODES)}")
     if p.mode != "off" and (p.epochs < 1 or p.batch_seqs < 1 or p.lr < 0 or p.chunk_tokens < 1):
         raise ValueError("eval.prequant_ttt: epochs, batch_seqs and chunk_tokens must be >= 1 and lr >= 0")
     for key in ("freeze_scope", "depth_scope"):

@@ -32,15 +32,25 @@ from golf_jax.eval.compiled import settings_key
 from golf_jax.eval.harness import Reveal
 from golf_jax.optim.build import build_adaptation_optimizer
 
-MODES = ("score_first", "pr1318", "phased")  # phased: golf_jax/eval/phased/ttt.py (keys eval.phased.*)
+# eval.ttt.mode -> what it runs, one line each (the error for a bad mode lists them; docs/reference-notes.md#modes).
+MODES = {
+    "score_first": "score-first chunked TTT as the merged 1.0828 record: SGD momentum 0.9, lr 0.005, 3 epochs",
+    "pr1318": "PR #1318's TTT pass (AdamW lr 1e-3, 1 epoch, blocks 0-9 frozen), score-first; "
+              "eval.ttt.carry reproduces its second pass",
+    "phased": "PR #1855's phased score-first TTT: per-document LoRA and global SGD phases (keys eval.phased.*; "
+              "golf_jax/eval/phased/ttt.py)",
+}
+OPTIMIZERS = ("sgd", "adamw")  # eval.ttt.optimizer: sgd with eval.ttt.momentum, or adamw (beta1, beta2, eps)
 
 
 def check_config(t, seq_len: int, stride: int, used: bool = True) -> None:
     """Every key's range; the window geometry only when the ttt stage is listed (`used`)."""
+    from golf_jax.config import described  # the schema: a submission does not pack it
+
     if t.mode not in MODES:
-        raise ValueError(f"eval.ttt.mode={t.mode!r}: use one of {MODES}")
-    if t.optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"eval.ttt.optimizer={t.optimizer!r}: use 'sgd' or 'adamw'")
+        raise ValueError(f"eval.ttt.mode={t.mode!r}: use one of {described(MODES)}")
+    if t.optimizer not in OPTIMIZERS:
+        raise ValueError(f"eval.ttt.optimizer={t.optimizer!r}: use one of {', '.join(map(repr, OPTIMIZERS))}")
     if t.freeze_scope not in adapt.SCOPES:
         raise ValueError(f"eval.ttt.freeze_scope={t.freeze_scope!r}: use one of {adapt.SCOPES}")
     if not used:
