@@ -133,9 +133,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Flags that reproduce reference quirks (docs/differences.md); False = intended.
     c.compat = ml_collections.ConfigDict()
-    c.compat.mtp_untrained = False  # MTP heads in no optimizer (PR #1318, spec §8.1)
-    c.compat.qat_reference_scope = False  # QAT on bigram/VE proj + MTP heads, not blocks (§8.8)
-    c.compat.gptq_double_damp = False  # the reference damps H twice (~0.010025·mean diag, §5.4)
+    c.compat.mtp_untrained = False  # MTP heads in no optimizer (PR #1318, docs/reference-notes.md#mtp-untrained)
+    c.compat.qat_reference_scope = False  # QAT on bigram/VE proj + MTP heads, not blocks (docs/reference-notes.md#late-qat)
+    c.compat.gptq_double_damp = False  # the reference damps H twice (~0.010025·mean diag, docs/reference-notes.md#gptq)
     c.compat.loader_rank_seed = False  # shuffled loader: seed each rank's RNG with its rank, not the run seed (#1735)
     c.compat.loader_spans = 0  # sequential loader: spans per step (the reference's GPUs, 8) on any device count; 0 = one per device
 
@@ -174,7 +174,7 @@ def audit_config() -> ml_collections.ConfigDict:
     """The compliance audit (golf_jax/audit): which slice, what geometry, how many probes.
 
     It reruns the config's evaluation on a small slice of real validation text, scaled
-    down but structurally identical (variants-and-compliance §5.2): short windows, small
+    down but structurally identical (docs/reference-notes.md#checker): short windows, small
     chunks, ≥ 2 windows per batch, ≥ 2 devices. By default the model is a random one of
     the config's architecture at a small size: legality is a property of the procedure,
     and a small model keeps the audit's hundred-odd reruns to a few minutes on a CPU.

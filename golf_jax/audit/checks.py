@@ -1,4 +1,4 @@
-"""The black-box and ledger checks of the audit (variants-and-compliance §5.2).
+"""The black-box and ledger checks of the audit (docs/reference-notes.md#checker).
 
 Each check reruns (or reads) the procedure of golf_jax/audit/procedure.py and returns a
 `Check`: PASS / FAIL / SKIP, one line of evidence (the worst difference, where and on
@@ -95,7 +95,7 @@ def noise_floor(runs: list[dict]) -> tuple[Check, dict]:
 
 
 def stream_order(rank: np.ndarray, starts: np.ndarray, num_tokens: int) -> np.ndarray:
-    """Per token position, its place in the stream the rules are about (variants §5.2 C1).
+    """Per token position, its place in the stream the rules are about (docs/reference-notes.md#checker C1).
 
     Tokens in stream order, except that where documents are declared (`starts`) they come in
     the order the evaluator first scores them: the rule is "target t may depend on the
@@ -130,7 +130,7 @@ class Flip:
 
 def flip_plan(tokens: np.ndarray, ranks: dict, places: dict, geometry: dict, bos: int, count: int,
               rng: np.random.Generator) -> list[Flip]:
-    """Flip points, most telling first (§5.2 C1), so that every stage's blocks are reached:
+    """Flip points, most telling first (docs/reference-notes.md#checker C1), so that every stage's blocks are reached:
 
     inside the first-scored block of every stage that scores in blocks (whatever its place
     in the stream), near the end of each such stage's stream (every earlier block compared),

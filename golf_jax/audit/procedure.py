@@ -1,7 +1,7 @@
 """The audited procedure: a config's evaluation as a function of a token stream.
 
 The audit reruns the evaluation many times on a small slice of real validation text,
-scaled down but structurally identical (variants-and-compliance §5.2: short windows,
+scaled down but structurally identical (docs/reference-notes.md#checker: short windows,
 small TTT chunks, several windows per batch, several devices). `Procedure(tokens)`
 runs exactly what the config selects, pre-quant TTT on the slice included, and returns
 every stage's per-target NLL, ledger and (on request) full distributions.
@@ -36,7 +36,7 @@ SOURCES = ("auto", "val", "fineweb")
 WEIGHTS = ("random", "artifact")  # random: a small random model; artifact: the artifact's (or the run's)
 FINEWEB = "text/fineweb_val_200.jsonl"
 TOKENIZERS = {1024: "tokenizers/fineweb_1024_bpe.model", 8192: "tokenizers/fineweb_8192_bpe.model"}
-# The official validation set (variants §5.2 C5): 50,000 documents; targets per tokenizer.
+# The official validation set (docs/reference-notes.md#checker C5): 50,000 documents; targets per tokenizer.
 OFFICIAL_DOCUMENTS = 50_000
 OFFICIAL_TARGETS = {1024: 62_021_632, 8192: 40_540_160}
 
@@ -205,7 +205,7 @@ class Procedure:
     mesh: object
     custom: object = None  # a factory of stages.EvalContext (a user's evaluator) in place of eval.stages
     # Declared document starts (the slice's BOS positions) that every rerun keeps: phased TTT's
-    # order follows document lengths and is part of its protocol (variants §4.2), so a flip or
+    # order follows document lengths and is part of its protocol (docs/reference-notes.md#technique-matrix), so a flip or
     # counterfactual is judged under the order it declared, not a re-split of the changed stream.
     documents: np.ndarray | None = None
     # A user's evaluator is told these (EvalContext.num_targets, num_documents, seed), not the

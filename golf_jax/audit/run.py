@@ -76,7 +76,7 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
     norm_targets = np.sort(rng.choice(T, size=min(int(a.normalization_positions), T), replace=False))
     total = 2 + int(a.flips) + len(probes) * cf_vocab + len(vocab_probes) * (1 + int(a.vocab_samples))
     what = "its own evaluator" if custom is not None else f"stages {e.stages}"
-    log(f"audit: {cfg.name} ({what}) on {T:,} targets of {data.source}, {data.documents} documents; windows {L}, "
+    log(f"audit: {cfg.name} ({what}) on {T:,} targets of {data.source}, {data.documents} documents; windows {seq_len}, "
         f"stride {stride}, {rows} rows per batch, TTT chunks {e.ttt.chunk_tokens}; {mesh.devices.size} devices; "
         f"{'a random model' if random_model else 'the given weights'}; about {total:,} runs")
     cf_proc = proc

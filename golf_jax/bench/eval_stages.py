@@ -77,7 +77,7 @@ def build_eval(cfg, mesh) -> Bench:
                  "forward, logits at every position (bench/flops.py)",
                  flops_per_unit=flops.forward(cfg, params, seq_len, rows, rows * seq_len), tokens_per_unit=rows * seq_len,
                  targets_per_unit=rows * seq_len, compiled={"eval_step": compiled}, compile_s=compile_s,
-                 settings={"batch": f"{rows} x {L}"})
+                 settings={"batch": f"{rows} x {seq_len}"})
 
 
 def build_sliding(cfg, mesh) -> Bench:

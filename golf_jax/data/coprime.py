@@ -1,4 +1,4 @@
-"""Coprime-stride multi-shard training loader (variants-and-compliance §2.1).
+"""Coprime-stride multi-shard training loader (docs/reference-notes.md#coprime-loader).
 
 This is the loader of the merged record lineage (PR #726 / #1184): every step mixes
 windows from several shards, and each shard is walked with a random phase, start and

@@ -1,5 +1,5 @@
 """Shuffled-sequence training loader of the SP8192 record stack (PR #1735; spec
-variants-and-compliance §1.2, which describes that stack's training loader).
+docs/reference-notes.md#shuffled-loader, which describes that stack's training loader).
 
 The reference's `ShuffledSequenceLoader`: data rank r owns the sorted shards r, r+W, …
 and its own RNG. Each shard gets a random phase in [0, min(seq_len-1, n-seq_len-1)] and

@@ -4,7 +4,8 @@ Parameter paths come from the model's pytree: `blocks_i/...` are block i's leave
 kernels (ndim 2) are its matrices, the rest its scalars (resid_mix, attn_scale,
 mlp_scale, q_gain). The banked PyTorch references keep every matrix outside the
 blocks, so their "freeze blocks" and "per-block LR" reach only those scalars
-(variants-and-compliance §2.2, §2.3): scope "scalars" reproduces that, scope
+(docs/reference-notes.md#ttt-freeze-scope, docs/reference-notes.md#prequant-discriminative): scope "scalars"
+reproduces that, scope
 "blocks" does what was intended.
 """
 

@@ -3,11 +3,11 @@
 The train pipeline, `python -m golf_jax.eval` and the packed submission script's
 `eval` all call `run_stages`, so one config gives one procedure everywhere.
 
-* roundtrip: the plain non-overlapping eval (reference §6.1);
-* sliding: sliding windows, stride eval.sliding.stride (§6.2; merged rule by default);
-* ttt: score-first chunked TTT (§6.3, variants §4.3), or with eval.ttt.mode=phased
+* roundtrip: the plain non-overlapping eval (docs/reference-notes.md#plain-eval);
+* sliding: sliding windows, stride eval.sliding.stride (docs/reference-notes.md#sliding-window-eval; merged rule by default);
+* ttt: score-first chunked TTT (docs/reference-notes.md#ttt-pr1318, docs/reference-notes.md#ttt-score-first), or with eval.ttt.mode=phased
   #1855's phased TTT (per-document LoRA + global SGD phases; golf_jax/eval/phased/ttt.py);
-* slot: a δ per window fitted by L-BFGS and added to the logits (§6.4; golf_jax/eval/slot/stage.py).
+* slot: a δ per window fitted by L-BFGS and added to the logits (docs/reference-notes.md#slot-pr1318; golf_jax/eval/slot/stage.py).
 
 Each stage writes `ledger_<stage>.json` (golf_jax/eval/ledger.py) and reports its
 bpb, time and compliance; a stage scored through the harness also writes

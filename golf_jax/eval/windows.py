@@ -1,4 +1,4 @@
-"""Sliding-window geometry: which targets each window scores (reference §6.2, merged rule §4.3).
+"""Sliding-window geometry: which targets each window scores (docs/reference-notes.md#sliding-window-eval).
 
 Target j is val[j+1] predicted from val[:j+1]; a stream of N tokens has T = N-1
 targets. A window starting at ws reads inputs val[ws : ws+wlen] (wlen ≤ seq_len) and
@@ -101,7 +101,7 @@ def sliding_units(num_targets: int, seq_len: int, stride: int, rule: str = "merg
 
 
 def chunk_of(units: Units, chunk_tokens: int) -> np.ndarray:
-    """Chunk index of each unit: ⌊first target / chunk_tokens⌋, capped at the last chunk (§6.3)."""
+    """Chunk index of each unit: ⌊first target / chunk_tokens⌋, capped at the last chunk (docs/reference-notes.md#ttt-pr1318)."""
     return np.minimum(units.first_target // chunk_tokens, num_chunks(units.num_targets, chunk_tokens) - 1)
 
 

@@ -6,7 +6,7 @@ Names are the '/'-joined pytree paths. Matmul kernels are stored transposed to
 Formats (export.format):
 
 * "int8_zlib": the upstream baseline (int8 per-row for large tensors, zlib).
-* "gptq_int6": the record (spec 5.3). In order: non-matrices and tensors with
+* "gptq_int6": the record (docs/reference-notes.md#tensor-formats). In order: non-matrices and tensors with
   <= 65,536 elements -> fp16; every kernel labelled "muon" (the block matrices)
   -> int6 GPTQ with the Hessian from golf_jax.quant.hessian (W = kernel^T, [out, in]);
   every other large tensor (tok_emb, bigram/VE embed, an untied head) -> int8
@@ -173,7 +173,7 @@ def is_gate(name: str) -> bool:
     return name.rsplit("/", 1)[-1] == GATE_NAME
 
 
-NOT_EXPORTED_PREFIXES = ("mtp_heads_",)  # training-only heads (spec 5.1)
+NOT_EXPORTED_PREFIXES = ("mtp_heads_",)  # training-only heads (docs/reference-notes.md#tensor-formats)
 
 
 def flat_labels(labels) -> dict[str, str]:
@@ -182,7 +182,7 @@ def flat_labels(labels) -> dict[str, str]:
 
 
 def classify(name: str, arr: np.ndarray, label: str) -> str:
-    """'fp16' | 'int6' | 'embed' per spec 5.3 (small first, then Muon matrices)."""
+    """'fp16' | 'int6' | 'embed' per docs/reference-notes.md#tensor-formats (small first, then Muon matrices)."""
     if arr.ndim < 2 or arr.size <= PASSTHROUGH_MAX_NUMEL or not np.issubdtype(arr.dtype, np.floating):
         return "fp16"
     if label == "muon":

@@ -1,4 +1,5 @@
-"""GPTQ Hessians H = XᵀX of every layers.Linear input, collected on the devices (spec 5.2).
+"""GPTQ Hessians H = XᵀX of every layers.Linear input, collected on the devices
+(docs/reference-notes.md#hessian-calibration).
 
 Why interception: every matmul weight of our models is a `layers.Linear` (param
 "kernel"), so `nn.intercept_methods` sees each layer's input x inside one jitted

@@ -1,4 +1,4 @@
-"""Phased score-first TTT, eval.ttt.mode="phased" (variants-and-compliance §4.4; PR #1855).
+"""Phased score-first TTT, eval.ttt.mode="phased" (docs/reference-notes.md#phased-ttt; PR #1855).
 
 The 1.0611 record's evaluation: every document is scored alone, chunk by chunk, by the
 base weights plus a per-document LoRA (golf_jax/eval/phased/lora.py) that takes one AdamW step

@@ -1,5 +1,5 @@
-"""SLOT: a δ fitted per window at evaluation time and added to the logits (reference §6.4,
-variants-and-compliance §2.5, §2.7–§2.9).
+"""SLOT: a δ fitted per window at evaluation time and added to the logits
+(docs/reference-notes.md#slot-pr1318, #slot-pr1306, #slot-pr1350, #slot-score-first, #slot-pr675).
 
 One jitted function per batch of sliding windows: the model's forward runs once,
 hidden states are gathered at the objective and the scored positions only, and the
@@ -14,7 +14,7 @@ targets the δ is fitted on, s is the window's first scored position:
 * context (legal, the default): one δ ∈ ℝ^V per scoring unit, fitted on its context
   [max(0, s−F), s), i.e. targets already scored; warm start from the previous batch's
   last δ.
-* score_first (legal; #1735's disabled sequential shape, §2.8): δ carries from window
+* score_first (legal; #1735's disabled sequential shape, docs/reference-notes.md#slot-score-first): δ carries from window
   to window (a lax.scan over the batch, then into the next batch); each window first
   refits it on the targets the previous window just scored, [s − min(F, stride), s),
   then scores. (#1735 fits on the previous window's own logits; here the same targets

@@ -5,12 +5,12 @@ every val token before any of them is scored: condition 3 ("only train on tokens
 already evaluated") fails by design, and the run's score is labelled
 "non-compliant (reproduction)". Modes (eval.prequant_ttt.mode):
 
-* "flat" (#1306 / #1350, variants §2.2): AdamW, LR cosine per epoch toward lr_floor,
+* "flat" (#1306 / #1350, docs/reference-notes.md#prequant-flat): AdamW, LR cosine per epoch toward lr_floor,
   data-parallel over contiguous per-device sequence ranges, gradient mean, clip.
-* "discriminative" (#6, §2.3): as flat, with block i's LR scaled by
+* "discriminative" (#6, docs/reference-notes.md#prequant-discriminative): as flat, with block i's LR scaled by
   m + (1-m)·i/(L-1). depth_scope "scalars" is the reference (the scale reaches only the
   block scalars; the banked matrices train at the base LR), "blocks" the intended one.
-* "parallel" (#1735 / #1758, §2.4): local SGD. Device r trains its own replica with its
+* "parallel" (#1735 / #1758, docs/reference-notes.md#prequant-parallel): local SGD. Device r trains its own replica with its
   own AdamW state on chunks r, r+W, r+2W, … (one step per chunk); after every epoch
   the replicas' weights (not gradients, not moments) are averaged (shard_map + pmean).
 """

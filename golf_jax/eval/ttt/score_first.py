@@ -1,4 +1,4 @@
-"""Score-first chunked test-time training (variants-and-compliance §4.3; reference §6.3).
+"""Score-first chunked test-time training (docs/reference-notes.md#ttt-score-first; docs/reference-notes.md#ttt-pr1318).
 
 The val targets are cut into chunks of eval.ttt.chunk_tokens. Each chunk's sliding
 windows are scored through the harness first; then the chunk is revealed and the
