@@ -1,7 +1,7 @@
 """PR #1306 ("Causal SLOT + pre-quant TTT", 1.0846) and PR #1350 ("L-BFGS causal SLOT", 1.0046).
 
 Source: openai/parameter-golf PR #1306 head d43a0f36 and PR #1350 head 4ede046a
-(variants-and-compliance.md §1.1, §2.2, §2.5, §2.7). Relative to configs/record.py:
+(docs/reference-notes.md#prequant-flat, #slot-pr1306, #slot-pr1350). Relative to configs/record.py:
 
 * QK-gain init 1.5 (#1306) / 5.0 (#1350);
 * WARMDOWN_ITERS 3500 (#1306) / 4000 (#1350);
@@ -9,10 +9,11 @@ Source: openai/parameter-golf PR #1306 head d43a0f36 and PR #1350 head 4ede046a
 * no MTP heads (MTP_NUM_HEADS=0);
 * loader: the plain sequential TokenStream (the READMEs' "coprime loader" is not in the code);
 * GPTQ damp 0.01 (#1306) / 0.005 (#1350), Hessians from 256 training batches;
-* pre-quant AdamW TTT on val (NON-COMPLIANT, §2.2): 6 epochs, lr 5e-4 cosine per epoch
+* pre-quant AdamW TTT on val (NON-COMPLIANT, docs/reference-notes.md#prequant-flat): 6 epochs, lr 5e-4 cosine per epoch
   to 5e-5, freeze blocks 0–1 in the banked reference's sense (only their scalars);
 * eval: round trip, sliding s64 and the seed's SLOT over batches of 32 windows of the
-  legacy (reference) window rule (NON-COMPLIANT, §2.5, §2.7) — #1306: one hidden-space
+  legacy (reference) window rule (NON-COMPLIANT,
+  docs/reference-notes.md#slot-pr1306, #slot-pr1350) — #1306: one hidden-space
   δ per batch, 8 AdamW steps, lr 0.005, β (0.3, 0.9), on every window's context
   (eval.slot.mode=pr1306); #1350: one logit-space δ per batch by L-BFGS (25 iterations,
   history 20) on [1920, s), warm start, clamp ±5 (eval.slot.mode=pr1350). The legal

@@ -1,12 +1,12 @@
 """resouer PR #6 ("Discriminative TTT", 1.0807): the #1350 training stack plus a per-block-LR TTT.
 
-Source: variants-and-compliance.md §1.1, §2.3 (F6 = resouer/parameter-golf PR #6 head;
+Source: docs/reference-notes.md#prequant-discriminative (resouer/parameter-golf PR #6 head;
 not in the openai mirror). Relative to configs/record.py:
 
 * QK-gain init 5.0; WARMDOWN_ITERS 4000;
 * BigramHash 2048×128; no MTP heads;
 * loader: plain sequential; GPTQ damp 0.005;
-* pre-quant AdamW TTT on val (NON-COMPLIANT, §2.3): 10 epochs, freeze 0,
+* pre-quant AdamW TTT on val (NON-COMPLIANT, docs/reference-notes.md#prequant-discriminative): 10 epochs, freeze 0,
   lr_i = 5e-4·(0.3 + 0.7·i/10) for block i, every group cosine-annealed toward 5e-5.
   `eval.prequant_ttt.depth_scope="scalars"` is the reference (the scale reaches only the
   block scalars; the banked matrices train at 5e-4); "blocks" is the intended ULMFiT;

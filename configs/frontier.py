@@ -1,4 +1,4 @@
-"""PR #1855, the top of the final legal leaderboard (1.0611, 3 seeds; variants-and-compliance §6).
+"""PR #1855, the top of the final legal leaderboard (1.0611, 3 seeds; docs/reference-notes.md#frontier-stack).
 
 The SP8192 stack of configs/sp8192_legal.py plus what #1736 → #1787 → #1797 → #1855 added:
 QK gain 5, a two-lane parallel decoder from layer 8 (attention and MLP lanes mixed by

@@ -1,7 +1,7 @@
 """PR #675 ("L-BFGS SLOT", 0.5793, non-causal): the #1303/#1313 11-layer stack.
 
 Source: openai/parameter-golf PR #675 head 5149815c, `2026-04-06_LBFGS_SLOT_0.5793/train_gpt.py`
-(variants-and-compliance.md §1.1, §2.9). Relative to configs/record.py:
+(docs/reference-notes.md#slot-pr675). Relative to configs/record.py:
 
 * QK-gain init 4.0 (same); WARMDOWN_ITERS 3500;
 * BigramHash 1024×128; no MTP heads;
@@ -12,7 +12,7 @@ Source: openai/parameter-golf PR #675 head 5149815c, `2026-04-06_LBFGS_SLOT_0.57
 * eval: round trip, sliding s96 and per-window L-BFGS SLOT (eval.slot.mode=pr675:
   hidden δ ∈ R^512 + logit bias ∈ R^1024 inside the softcap, lr 0.1, 5 iterations ×
   8 `.step` calls, history 10, no clamp) fitted on the scored positions themselves —
-  NON-COMPLIANT (§2.9). Legacy (reference) window rule; eval stride 96 by default in
+  NON-COMPLIANT (docs/reference-notes.md#slot-pr675). Legacy (reference) window rule; eval stride 96 by default in
   the code.
 """
 

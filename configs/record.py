@@ -1,4 +1,5 @@
-"""PR #1318 record stack (spec reference-pr1318.md §3.1, §4, §5, §6): model, training
+"""PR #1318 record stack (docs/reference-notes.md#record-model, #param-groups, #gptq, #ttt-pr1318,
+#slot-pr1318): model, training
 recipe, the GPTQ int6 export and its evaluation: round trip, sliding s64, TTT, SLOT.
 
 `get_config()` (= "legal") is compliant: the TTT stage is the reference's (AdamW lr
@@ -9,7 +10,7 @@ GPTQ's calibration on training data ends inside the 600 s (export.reserve_second
 the merged records do).
 
 `--config=configs/record.py:pr1318` reproduces the reference's evaluation and is
-non-compliant (reference §6.3, §6.4). Its TTT pass is score-first (no lookahead: each
+non-compliant (docs/reference-notes.md#ttt-carry, #slot-pr1318). Its TTT pass is score-first (no lookahead: each
 chunk trains on exactly the targets it scored); what breaks the rules is what follows:
 the adapted weights carried into SLOT (`eval.ttt.carry`), the re-scored tail
 (`eval.sliding.window_rule=reference`, in the sliding, TTT and SLOT stages), GPTQ
@@ -77,7 +78,7 @@ def get_config(variant: str = "legal"):
     t.val_every = 4000
     t.log_every = 500
     t.ema_decay = 0.997
-    t.swa_enabled = False  # the reference accumulates SWA but never applies it (§8.9)
+    t.swa_enabled = False  # the reference accumulates SWA but never applies it (docs/reference-notes.md#ema-swa)
     t.swa_every = 50
     t.swa_lr_threshold = 0.2
     t.late_qat_threshold = 0.15

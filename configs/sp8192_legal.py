@@ -1,4 +1,4 @@
-"""The SP8192 stack of PR #1735 / #1738 / #1758 (variants-and-compliance §1.2), legal.
+"""The SP8192 stack of PR #1735 / #1738 / #1758 (docs/reference-notes.md#sp8192-stack), legal.
 
 Model: SP8192 vocabulary with a 512-d tied embedding, 11 layers × 512, 8/4 heads, MLP 4×
 LeakyReLU(0.5)², XSA on every layer, partial RoPE (16 of 64 dims, no NTK rescale up to

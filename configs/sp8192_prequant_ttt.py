@@ -1,5 +1,5 @@
 """PR #1758 (1.02840 claimed): the SP8192 stack of configs/sp8192_legal.py with #1735's
-parallel pre-quant TTT as #1758 retuned it (variants-and-compliance §2.4). NON-COMPLIANT.
+parallel pre-quant TTT as #1758 retuned it (docs/reference-notes.md#prequant-parallel). NON-COMPLIANT.
 
 After training and the EMA, every device trains its own replica on val chunks r, r+W, …
 (32,768 tokens each, one AdamW step of 16 × 2048 per chunk, lr 1e-3 cosine-annealed

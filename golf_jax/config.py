@@ -24,6 +24,13 @@ def sibling_config(config_file: str, name: str, *args) -> ml_collections.ConfigD
     return module.get_config(*args)
 
 
+def described(modes: dict) -> str:
+    """"'a' (what a does); 'b' (...)": a key's valid modes with their one-line descriptions, for
+    the error a bad value gets (the tables sit beside the checks: MODES in eval/ttt/score_first.py,
+    eval/slot/stage.py and eval/ttt/prequant.py)."""
+    return "; ".join(f"{mode!r} ({what})" for mode, what in modes.items())
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "baseline"
@@ -33,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.source = "default"  # "default": the generated corpus; "dir": shards in data.dir
     c.data.dir = ""
     c.data.tokenizer = ""
-    c.data.loader = "sequential"  # "sequential" | "coprime" (variants-and-compliance §2.1) | "shuffled" (SP8192 stack §1.2)
+    c.data.loader = "sequential"  # one of golf_jax.train.loop.LOADERS
     c.data.prefetch = 2
 
     c.model = ml_collections.ConfigDict()
@@ -47,18 +54,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.logit_softcap = 30.0
     c.model.qk_gain_init = 1.5
     c.model.tied_embed_init_std = 0.005
-    c.model.compute_dtype = "bfloat16"
-    c.model.attention_impl = "auto"  # "auto" (cuDNN on GPU, else "chunked") | "chunked" | "xla" | "cudnn"
+    c.model.compute_dtype = "bfloat16"  # one of golf_jax.model.ENUMS["compute_dtype"]
+    c.model.attention_impl = "auto"  # one of golf_jax.model.ENUMS["attention_impl"]
     # One GPT (golf_jax/model/gpt.py): the defaults are the upstream baseline; the record
     # and SP8192 features below are switched on by configs/record.py and configs/sp8192_*.py.
-    c.model.matrix_init = "torch_default"  # "torch_default" (nn.Linear's U(±1/√in)) | "orthogonal" (the records)
-    c.model.mlp_activation = "relu2"  # "relu2" | "leaky_relu2" (LeakyReLU(0.5)², the records)
-    c.model.residual_dtype = "float32"  # residual stream: "float32" (torch autocast) | "compute" (PR #1318 parity)
+    c.model.matrix_init = "torch_default"  # one of golf_jax.model.ENUMS["matrix_init"]
+    c.model.mlp_activation = "relu2"  # one of golf_jax.model.ENUMS["mlp_activation"]
+    c.model.residual_dtype = "float32"  # the residual stream's; one of golf_jax.model.ENUMS["residual_dtype"]
     c.model.rope_dims = 0  # rotated dims per head; 0 = the whole head
     c.model.rope_train_seq_len = 0  # NTK base rescale for T > this; 0 = never (PR #1318 hard-codes 1024)
-    c.model.smear_gate = "off"  # "off" | "record" (on the normed embedding, PR #1318) | "window" (raw embedding, BOS-masked, #1855)
+    c.model.smear_gate = "off"  # one of golf_jax.model.ENUMS["smear_gate"]
     c.model.gate_window = 12  # input dims of the window SmearGate and of the sparse attention gate
-    c.model.attn_gate = "off"  # "off" | "sparse": per-head output gate from the first gate_window dims (#1787)
+    c.model.attn_gate = "off"  # one of golf_jax.model.ENUMS["attn_gate"]
     c.model.attn_gate_scale = 1.0  # the sparse gate's logit scale (#1855: 0.5)
     c.model.bigram_vocab_size = 0  # 0 = no BigramHash
     c.model.bigram_dim = 128
@@ -71,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.skip_gates = False  # sigmoid-gated U-Net skips: lerp(skip, x, σ(gate)) (SP8192 stack)
     c.model.parallel_residual_start = -1  # parallel attention+MLP from this layer on; -1 = off
     c.model.doc_isolation = False  # attention never crosses a BOS: each document sees only itself (#1530 VarLen, #1855)
-    c.model.parallel_mode = "gptj"  # "gptj" (both read x_in, #1735) | "two_lane" (an attention and an MLP lane, #1787)
+    c.model.parallel_mode = "gptj"  # one of golf_jax.model.ENUMS["parallel_mode"]
     c.model.num_loops = 0  # depth recurrence: extra passes over layers loop_start..loop_end (SP8192: 2)
     c.model.loop_start = 3
     c.model.loop_end = 5
@@ -90,18 +97,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.opt.muon_momentum_warmup_steps = 500
     c.opt.muon_ns_steps = 5
     c.opt.muon_nesterov = True
-    c.opt.muon_ns_dtype = "bfloat16"  # Newton–Schulz runs in bf16, as the reference does
-    c.opt.muon_momentum_dtype = "float32"  # the record keeps a bf16 buffer (compat)
+    c.opt.muon_ns_dtype = "bfloat16"  # Newton–Schulz runs in bf16, as the reference does; one of golf_jax.optim.build.DTYPES
+    c.opt.muon_momentum_dtype = "float32"  # the record keeps a bf16 buffer (compat); one of golf_jax.optim.build.DTYPES
     c.opt.muon_weight_decay = 0.0
     c.opt.adam_weight_decay = 0.0
     c.opt.embed_weight_decay = 0.0
     c.opt.grad_clip_norm = 0.0  # 0 = off; applied after the cross-device average
-    c.opt.muon_ns_coeffs = "standard"  # "standard" (3.4445, −4.775, 2.0315) | "polar_express" (per-iteration, #1787)
+    c.opt.muon_ns_coeffs = "standard"  # one of golf_jax.optim.muon.NS_COEFFS
     c.opt.muon_sharded_ns = True  # Parallel Muon: each device orthogonalizes a share of the matrices (docs/perf.md)
-    c.opt.muon_variant = "muon"  # "muon" | "muoneq_r": rows L2-normalised before Newton–Schulz (SP8192 stack)
+    c.opt.muon_variant = "muon"  # one of golf_jax.optim.build.MUON_VARIANTS
 
     c.schedule = ml_collections.ConfigDict()
-    c.schedule.mode = "wallclock"  # "wallclock" | "iterations" | "wallclock_fraction"
+    c.schedule.mode = "wallclock"  # one of golf_jax.optim.schedule.LR_MODES
     c.schedule.warmdown_iters = 1200
     c.schedule.warmdown_frac = 0.0  # wallclock_fraction: the warmdown's share of the run
     c.schedule.min_lr = 0.0  # wallclock_fraction: the LR multiplier never drops below this floor
@@ -126,29 +133,24 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Flags that reproduce reference quirks (docs/differences.md); False = intended.
     c.compat = ml_collections.ConfigDict()
-    c.compat.mtp_untrained = False  # MTP heads in no optimizer (PR #1318, spec §8.1)
-    c.compat.qat_reference_scope = False  # QAT on bigram/VE proj + MTP heads, not blocks (§8.8)
-    c.compat.gptq_double_damp = False  # the reference damps H twice (~0.010025·mean diag, §5.4)
+    c.compat.mtp_untrained = False  # MTP heads in no optimizer (PR #1318, docs/reference-notes.md#mtp-untrained)
+    c.compat.qat_reference_scope = False  # QAT on bigram/VE proj + MTP heads, not blocks (docs/reference-notes.md#late-qat)
+    c.compat.gptq_double_damp = False  # the reference damps H twice (~0.010025·mean diag, docs/reference-notes.md#gptq)
     c.compat.loader_rank_seed = False  # shuffled loader: seed each rank's RNG with its rank, not the run seed (#1735)
     c.compat.loader_spans = 0  # sequential loader: spans per step (the reference's GPUs, 8) on any device count; 0 = one per device
 
     c.export = ml_collections.ConfigDict()
-    c.export.format = "int8_zlib"  # "int8_zlib" | "gptq_int6" (the record) | "rtn_int6"
+    c.export.format = "int8_zlib"  # one of golf_jax.quant.export.FORMATS
     c.export.budget_bytes = 16_000_000  # decimal bytes: compressed weights + code bytes
-    # "" = the format's default (lzma for *_int6); "lzma" | "brotli" | "zstd" | "pergroup_brotli" |
-    # "pergroup_zpaq" (*_int6 only: matrices grouped by role, rows L1-sorted, each group compressed on
-    # its own; zpaq needs `pip install zpaq`; #1855's COMPRESSOR=pergroup ran lrzip's ZPAQ)
-    c.export.compressor = ""
-    c.export.int6_storage = "auto"  # "int8" | "packed6" | "auto" (the smaller after compression)
+    c.export.compressor = ""  # "" = the format's default; or one of golf_jax.quant.export.COMPRESSORS
+    c.export.int6_storage = "auto"  # one of golf_jax.quant.export.INT6_STORAGES
     c.export.embed_bits = 8  # large non-Muon tables (tok_emb, bigram/VE embed): 8 or 7
     c.export.gptq_damp = 0.005
-    c.export.gptq_clip = "percentile"  # "percentile" (reference) | "sdclip"
+    c.export.gptq_clip = "percentile"  # one of golf_jax.quant.export.GPTQ_CLIPS
     c.export.sdclip_k = 12.85  # gptq_clip="sdclip": row scale = k·std(row)/31 for the int6 matrices (#1735)
     c.export.sdclip_k_mlp = 0.0  # k for blocks_i/mlp/* int6 matrices; 0 = sdclip_k (#1855: 11.5)
     c.export.sdclip_k_attn = 0.0  # k for blocks_i/attn/* int6 matrices; 0 = sdclip_k (#1855: 13.0)
-    # tok_emb/embedding in gptq_int6 / rtn_int6: "rowquant" (percentile int8/int7 rows, no Hessian) |
-    # "gptq" (GPTQ with the Hessian of the tied LM head's input, the final-norm output; #1735)
-    c.export.embed_quant = "rowquant"
+    c.export.embed_quant = "rowquant"  # tok_emb/embedding in *_int6; one of golf_jax.quant.export.EMBED_QUANTS
     c.export.embed_sdclip_k = 20.0  # embed_quant="gptq" with gptq_clip="sdclip": k for the int8 (int7) table
     # LQER (*_int6; golf_jax/quant/lqer.py): the top_k quantized matrices by ‖W - q·s‖_F also store a
     # rank-r factorization of that error (#1855: rank 4, top 3, int4 B in groups of 64, int2 A)
@@ -158,7 +160,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.export.lqer_group = 64  # > 0: asymmetric packing, B scaled per group of this many; 0: symmetric per row
     c.export.gate_int8 = False  # *_int6: params named */attn_gate_w as int8 rows (absmax/127), not fp16 (#1855)
     c.export.gptq_block = 128
-    c.export.calib_source = "train"  # "train" | "val" (PR #1318; non-compliant) | "selfgen"
+    c.export.calib_source = "train"  # one of golf_jax.quant.hessian.CALIB_SOURCES
     c.export.calib_seqs = 256
     c.export.calib_seq_len = 0  # 0 = train.seq_len
     c.export.reserve_seconds = 0.0  # stop training this much before the wallclock cap
@@ -172,14 +174,14 @@ def audit_config() -> ml_collections.ConfigDict:
     """The compliance audit (golf_jax/audit): which slice, what geometry, how many probes.
 
     It reruns the config's evaluation on a small slice of real validation text, scaled
-    down but structurally identical (variants-and-compliance §5.2): short windows, small
+    down but structurally identical (docs/reference-notes.md#checker): short windows, small
     chunks, ≥ 2 windows per batch, ≥ 2 devices. By default the model is a random one of
     the config's architecture at a small size: legality is a property of the procedure,
     and a small model keeps the audit's hundred-odd reruns to a few minutes on a CPU.
     """
     a = ml_collections.ConfigDict()
     a.enabled = True  # train / evaluate audit their own evaluation and embed the verdict in the summary
-    a.source = "auto"  # "auto": val shards if data.source=dir, else ../shared/data FineWeb-200, else the config's val
+    a.source = "auto"  # one of golf_jax.audit.procedure.SOURCES
     a.tokens = 4096  # targets in the slice (cut to whole audit windows)
     a.seq_len = 128  # eval window length in the audit; 0 = the config's
     a.stride = 32  # sliding stride in the audit; 0 = the config's
@@ -193,7 +195,7 @@ def audit_config() -> ml_collections.ConfigDict:
     a.vocab_samples = 4  # ids per such position drawn from the whole vocabulary (each a rerun of the cut stream)
     a.normalization_positions = 64  # targets whose full distribution is checked
     a.seed = 0  # positions, replacement tokens and the random model
-    a.weights = "random"  # "random": a small random model | "artifact": the artifact's (or the run's) weights
+    a.weights = "random"  # one of golf_jax.audit.procedure.WEIGHTS
     a.model_dim = 64  # the random model's width (heads, rope and side tables scale with it)
     a.num_layers = 2  # the random model's depth (value embeddings and XSA stay on the last layers); 0 = the config's
     a.noise_std = 0.05  # the random model's weights: init + N(0, σ²), so that every path depends on its input
@@ -210,7 +212,7 @@ def eval_config() -> ml_collections.ConfigDict:
     settings, and every one of them marks the run's score "non-compliant (reproduction)".
     """
     e = ml_collections.ConfigDict()
-    e.stages = "roundtrip"  # ordered, comma-separated: roundtrip | sliding | ttt | slot
+    e.stages = "roundtrip"  # ordered, comma-separated, each one of golf_jax.eval.stages.STAGES
     e.max_tokens = 0  # 0 = the whole val split; else a prefix (cut to whole sequences)
     e.seq_len = 0  # 0 = train.seq_len
     e.batch_tokens = 524_288  # tokens per forward in the plain eval (periodic val, round trip)
@@ -221,12 +223,12 @@ def eval_config() -> ml_collections.ConfigDict:
     e.sliding = ml_collections.ConfigDict()
     e.sliding.stride = 64
     e.sliding.batch_windows = 32  # windows per forward (rounded up to a multiple of the devices)
-    e.sliding.window_rule = "merged"  # "merged": each target once | "reference": PR #1318's re-scored tail
+    e.sliding.window_rule = "merged"  # one of golf_jax.eval.windows.WINDOW_RULES
 
     e.ttt = ml_collections.ConfigDict()
-    e.ttt.mode = "score_first"  # "score_first" (merged 1.0828) | "pr1318" (the reference's pass) | "phased" (eval.phased)
+    e.ttt.mode = "score_first"  # one of golf_jax.eval.ttt.score_first.MODES
     e.ttt.chunk_tokens = 32_768  # targets per chunk: scored, then trained on
-    e.ttt.optimizer = "sgd"  # "sgd" (with momentum) | "adamw"
+    e.ttt.optimizer = "sgd"  # one of golf_jax.eval.ttt.score_first.OPTIMIZERS
     e.ttt.lr = 0.005  # cosine across chunks to 0 at the last trained chunk
     e.ttt.momentum = 0.9  # SGD momentum
     e.ttt.beta1 = 0.9  # AdamW
@@ -237,7 +239,7 @@ def eval_config() -> ml_collections.ConfigDict:
     e.ttt.batch_seqs = 32  # sequences per step
     e.ttt.grad_clip = 1.0  # global norm; 0 = off
     e.ttt.freeze_blocks = 0  # blocks 0..n-1 are not trained
-    e.ttt.freeze_scope = "blocks"  # "blocks": whole blocks | "scalars": only their scalars (the banked reference)
+    e.ttt.freeze_scope = "blocks"  # one of golf_jax.eval.adapt.SCOPES
     e.ttt.lookahead = False  # pr1318 only: a deliberate leak (no submission has it): the last sequence reaches 1 target ahead
     e.ttt.carry = False  # pr1318 only: later stages score with the TTT-adapted weights (a second pass; non-compliant)
 
@@ -271,7 +273,7 @@ def eval_config() -> ml_collections.ConfigDict:
     # Pre-quant TTT on the validation set (non-compliant, reproduction only): after
     # averaging, before calibration; it trains on every val token before any is scored.
     e.prequant_ttt = ml_collections.ConfigDict()
-    e.prequant_ttt.mode = "off"  # "off" | "flat" (#1306) | "discriminative" (#6) | "parallel" (#1735/#1758)
+    e.prequant_ttt.mode = "off"  # one of golf_jax.eval.ttt.prequant.MODES
     e.prequant_ttt.epochs = 6
     e.prequant_ttt.lr = 5e-4
     e.prequant_ttt.lr_floor = 5e-5  # cosine per epoch toward this absolute LR
@@ -282,17 +284,17 @@ def eval_config() -> ml_collections.ConfigDict:
     e.prequant_ttt.batch_seqs = 32  # sequences per device per step (flat, discriminative)
     e.prequant_ttt.grad_clip = 1.0
     e.prequant_ttt.freeze_blocks = 2
-    e.prequant_ttt.freeze_scope = "scalars"  # "scalars" (the banked reference) | "blocks"
+    e.prequant_ttt.freeze_scope = "scalars"  # one of golf_jax.eval.adapt.SCOPES
     e.prequant_ttt.freeze_embed = False  # parallel (#1735): the tied embedding stays frozen
     e.prequant_ttt.depth_lr_min = 0.3  # discriminative: block i's LR = lr·(m + (1-m)·i/(L-1))
-    e.prequant_ttt.depth_scope = "scalars"  # discriminative: "scalars" (reference) | "blocks" (intended, ULMFiT)
+    e.prequant_ttt.depth_scope = "scalars"  # discriminative's; one of golf_jax.eval.adapt.SCOPES
     e.prequant_ttt.chunk_tokens = 32_768  # parallel: device r trains chunks r, r+W, ... each epoch
 
     # SLOT (stage "slot", golf_jax/eval/slot/stage.py): a δ per window fitted by L-BFGS on
     # already-scored targets (mode "context"); the seeds' modes are non-compliant.
     e.slot = ml_collections.ConfigDict()
-    e.slot.mode = "context"  # context | score_first (legal) | pr1318 | pr1350 | pr675 | pr1306 (reproductions)
-    e.slot.solver = "torch_exact"  # torch_exact (torch.optim.LBFGS step by step) | jaxopt | optax
+    e.slot.mode = "context"  # one of golf_jax.eval.slot.stage.MODES
+    e.slot.solver = "torch_exact"  # one of golf_jax.eval.slot.solver.SOLVERS
     # The legal defaults are one L-BFGS iteration (a line search along the first
     # direction) on the whole context, clamped to ±0.5: fitted on a few hundred context
     # targets, a free δ ∈ R^V overfits (the reference's 25 iterations and ±5 cost +1.9

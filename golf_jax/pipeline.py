@@ -148,7 +148,7 @@ def run(cfg) -> dict:
 def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict, loaded: tuple) -> None:
     """The stages; `summary` fills in as they finish, so a failure keeps what ran."""
     stage = Stages(run)
-    t, L = cfg.train, eval_stages.eval_seq_len(cfg)
+    t, seq_len = cfg.train, eval_stages.eval_seq_len(cfg)
     run.log(f"run_dir: {run.path}")
     run.log(f"devices: {mesh.devices.size} ({jax.default_backend()}) processes: {jax.process_count()}")
     data, train_loader, stage.seconds["data"] = loaded  # loaded before the run dir
@@ -164,7 +164,7 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict, l
     counts = count_by_label(state.params, labels)
     run.log(f"model: {cfg.name} params: {sum(counts.values()):,} by group: {counts}")
 
-    plain_eval = plain.make_evaluator(model, data.lut, mesh, data.val_tokens, L, cfg.eval.batch_tokens)
+    plain_eval = plain.make_evaluator(model, data.lut, mesh, data.val_tokens, seq_len, cfg.eval.batch_tokens)
 
     def validate(params, step: int) -> float:
         t_val = time.perf_counter()
@@ -193,7 +193,7 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict, l
         from golf_jax.eval.ttt import prequant as prequant_ttt
 
         with stage("prequant_ttt"):
-            params, report = prequant_ttt.run(model, params, data.val_tokens, L, pq, mesh, log=run.log)
+            params, report = prequant_ttt.run(model, params, data.val_tokens, seq_len, pq, mesh, log=run.log)
             post_bpb = validate(params, fitted.steps)
         val = prequant_ttt.read_before_scoring(val, pq.mode)
         summary["prequant_ttt"] = {**report, "val_bpb": post_bpb}

@@ -64,7 +64,7 @@ def test_train_stage_reports_step_time_flops_mfu_and_memory(mesh1):
 
 
 def test_flops_are_the_reference_figures_for_the_record_model():
-    """reference-pr1318 §7: N = 27,615,232, 234.9 MFLOP per training token, 76.2 per forward token."""
+    """docs/reference-notes.md#flops-mfu: N = 27,615,232, 234.9 MFLOP per training token, 76.2 per forward token."""
     from configs import record
 
     cfg = record.get_config()

@@ -1,4 +1,4 @@
-"""CaseOps (variants §2.6): the lossless case transform, prepare --caseops, and the val byte sidecar in bpb."""
+"""CaseOps (docs/reference-notes.md#caseops): the lossless case transform, prepare --caseops, and the val byte sidecar in bpb."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Every config file loads, locks, and rejects unknown keys."""
 
+import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +85,96 @@ def test_variants_reproduce_their_seed_behind_a_flag():
     assert any("eval.slot.mode=pr1306" in w for w in stages.noncompliance(c1306))
     with pytest.raises(ValueError, match="variant must be 'legal' or 'pr1318'"):
         record.get_config("pr9")
+
+
+# Each enumerated key's allowed values live once, as a constant beside the check that reads them;
+# golf_jax/config.py points at it ("# one of golf_jax.<module>.<NAME>" or "...<NAME>["key"]").
+_POINTER = re.compile(r'^\s+([cea])\.([\w.]+) = .*#.*\bone of (golf_jax(?:\.\w+)+?)\.([A-Z_0-9]+)(?:\["(\w+)"\])?')
+_SECTION = {"c": "", "e": "eval.", "a": "audit."}
+# The settings under which a key is read at all (a stage listed, its feature on, its format).
+_CONTEXT = {
+    "model.parallel_mode": {"model.parallel_residual_start": 1},
+    "export.compressor": {"export.format": "gptq_int6"},
+    "export.embed_quant": {"export.format": "gptq_int6"},
+    "eval.slot.mode": {"eval.stages": "roundtrip,slot"},
+    "eval.slot.solver": {"eval.stages": "roundtrip,slot"},
+    "eval.prequant_ttt.freeze_scope": {"eval.prequant_ttt.mode": "flat"},
+    "eval.prequant_ttt.depth_scope": {"eval.prequant_ttt.mode": "flat"},
+}
+
+
+def _pointers() -> dict[str, tuple[str, str, str | None]]:
+    text = (REPO_ROOT / "golf_jax" / "config.py").read_text(encoding="utf-8")
+    found = {}
+    for line in text.splitlines():
+        m = _POINTER.match(line)
+        if m:
+            found[_SECTION[m[1]] + m[2]] = (m[3], m[4], m[5])
+    return found
+
+
+POINTERS = _pointers()
+
+
+def _allowed(key: str) -> tuple:
+    module, name, entry = POINTERS[key]
+    value = getattr(importlib.import_module(module), name)  # the pointer names a real constant
+    return tuple(value[entry] if entry else value)
+
+
+def _with(key: str, value):
+    from configs import smoke
+
+    cfg = smoke.get_config()
+    for k, v in {**_CONTEXT.get(key, {}), key: value}.items():
+        *path, leaf = k.split(".")
+        node = cfg
+        for p in path:
+            node = node[p]
+        node[leaf] = v
+    return cfg
+
+
+def test_config_points_at_allowed_values_instead_of_listing_them():
+    text = (REPO_ROOT / "golf_jax" / "config.py").read_text(encoding="utf-8")
+    assert len(POINTERS) >= 30, sorted(POINTERS)
+    listed = [line.strip() for line in text.splitlines() if re.search(r'#.*"\w+"[^#]* \| ', line)]
+    assert not listed, f"config.py lists allowed values; point at the constant instead: {listed}"
+    for key in POINTERS:
+        assert _allowed(key), key
+
+
+@pytest.mark.parametrize("key", sorted(POINTERS))
+def test_each_allowed_value_passes_and_no_other(key):
+    """Every value of the constant config.py points at passes the config check; a value outside
+    fails, with one line naming the key and every allowed value."""
+    from golf_jax import pipeline
+    from golf_jax.core.errors import UserError
+
+    for value in _allowed(key):
+        pipeline.check_config(_with(key, value), 8)
+    with pytest.raises(UserError) as caught:
+        pipeline.check_config(_with(key, "no_such_value"), 8)
+    message = str(caught.value)
+    assert f"{key}='no_such_value'" in message and "\n" not in message, message
+    for value in _allowed(key):
+        assert repr(value) in message, (value, message)
+
+
+MODE_TABLES = ("golf_jax.eval.ttt.score_first", "golf_jax.eval.slot.stage", "golf_jax.eval.ttt.prequant")
+
+
+@pytest.mark.parametrize("module", MODE_TABLES)
+def test_modes_carry_one_line_descriptions_in_errors_and_docs(module):
+    """Modes named after PRs (pr1318, pr675, ...) say what they reproduce: one line each, shown
+    by the error for a bad mode and by docs/reference-notes.md's table."""
+    from golf_jax.config import described
+
+    modes = importlib.import_module(module).MODES
+    docs = (REPO_ROOT / "docs" / "reference-notes.md").read_text(encoding="utf-8")
+    for mode, what in modes.items():
+        assert what and "\n" not in what and len(what) <= 160, (mode, what)
+        if re.fullmatch(r"pr\d+", mode):
+            assert f"PR #{mode[2:]}" in what, (mode, what)
+        assert f"| `{mode}` | {what} |" in docs, f"docs/reference-notes.md#modes lacks {module} {mode!r}"
+    assert all(f"{m!r} ({w})" in described(modes) for m, w in modes.items())

@@ -1,4 +1,4 @@
-"""Muon vs an independent float64 NumPy port of spec §4.2 (torch (out, in) layout)."""
+"""Muon vs an independent float64 NumPy port of docs/reference-notes.md#muon (torch (out, in) layout)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ SHAPES = {"sq": (64, 64), "wide": (64, 192), "tall": (192, 64), "bank": (3, 64, 
 LR, WD = 0.02, 0.5  # large wd: the decay term is ~25% of the update, so it is tested
 
 
-# ---- float64 NumPy reference, written from the spec in the torch layout ----
+# ---- float64 NumPy reference, written from docs/reference-notes.md#muon in the torch layout ----
 def ns5_ref(g_rc: np.ndarray) -> np.ndarray:
     """Spec NS5 on one torch (rows=out, cols=in) matrix, in float64."""
     a, b, c = 3.4445, -4.7750, 2.0315

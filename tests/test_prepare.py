@@ -103,7 +103,7 @@ def test_cli_errors(tmp_path):
         build(model, [tmp_path / "x.csv"], [], tmp_path / "o4", 10)
 
 
-GOLDEN = {  # shared/data/README.md §6
+GOLDEN = {  # docs/reference-notes.md#shared-data-facts (the golden build)
     "fineweb_val_000000.bin": "5d5ac9b83e9b116d32176c6d9889d3d7649e7128bbf88c2fe04b51a4110b318f",
     "fineweb_train_000000.bin": "5c5032fb3f5daf1b0a5866605951921f2e792d42534f6aa2a06191d65fd56a6d",
     "fineweb_train_000001.bin": "3d9a7c8361b25e61e5bb28456197e1e5d28eea42d952aabae6b5039f9efa3883",
@@ -130,7 +130,7 @@ def test_golden_build(shared_data, tmp_path):
     assert manifest["splits"]["train"]["tokens"] == 11_588_892
     inputs = {i["path"].rsplit("/", 1)[-1]: i["sha256"] for sp in manifest["splits"].values()
               for i in sp["inputs"]}
-    assert inputs["gutenberg_72.jsonl.xz"].startswith("1fccf32ca37b")  # README §2
+    assert inputs["gutenberg_72.jsonl.xz"].startswith("1fccf32ca37b")  # docs/reference-notes.md#shared-data-facts
     assert manifest["tokenizer"]["sha256"].startswith("4f5e8adb109c")
 
 

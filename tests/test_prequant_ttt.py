@@ -87,7 +87,7 @@ def test_flat_schedule_and_freeze_follow_the_reference(tiny_lm):
     _, _, params, _, _ = tiny_lm
     lr, floor, E = 5e-4, 5e-5, 6
     got = [floor + (lr - floor) * adapt.cosine(e, E) for e in range(E)]
-    assert got[0] == lr and abs(got[5] - 8.0e-5) < 2e-6  # spec §2.2: "epoch 5 about 8e-5"
+    assert got[0] == lr and abs(got[5] - 8.0e-5) < 2e-6  # docs/reference-notes.md#prequant-flat: "epoch 5 about 8e-5"
     tx, trainable = prequant_ttt.build_tx(_p(mode="flat", freeze_blocks=2, freeze_scope="scalars"), params)
     _, frozen = adapt.count_trainable(params, trainable)
     assert frozen == 2 * (2 * 64 + 64 + 64 + 4)

@@ -14,7 +14,7 @@ from golf_jax.train import step as step_lib
 
 
 def numpy_soft_round(w_OUTxIN, alpha):
-    """Reference §3.2, in the reference's (out, in) layout and float64."""
+    """docs/reference-notes.md#soft-round-qat, in the reference's (out, in) layout and float64."""
     w = w_OUTxIN.astype(np.float64)
     s = np.maximum(np.abs(w).max(axis=1, keepdims=True) / 31, 1 / 31)
     wn = w / s

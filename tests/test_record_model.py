@@ -72,7 +72,7 @@ def assert_orthogonal(w) -> None:
 
 
 def test_inits(tiny_init):
-    """Spec §3.6: orthogonal q/k/v/up, zero out/down, bigram table and MTP heads, N(0, σ²) tables."""
+    """docs/reference-notes.md#record-init: orthogonal q/k/v/up, zero out/down, bigram table and MTP heads, N(0, σ²) tables."""
     p = tiny_init
     b0 = p["blocks_0"]
     for w in (b0["attn"]["c_q"]["kernel"], b0["attn"]["c_k"]["kernel"], b0["attn"]["c_v"]["kernel"], b0["mlp"]["fc"]["kernel"]):

@@ -1,4 +1,4 @@
-"""LR and momentum schedules against hand-computed values (spec §4.2, §4.4)."""
+"""LR and momentum schedules against hand-computed values (docs/reference-notes.md#muon, #lr-schedule)."""
 
 from __future__ import annotations
 

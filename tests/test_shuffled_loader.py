@@ -190,5 +190,5 @@ def test_wired_into_the_training_loop(tmp_path):
     cfg.compat.loader_rank_seed = True
     assert loader_seed_rule(cfg) == "PCG64(rank)"
     cfg.data.loader = "shufled"
-    with pytest.raises(ValueError, match="'sequential', 'coprime' or 'shuffled'"):
+    with pytest.raises(ValueError, match="data.loader='shufled': use one of 'sequential', 'coprime', 'shuffled'"):
         loop.check_config(cfg, 8)

@@ -1,5 +1,5 @@
 """SLOT through the harness: every mode runs from config, the legal ones pass the flip test
-(variants-and-compliance §5.1), the seeds' fail it or the ledger check, and legal SLOT helps."""
+(docs/reference-notes.md#flip-test-1240), the seeds' fail it or the ledger check, and legal SLOT helps."""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def test_sp1024_luts(shared_data):
     # The lone "▁" (id 939): a space flag and 0 base bytes; "▁the" (267): 3 + flag.
     assert lut.has_leading_space[939] and lut.base_bytes[939] == 0
     assert lut.has_leading_space[267] and lut.base_bytes[267] == 3
-    assert int(lut.has_leading_space.sum()) == 325  # README §3.4
+    assert int(lut.has_leading_space.sum()) == 325  # docs/reference-notes.md#shared-data-facts
     # A table wider than the tokenizer: extra ids are boundaries with 0 bytes.
     wide = build_byte_luts(sp, 1100)
     assert wide.size == 1100 and wide.is_boundary[1024:].all() and wide.base_bytes[1024:].sum() == 0
@@ -108,7 +108,7 @@ def test_fineweb200_tokens_per_byte(shared_data):
     lut = build_byte_luts(sp, 1024)
     docs = list(iter_documents(shared_data / "text" / "fineweb_val_200.jsonl"))
     stream = np.concatenate(encode_documents(sp, docs))
-    assert len(docs) == 200 and stream.size == 628_457  # README §4.1
+    assert len(docs) == 200 and stream.size == 628_457  # docs/reference-notes.md#shared-data-facts
     nbytes = int(target_bytes(lut, stream[:-1], stream[1:]).sum())
     assert nbytes == 1_489_418
     assert abs((stream.size - 1) / nbytes - 0.42195) < 5e-5

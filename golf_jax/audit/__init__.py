@@ -1,4 +1,5 @@
-"""The compliance audit: a rule-by-rule verdict for any evaluation procedure (variants-and-compliance §4–§5).
+"""The compliance audit: a rule-by-rule verdict for any evaluation procedure
+(docs/reference-notes.md#rules, docs/reference-notes.md#checker).
 
 `python -m golf_jax.audit --config=configs/X.py [--artifact PATH] [--evaluator MODULE:FACTORY]
 [--json OUT]` reruns the config's evaluation (or a user's evaluator) on a small slice

@@ -1,4 +1,5 @@
-"""The audit's budget and data-access checks (the challenge's README; variants-and-compliance §4.1, §5.2 C4(e–f), C6).
+"""The audit's budget and data-access checks (the challenge's README; docs/reference-notes.md#rules,
+docs/reference-notes.md#checker C4(e–f), C6).
 
 * artifact: code bytes (the submission script, golf_jax/submission/codebytes.py) + compressed
   weights ≤ 16,000,000 decimal bytes;

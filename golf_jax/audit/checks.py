@@ -1,4 +1,4 @@
-"""The black-box and ledger checks of the audit (variants-and-compliance §5.2).
+"""The black-box and ledger checks of the audit (docs/reference-notes.md#checker).
 
 Each check reruns (or reads) the procedure of golf_jax/audit/procedure.py and returns a
 `Check`: PASS / FAIL / SKIP, one line of evidence (the worst difference, where and on
@@ -95,7 +95,7 @@ def noise_floor(runs: list[dict]) -> tuple[Check, dict]:
 
 
 def stream_order(rank: np.ndarray, starts: np.ndarray, num_tokens: int) -> np.ndarray:
-    """Per token position, its place in the stream the rules are about (variants §5.2 C1).
+    """Per token position, its place in the stream the rules are about (docs/reference-notes.md#checker C1).
 
     Tokens in stream order, except that where documents are declared (`starts`) they come in
     the order the evaluator first scores them: the rule is "target t may depend on the
@@ -130,7 +130,7 @@ class Flip:
 
 def flip_plan(tokens: np.ndarray, ranks: dict, places: dict, geometry: dict, bos: int, count: int,
               rng: np.random.Generator) -> list[Flip]:
-    """Flip points, most telling first (§5.2 C1), so that every stage's blocks are reached:
+    """Flip points, most telling first (docs/reference-notes.md#checker C1), so that every stage's blocks are reached:
 
     inside the first-scored block of every stage that scores in blocks (whatever its place
     in the stream), near the end of each such stage's stream (every earlier block compared),
@@ -141,7 +141,7 @@ def flip_plan(tokens: np.ndarray, ranks: dict, places: dict, geometry: dict, bos
     `geometry`: seq_len, stride, rows, chunk.
     """
     T = len(tokens) - 1
-    L, stride, rows, chunk = (int(geometry[k]) for k in ("seq_len", "stride", "rows", "chunk"))
+    seq_len, stride, rows, chunk = (int(geometry[k]) for k in ("seq_len", "stride", "rows", "chunk"))
     firsts, ends, reordered_rest, rest = [], [], [], []
     for stage, rank in ranks.items():
         blocks = np.unique(rank[rank >= 0])
@@ -161,17 +161,17 @@ def flip_plan(tokens: np.ndarray, ranks: dict, places: dict, geometry: dict, bos
         elif len(blocks) > 1:
             ends.append(Flip(T - stride // 2, None, "near the end of the stream"))
     docs = np.flatnonzero(tokens[1:-1] == bos) + 1
-    docs = docs[docs > L]
+    docs = docs[docs > seq_len]
     batch_span = rows * stride
-    strat = [chunk + chunk // 2 + 3, chunk + 1, L + batch_span // 2 + 5] + ([int(docs[0])] if docs.size else [])
-    strat += [chunk, L + batch_span + 1, L - stride + 3 * stride, T - stride // 2]
+    strat = [chunk + chunk // 2 + 3, chunk + 1, seq_len + batch_span // 2 + 5] + ([int(docs[0])] if docs.size else [])
+    strat += [chunk, seq_len + batch_span + 1, seq_len - stride + 3 * stride, T - stride // 2]
     plan = firsts + ends + reordered_rest + [Flip(t, None, "stratified") for t in strat] + rest
     out: list[Flip] = []
     for f in plan:
         if 1 <= f.cut < T and all((f.cut, f.order) != (g.cut, g.order) for g in out):
             out.append(f)
     while len(out) < count and len(out) < T - 1:
-        t = int(rng.integers(L // 2, T))
+        t = int(rng.integers(seq_len // 2, T))
         if all(t != g.cut for g in out):
             out.append(Flip(t, None, "random"))
     return out[:count]

@@ -2,8 +2,8 @@
 
 Renders the JSON reports that `python -m golf_jax.audit --json` wrote, one row per
 audited procedure and one column per check, then each report's evidence, so that the
-document is the command's own output. `EXPECTED` holds what variants-and-compliance
-§4.2 says each seed procedure should get; the table says whether the audit agrees.
+document is the command's own output. `EXPECTED` holds what docs/reference-notes.md#technique-matrix
+says each seed procedure should get; the table says whether the audit agrees.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 COLUMNS = ("flip test", "normalization", "counterfactual sum", "answer independence", "ledger", "declared flags",
            "artifact bytes", "time budgets", "data access", "pre-quant TTT", "train/val disjoint")
 
-# config name (the report's "config") and override → the verdict variants §4.2 leads one to expect.
+# config name (the report's "config") and override → the verdict that
+# docs/reference-notes.md#technique-matrix leads one to expect.
 EXPECTED = {
     "smoke": "PASS", "baseline": "PASS",
     "record": "PASS",  # sliding (merged rule), score-first TTT, context-only SLOT; calibration in the reserve

@@ -205,7 +205,7 @@ def serve(conn, setup: dict) -> None:
         proc = procedure.build(cfg, mesh, None, artifact=setup["weights"], vocab_size=setup["vocab_size"])
         view = proc.cfg.copy_and_resolve_references()
         view.data.dir = view.data.tokenizer = ""  # the evaluator has no business with the data's whereabouts
-        L = stages.eval_seq_len(view)
+        seq_len = stages.eval_seq_len(view)
         predict = harness.model_predict(proc.model, mesh)
         _watch(setup["protected"], touched)
         factory = load_factory(setup["spec"])
@@ -224,7 +224,7 @@ def serve(conn, setup: dict) -> None:
         try:
             if kind == "start":
                 T, told = args
-                ctx = stages.EvalContext(view, proc.model, proc.params, mesh, L, int(view.eval.sliding.stride), T,
+                ctx = stages.EvalContext(view, proc.model, proc.params, mesh, seq_len, int(view.eval.sliding.stride), T,
                                          predict)
                 evaluator = factory(dataclasses.replace(ctx, **told))
                 out = {"name": str(getattr(evaluator, "name", "custom")),

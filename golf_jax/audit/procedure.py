@@ -1,7 +1,7 @@
 """The audited procedure: a config's evaluation as a function of a token stream.
 
 The audit reruns the evaluation many times on a small slice of real validation text,
-scaled down but structurally identical (variants-and-compliance §5.2: short windows,
+scaled down but structurally identical (docs/reference-notes.md#checker: short windows,
 small TTT chunks, several windows per batch, several devices). `Procedure(tokens)`
 runs exactly what the config selects, pre-quant TTT on the slice included, and returns
 every stage's per-target NLL, ledger and (on request) full distributions.
@@ -31,11 +31,12 @@ from golf_jax.eval.compiled import settings_key
 from golf_jax.core.paths import shared_data_dir
 from golf_jax.quant import export
 
+# audit.source: "auto" is the val shards if data.source=dir, else ../shared/data FineWeb-200, else the config's val
 SOURCES = ("auto", "val", "fineweb")
-WEIGHTS = ("random", "artifact")
+WEIGHTS = ("random", "artifact")  # random: a small random model; artifact: the artifact's (or the run's)
 FINEWEB = "text/fineweb_val_200.jsonl"
 TOKENIZERS = {1024: "tokenizers/fineweb_1024_bpe.model", 8192: "tokenizers/fineweb_8192_bpe.model"}
-# The official validation set (variants §5.2 C5): 50,000 documents; targets per tokenizer.
+# The official validation set (docs/reference-notes.md#checker C5): 50,000 documents; targets per tokenizer.
 OFFICIAL_DOCUMENTS = 50_000
 OFFICIAL_TARGETS = {1024: 62_021_632, 8192: 40_540_160}
 
@@ -70,20 +71,20 @@ def scaled_config(cfg, num_devices: int):
     a = cfg.audit
     c = cfg.copy_and_resolve_references()
     e = c.eval
-    L0, s0 = stages.eval_seq_len(cfg), int(e.sliding.stride)
-    L = int(a.seq_len or L0)
+    seq_len0, s0 = stages.eval_seq_len(cfg), int(e.sliding.stride)
+    seq_len = int(a.seq_len or seq_len0)
     stride = int(a.stride or s0)
-    e.seq_len, e.sliding.stride, e.sliding.batch_windows, e.max_tokens = L, stride, int(a.batch_windows), 0
+    e.seq_len, e.sliding.stride, e.sliding.batch_windows, e.max_tokens = seq_len, stride, int(a.batch_windows), 0
     if a.chunk_tokens:
         e.ttt.chunk_tokens = e.prequant_ttt.chunk_tokens = int(a.chunk_tokens)
     e.slot.focal = max(1, round(int(e.slot.focal) * stride / s0))
     p = e.phased  # phased TTT: small rounds, so that its global phases come between rounds of the slice
     p.batch_docs = min(int(p.batch_docs), int(a.phased_docs))
     p.prefix_docs = min(int(p.prefix_docs), int(p.num_phases) * int(p.batch_docs))
-    p.chunk_size = min(int(p.chunk_size), L)
+    p.chunk_size = min(int(p.chunk_size), seq_len)
     if a.chunk_tokens:
         p.global_chunk_tokens = int(a.chunk_tokens)
-    seqs = max(1, int(a.tokens) // L)
+    seqs = max(1, int(a.tokens) // seq_len)
     e.prequant_ttt.batch_seqs = min(int(e.prequant_ttt.batch_seqs), max(1, -(-seqs // num_devices)))
     stages.check_config(c)
     return c
@@ -204,7 +205,7 @@ class Procedure:
     mesh: object
     custom: object = None  # a factory of stages.EvalContext (a user's evaluator) in place of eval.stages
     # Declared document starts (the slice's BOS positions) that every rerun keeps: phased TTT's
-    # order follows document lengths and is part of its protocol (variants §4.2), so a flip or
+    # order follows document lengths and is part of its protocol (docs/reference-notes.md#technique-matrix), so a flip or
     # counterfactual is judged under the order it declared, not a re-split of the changed stream.
     documents: np.ndarray | None = None
     # A user's evaluator is told these (EvalContext.num_targets, num_documents, seed), not the
@@ -214,11 +215,11 @@ class Procedure:
 
     def __call__(self, tokens: np.ndarray, probe_targets=None) -> dict:
         self.runs += 1
-        cfg, L = self.cfg, stages.eval_seq_len(self.cfg)
+        cfg, seq_len = self.cfg, stages.eval_seq_len(self.cfg)
         params, val = self.params, stages.Val(tokens, self.lut)
         pq = cfg.eval.prequant_ttt
         if pq.mode != "off":
-            params, _ = prequant_ttt.run(self.model, params, tokens, L, pq, self.mesh, log=_quiet)
+            params, _ = prequant_ttt.run(self.model, params, tokens, seq_len, pq, self.mesh, log=_quiet)
             val = prequant_ttt.read_before_scoring(val, pq.mode)
         inspection = harness.Inspection(record_nll=True, probe_targets=probe_targets, enforce=False,
                                         custom=self._custom(), documents=self.documents)

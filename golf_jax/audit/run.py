@@ -46,8 +46,8 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
             raise ValueError("audit.weights=artifact needs --artifact RUN_DIR/model.golfjax")
         else:
             weights = artifact
-    L = stages.eval_seq_len(procedure.scaled_config(cfg, mesh.devices.size))
-    data = procedure.data_slice(cfg, L)
+    seq_len = stages.eval_seq_len(procedure.scaled_config(cfg, mesh.devices.size))
+    data = procedure.data_slice(cfg, seq_len)
     data_dir = _data_dir(cfg, artifact)
     protected = tuple(str(p) for p in (shared_data_dir(), data_dir) if p is not None)
     servers = []  # a user's evaluator ("MODULE:FACTORY") in a process of its own, one per model
@@ -69,14 +69,14 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
     random_model = params is None and weights is None
     rng = np.random.default_rng(int(a.seed))
     rows = harness.batch_rows(int(e.sliding.batch_windows), mesh)
-    geometry = {"seq_len": L, "stride": stride, "rows": rows, "chunk": int(e.ttt.chunk_tokens)}
+    geometry = {"seq_len": seq_len, "stride": stride, "rows": rows, "chunk": int(e.ttt.chunk_tokens)}
     cf_vocab = int(a.probe_vocab) if random_model and 1 < int(a.probe_vocab) < V else V
-    probes = checks.probe_positions(T, L, stride, int(e.ttt.chunk_tokens), int(a.probes), rng)
-    vocab_probes = checks.probe_positions(T, L, stride, 0, int(a.vocab_probes), rng, late=True)
+    probes = checks.probe_positions(T, seq_len, stride, int(e.ttt.chunk_tokens), int(a.probes), rng)
+    vocab_probes = checks.probe_positions(T, seq_len, stride, 0, int(a.vocab_probes), rng, late=True)
     norm_targets = np.sort(rng.choice(T, size=min(int(a.normalization_positions), T), replace=False))
     total = 2 + int(a.flips) + len(probes) * cf_vocab + len(vocab_probes) * (1 + int(a.vocab_samples))
     what = "its own evaluator" if custom is not None else f"stages {e.stages}"
-    log(f"audit: {cfg.name} ({what}) on {T:,} targets of {data.source}, {data.documents} documents; windows {L}, "
+    log(f"audit: {cfg.name} ({what}) on {T:,} targets of {data.source}, {data.documents} documents; windows {seq_len}, "
         f"stride {stride}, {rows} rows per batch, TTT chunks {e.ttt.chunk_tokens}; {mesh.devices.size} devices; "
         f"{'a random model' if random_model else 'the given weights'}; about {total:,} runs")
     cf_proc = proc
@@ -106,10 +106,10 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
                 cf_proc = procedure.build(cfg, mesh, data.lut, custom=evaluator(cf_vocab), vocab_size=cf_vocab)
                 cf_proc.documents, cf_proc.told = proc.documents, proc.told
                 cf_tokens = (tokens % cf_vocab).astype(np.int32)
-            result.append(checks.counterfactual(cf_proc, cf_tokens, probes, cf_vocab, L,
+            result.append(checks.counterfactual(cf_proc, cf_tokens, probes, cf_vocab, seq_len,
                                                 data.sp if cf_vocab == V else None, progress=bar.update))
         with timed:
-            result.append(checks.answer_independence(proc, tokens, vocab_probes, int(a.vocab_samples), V, L, rng,
+            result.append(checks.answer_independence(proc, tokens, vocab_probes, int(a.vocab_samples), V, seq_len, rng,
                                                      data.sp, progress=bar.update))
         result.append(checks.ledger(base))
     finally:
@@ -132,7 +132,7 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
         "model": (f"random d{a.model_dim} ×{proc.cfg.model.num_layers} layers (seed {a.seed})" if random_model
                   else str(weights) if weights is not None else "the run's weights"),
         "slice": {"source": data.source, "targets": T, "documents": data.documents},
-        "geometry": {"seq_len": L, "stride": stride, "rows": rows, "chunk_tokens": int(e.ttt.chunk_tokens),
+        "geometry": {"seq_len": seq_len, "stride": stride, "rows": rows, "chunk_tokens": int(e.ttt.chunk_tokens),
                      "slot_focal": int(e.slot.focal), "devices": mesh.devices.size,
                      "counterfactual_vocab": cf_vocab},
         "told": proc.told,

@@ -32,20 +32,20 @@ from golf_jax.eval import adapt, harness, plain, stages
 from golf_jax.eval.windows import gather_batch, sliding_units
 
 
-def _model(cfg, mesh, L: int):
+def _model(cfg, mesh, seq_len: int):
     model = model_lib.build_model(cfg.model)
-    init = jax.jit(lambda r: model.init(r, np.zeros((1, L), np.int32))["params"],
+    init = jax.jit(lambda r: model.init(r, np.zeros((1, seq_len), np.int32))["params"],
                    out_shardings=mesh_lib.replicated(mesh))
     return model, init(jax.random.PRNGKey(cfg.seed))
 
 
-def _windows(cfg, mesh, L: int, rows: int):
+def _windows(cfg, mesh, seq_len: int, rows: int):
     """(stream, units, arrays) of `rows` steady-state windows (after window 0's pieces)."""
     stride = int(cfg.eval.sliding.stride)
-    first = -(-L // stride)
-    num_targets = L + (rows + 1) * stride
+    first = -(-seq_len // stride)
+    num_targets = seq_len + (rows + 1) * stride
     tokens = np.random.default_rng(cfg.seed).integers(0, cfg.model.vocab_size, num_targets + 1).astype(np.int32)
-    units = sliding_units(num_targets, L, stride, "merged").take(np.arange(first, first + rows))
+    units = sliding_units(num_targets, seq_len, stride, "merged").take(np.arange(first, first + rows))
     return tokens, units, gather_batch(tokens, units, rows)
 
 
@@ -53,59 +53,59 @@ def _put(mesh, arrays: dict, keys) -> dict:
     return {k: mesh_lib.put_global_batch(mesh, arrays[k]) for k in keys}
 
 
-def _compiled_predict(cfg, mesh, L: int):
+def _compiled_predict(cfg, mesh, seq_len: int):
     """(model, params, rows, inputs, compiled, compile_s): the sliding predict that sliding and
     TTT score with, compiled for one batch of steady-state windows (its inputs)."""
-    model, params = _model(cfg, mesh, L)
+    model, params = _model(cfg, mesh, seq_len)
     rows = harness.batch_rows(int(cfg.eval.sliding.batch_windows), mesh)
-    _, _, arrays = _windows(cfg, mesh, L, rows)
+    _, _, arrays = _windows(cfg, mesh, seq_len, rows)
     put = _put(mesh, arrays, ("x", "pos"))
     compiled, compile_s = compile_aot(harness.model_predict(model, mesh), params, put["x"], put["pos"])
     return model, params, rows, {"x_BxL": put["x"], "pos_BxS": put["pos"], "num_units": rows}, compiled, compile_s
 
 
 def build_eval(cfg, mesh) -> Bench:
-    L = stages.eval_seq_len(cfg)
-    model, params = _model(cfg, mesh, L)
+    seq_len = stages.eval_seq_len(cfg)
+    model, params = _model(cfg, mesh, seq_len)
     n = mesh.devices.size
-    rows = max(n, -(-max(int(cfg.eval.batch_tokens) // L, 1) // n) * n)  # as plain.eval_batches
-    tokens = np.random.default_rng(cfg.seed).integers(0, cfg.model.vocab_size, (rows, L + 1)).astype(np.int32)
-    batch = _put(mesh, {"x": tokens[:, :-1], "y": tokens[:, 1:], "mask": np.ones((rows, L), bool)}, ("x", "y", "mask"))
+    rows = max(n, -(-max(int(cfg.eval.batch_tokens) // seq_len, 1) // n) * n)  # as plain.eval_batches
+    tokens = np.random.default_rng(cfg.seed).integers(0, cfg.model.vocab_size, (rows, seq_len + 1)).astype(np.int32)
+    batch = _put(mesh, {"x": tokens[:, :-1], "y": tokens[:, 1:], "mask": np.ones((rows, seq_len), bool)}, ("x", "y", "mask"))
     step = plain.jit_eval_step(plain.make_eval_step(model), mesh)
     compiled, compile_s = compile_aot(step, params, batch)
     return Bench("eval", "batch", 1, lambda: compiled(params, batch),
                  "forward, logits at every position (bench/flops.py)",
-                 flops_per_unit=flops.forward(cfg, params, L, rows, rows * L), tokens_per_unit=rows * L,
-                 targets_per_unit=rows * L, compiled={"eval_step": compiled}, compile_s=compile_s,
-                 settings={"batch": f"{rows} x {L}"})
+                 flops_per_unit=flops.forward(cfg, params, seq_len, rows, rows * seq_len), tokens_per_unit=rows * seq_len,
+                 targets_per_unit=rows * seq_len, compiled={"eval_step": compiled}, compile_s=compile_s,
+                 settings={"batch": f"{rows} x {seq_len}"})
 
 
 def build_sliding(cfg, mesh) -> Bench:
-    L, S = stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
-    model, params, rows, inputs, compiled, compile_s = _compiled_predict(cfg, mesh, L)
+    seq_len, S = stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
+    model, params, rows, inputs, compiled, compile_s = _compiled_predict(cfg, mesh, seq_len)
     evaluator = harness.FixedModel(compiled, params)
     return Bench("sliding", "window", rows, lambda: evaluator.predict(inputs),
                  "forward of the window, logits at its stride positions (bench/flops.py)",
-                 flops_per_unit=flops.forward(cfg, params, L, 1, S), tokens_per_unit=L, targets_per_unit=S,
+                 flops_per_unit=flops.forward(cfg, params, seq_len, 1, S), tokens_per_unit=seq_len, targets_per_unit=S,
                  compiled={"predict": compiled}, compile_s=compile_s,
-                 settings={"windows_per_batch": rows, "seq_len": L, "stride": S})
+                 settings={"windows_per_batch": rows, "seq_len": seq_len, "stride": S})
 
 
 def build_ttt(cfg, mesh) -> Bench:
-    t, L, S = cfg.eval.ttt, stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
+    t, seq_len, S = cfg.eval.ttt, stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
     if t.mode == "phased":
         return build_phased(cfg, mesh)
     from golf_jax.eval.ttt import score_first as ttt
 
-    ttt.check_config(t, L, S)
+    ttt.check_config(t, seq_len, S)
     C = int(t.chunk_tokens)
-    model, params, rows, inputs, c_pred, s_pred = _compiled_predict(cfg, mesh, L)
-    adapter = ttt.ScoreFirstTTT(model, c_pred, params, mesh, t, L, 2)  # chunk 0 of 2: trained, at LR scale 1
+    model, params, rows, inputs, c_pred, s_pred = _compiled_predict(cfg, mesh, seq_len)
+    adapter = ttt.ScoreFirstTTT(model, c_pred, params, mesh, t, seq_len, 2)  # chunk 0 of 2: trained, at LR scale 1
     stream = np.random.default_rng(cfg.seed + 1).integers(0, cfg.model.vocab_size, C + 1).astype(np.int32)
     reveal = harness.Reveal(stream, lambda a, b: True, 0, 2, True)
     windows = C // S
     batches = -(-windows // rows)
-    x, y = adapt.sequences(stream, L)
+    x, y = adapt.sequences(stream, seq_len)
     batch = _put(mesh, adapt.padded_rows(x[: adapter._rows], y[: adapter._rows], adapter._rows), ("x", "y", "w"))
     batch["hparams"] = {"lr_scale": np.float32(1.0)}
     c_step, s_step = compile_aot(adapter._step, adapter.state, batch)  # the adapter's jitted train step
@@ -118,12 +118,12 @@ def build_ttt(cfg, mesh) -> Bench:
         return adapter.state
 
     seqs = x.shape[0]
-    train_flops = int(t.epochs) * seqs * L * flops.train_per_token(cfg, params, L, mtp_heads=False)
+    train_flops = int(t.epochs) * seqs * seq_len * flops.train_per_token(cfg, params, seq_len, mtp_heads=False)
     return Bench("ttt", "chunk", 1, call,
                  "scoring forwards of the chunk's windows + epochs × its sequences × (6·N + 6·L·T·D) "
                  "(bench/flops.py)",
-                 flops_per_unit=flops.forward(cfg, params, L, windows, windows * S) + train_flops,
-                 tokens_per_unit=windows * L + int(t.epochs) * seqs * L, targets_per_unit=C,
+                 flops_per_unit=flops.forward(cfg, params, seq_len, windows, windows * S) + train_flops,
+                 tokens_per_unit=windows * seq_len + int(t.epochs) * seqs * seq_len, targets_per_unit=C,
                  compiled={"predict": c_pred, "train_step": c_step}, compile_s=s_pred + s_step,
                  settings={"mode": t.mode, "chunk_tokens": C, "windows_per_chunk": windows, "predict_batches": batches,
                            "train_steps": int(t.epochs) * -(-seqs // adapter._rows), "train_rows": adapter._rows},
@@ -133,13 +133,13 @@ def build_ttt(cfg, mesh) -> Bench:
 def build_slot(cfg, mesh) -> Bench:
     from golf_jax.eval.slot import stage as slot
 
-    e, L = cfg.eval, stages.eval_seq_len(cfg)
+    e, seq_len = cfg.eval, stages.eval_seq_len(cfg)
     S = int(e.sliding.stride)
-    slot.check_config(e.slot, L, S)
-    model, params = _model(cfg, mesh, L)
+    slot.check_config(e.slot, seq_len, S)
+    model, params = _model(cfg, mesh, seq_len)
     rows = harness.batch_rows(int(e.sliding.batch_windows), mesh)
-    tokens, units, arrays = _windows(cfg, mesh, L, rows)
-    evaluator = slot.Slot(model, params, mesh, e.slot, L, S)
+    tokens, units, arrays = _windows(cfg, mesh, seq_len, rows)
+    evaluator = slot.Slot(model, params, mesh, e.slot, seq_len, S)
     obj = evaluator.objective(units, rows)
     target = units.start[:, None] + obj.pos_BxF
     obj_y = np.where(obj.mask_BxF, tokens[np.where(obj.mask_BxF, target + 1, 0)], 0).astype(np.int32)
@@ -160,10 +160,10 @@ def build_slot(cfg, mesh) -> Bench:
     return Bench("slot", "window", rows, lambda: evaluator.predict(inputs)["logits"],
                  "forward of the window, logits at its stride and objective positions; the solver's "
                  "FLOPs are not counted (bench/flops.py)",
-                 flops_per_unit=flops.forward(cfg, params, L, 1, S + F), tokens_per_unit=L, targets_per_unit=S,
+                 flops_per_unit=flops.forward(cfg, params, seq_len, 1, S + F), tokens_per_unit=seq_len, targets_per_unit=S,
                  compiled={"slot_batch": compiled}, compile_s=compile_s,
                  settings={"mode": e.slot.mode, "solver": e.slot.solver, "max_iter": int(e.slot.max_iter),
-                           "objective_positions": F, "windows_per_batch": rows, "seq_len": L, "stride": S},
+                           "objective_positions": F, "windows_per_batch": rows, "seq_len": seq_len, "stride": S},
                  extra=solver_effort)
 
 
@@ -173,19 +173,19 @@ def build_phased(cfg, mesh) -> Bench:
     from golf_jax.eval.phased import plan as phased_plan, ttt as phased_ttt
     from golf_jax.model.embeddings import BOS_ID
 
-    p, L = cfg.eval.phased, stages.eval_seq_len(cfg)
-    phased_ttt.check_config(p, L)
+    p, seq_len = cfg.eval.phased, stages.eval_seq_len(cfg)
+    phased_ttt.check_config(p, seq_len)
     C = int(p.chunk_size)
     rows = harness.batch_rows(int(p.batch_docs), mesh)
-    c = -(-L // C)  # the first chunk whose window is the full L; a chunk after it keeps the row training
+    c = -(-seq_len // C)  # the first chunk whose window is the full L; a chunk after it keeps the row training
     P = (c + 2) * C  # targets per document
     rng = np.random.default_rng(cfg.seed)
     doc_tokens = rng.integers(BOS_ID + 1, cfg.model.vocab_size, (rows, P)).astype(np.int32)
     doc_tokens[:, 0] = BOS_ID
     stream = np.append(doc_tokens.reshape(-1), np.int32(BOS_ID))
-    plan = phased_plan.build(phased_plan.find_documents(stream), rows, rows, C, L, 0, int(p.num_phases))
-    model, params = _model(cfg, mesh, L)
-    evaluator = phased_ttt.PhasedTTT(model, params, mesh, p, plan, L)
+    plan = phased_plan.build(phased_plan.find_documents(stream), rows, rows, C, seq_len, 0, int(p.num_phases))
+    model, params = _model(cfg, mesh, seq_len)
+    evaluator = phased_ttt.PhasedTTT(model, params, mesh, p, plan, seq_len)
     arrays = gather_batch(stream, plan.units.take(plan.blocks[c]), rows)
     put = _put(mesh, arrays, ("x", "pos"))
     inputs = {"x_BxL": put["x"], "pos_BxS": put["pos"], "num_units": rows}

@@ -1,4 +1,4 @@
-"""Model FLOPs per token, the numerator of MFU, in reference-pr1318 §7's conventions.
+"""Model FLOPs per token, the numerator of MFU, in docs/reference-notes.md#flops-mfu's conventions.
 
 Causal-effective: a query attends to T/2 keys on average, so QKᵀ and AV cost
 2·2·D·T/2 = 2·D·T per token per layer in the forward, 6·D·T in training. Matmuls

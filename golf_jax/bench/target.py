@@ -72,9 +72,9 @@ def _batch(mesh, shapes: dict) -> dict:
     return {k: jax.ShapeDtypeStruct(s, d, sharding=dat) for k, (s, d) in shapes.items()}
 
 
-def _model_and_params(cfg, mesh, L: int):
+def _model_and_params(cfg, mesh, seq_len: int):
     model = model_lib.build_model(cfg.model)
-    params = jax.eval_shape(lambda r: model.init(r, np.zeros((1, L), np.int32))["params"], jax.random.PRNGKey(0))
+    params = jax.eval_shape(lambda r: model.init(r, np.zeros((1, seq_len), np.int32))["params"], jax.random.PRNGKey(0))
     return model, _shaped(params, mesh_lib.replicated(mesh))
 
 
@@ -105,57 +105,57 @@ def plan_train(cfg, mesh, per_device_seqs: int = 0) -> StagePlan:
 def plan_eval(cfg, mesh, rows: int = 0) -> StagePlan:
     from golf_jax.eval import plain
 
-    L = stages.eval_seq_len(cfg)
-    model, params = _model_and_params(cfg, mesh, L)
+    seq_len = stages.eval_seq_len(cfg)
+    model, params = _model_and_params(cfg, mesh, seq_len)
     n = mesh.devices.size
-    rows = rows or max(n, -(-max(int(cfg.eval.batch_tokens) // L, 1) // n) * n)  # as plain.eval_batches
-    batch = _batch(mesh, {"x": ((rows, L), jnp.int32), "y": ((rows, L), jnp.int32), "mask": ((rows, L), jnp.bool_)})
+    rows = rows or max(n, -(-max(int(cfg.eval.batch_tokens) // seq_len, 1) // n) * n)  # as plain.eval_batches
+    batch = _batch(mesh, {"x": ((rows, seq_len), jnp.int32), "y": ((rows, seq_len), jnp.int32), "mask": ((rows, seq_len), jnp.bool_)})
     step = plain.jit_eval_step(plain.make_eval_step(model), mesh)
     return StagePlan("eval", "batch", 1, [Program("eval_step", step, (params, batch))],
-                     flops.forward(cfg, params, L, rows, rows * L), "forward, logits at every position",
-                     tokens_per_unit=rows * L, targets_per_unit=rows * L, settings={"rows": rows, "seq_len": L})
+                     flops.forward(cfg, params, seq_len, rows, rows * seq_len), "forward, logits at every position",
+                     tokens_per_unit=rows * seq_len, targets_per_unit=rows * seq_len, settings={"rows": rows, "seq_len": seq_len})
 
 
 def _predict(cfg, mesh, model, params, rows: int) -> Program:
-    L, S = stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
-    x = _batch(mesh, {"x": ((rows, L), jnp.int32), "pos": ((rows, S), jnp.int32)})
+    seq_len, S = stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
+    x = _batch(mesh, {"x": ((rows, seq_len), jnp.int32), "pos": ((rows, S), jnp.int32)})
     return Program("predict", harness.model_predict(model, mesh), (params, x["x"], x["pos"]))
 
 
 def plan_sliding(cfg, mesh, rows: int = 0) -> StagePlan:
-    L, S = stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
-    model, params = _model_and_params(cfg, mesh, L)
+    seq_len, S = stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
+    model, params = _model_and_params(cfg, mesh, seq_len)
     rows = rows or harness.batch_rows(int(cfg.eval.sliding.batch_windows), mesh)
     return StagePlan("sliding", "window", rows, [_predict(cfg, mesh, model, params, rows)],
-                     flops.forward(cfg, params, L, 1, S), "forward of the window, logits at its stride positions",
-                     tokens_per_unit=L, targets_per_unit=S, settings={"rows": rows, "seq_len": L, "stride": S})
+                     flops.forward(cfg, params, seq_len, 1, S), "forward of the window, logits at its stride positions",
+                     tokens_per_unit=seq_len, targets_per_unit=S, settings={"rows": rows, "seq_len": seq_len, "stride": S})
 
 
 def plan_ttt(cfg, mesh, rows: int = 0) -> StagePlan:
     """Score-first (or #1318's) TTT: a chunk's scoring batches and its training steps; phased TTT:
     a block's LoRA forward and step, and a step of the global SGD phases."""
-    t, L, S = cfg.eval.ttt, stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
+    t, seq_len, S = cfg.eval.ttt, stages.eval_seq_len(cfg), int(cfg.eval.sliding.stride)
     if t.mode == "phased":
         return _plan_phased(cfg, mesh, rows)
     from golf_jax.eval.ttt import score_first as ttt
 
-    ttt.check_config(t, L, S)
-    model, params = _model_and_params(cfg, mesh, L)
+    ttt.check_config(t, seq_len, S)
+    model, params = _model_and_params(cfg, mesh, seq_len)
     pred_rows = harness.batch_rows(int(cfg.eval.sliding.batch_windows), mesh)
     _, init, step = ttt.trainer(model, params, mesh, t)
     n, C = mesh.devices.size, int(t.chunk_tokens)
-    train_rows = rows or -(-min(int(t.batch_seqs), max(C // L, 1)) // n) * n  # as ScoreFirstTTT
-    batch = _batch(mesh, {"x": ((train_rows, L), jnp.int32), "y": ((train_rows, L), jnp.int32),
+    train_rows = rows or -(-min(int(t.batch_seqs), max(C // seq_len, 1)) // n) * n  # as ScoreFirstTTT
+    batch = _batch(mesh, {"x": ((train_rows, seq_len), jnp.int32), "y": ((train_rows, seq_len), jnp.int32),
                           "w": ((train_rows,), jnp.float32)})
     batch["hparams"] = {"lr_scale": np.float32(1.0)}
-    windows, seqs = C // S, C // L
+    windows, seqs = C // S, C // seq_len
     steps = int(t.epochs) * -(-seqs // train_rows)
-    train = int(t.epochs) * seqs * L * flops.train_per_token(cfg, params, L, mtp_heads=False)
+    train = int(t.epochs) * seqs * seq_len * flops.train_per_token(cfg, params, seq_len, mtp_heads=False)
     return StagePlan("ttt", "chunk", 1, [_predict(cfg, mesh, model, params, pred_rows),
                                          Program("train_step", step, (jax.eval_shape(init, params), batch))],
-                     flops.forward(cfg, params, L, windows, windows * S) + train,
+                     flops.forward(cfg, params, seq_len, windows, windows * S) + train,
                      "scoring forwards of the chunk's windows + epochs × its sequences × (6·N + 6·L·T·D)",
-                     tokens_per_unit=windows * L + int(t.epochs) * seqs * L, targets_per_unit=C,
+                     tokens_per_unit=windows * seq_len + int(t.epochs) * seqs * seq_len, targets_per_unit=C,
                      settings={"mode": t.mode, "chunk_tokens": C, "predict_batches": -(-windows // pred_rows),
                                "rows": train_rows, "train_steps": steps,
                                "calls": {"predict": -(-windows // pred_rows), "train_step": steps}})
@@ -165,9 +165,9 @@ def _plan_phased(cfg, mesh, rows: int = 0) -> StagePlan:
     from golf_jax.eval.phased import lora as lora_lib
     from golf_jax.eval.phased import ttt as phased_ttt
 
-    p, L = cfg.eval.phased, stages.eval_seq_len(cfg)
-    phased_ttt.check_config(p, L)
-    model, params = _model_and_params(cfg, mesh, L)
+    p, seq_len = cfg.eval.phased, stages.eval_seq_len(cfg)
+    phased_ttt.check_config(p, seq_len)
+    model, params = _model_and_params(cfg, mesh, seq_len)
     rows, C = rows or harness.batch_rows(int(p.batch_docs), mesh), int(p.chunk_size)
     dat, rep = mesh_lib.data_sharded(mesh), mesh_lib.replicated(mesh)
     fwd, step = phased_ttt._lora_fns(model, mesh, p)
@@ -175,7 +175,7 @@ def _plan_phased(cfg, mesh, rows: int = 0) -> StagePlan:
                                                           rows), jax.random.PRNGKey(0)), dat)
     opt = _shaped(jax.eval_shape(lora_lib.adamw_init, lora), dat)
     scale = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
-    x = _batch(mesh, {"x": ((rows, L), jnp.int32), "pos": ((rows, C), jnp.int32), "y": ((rows, C), jnp.int32),
+    x = _batch(mesh, {"x": ((rows, seq_len), jnp.int32), "pos": ((rows, C), jnp.int32), "y": ((rows, C), jnp.int32),
                       "w": ((rows, C), jnp.float32)})
     # The forward's outputs (logits and the VJP's residuals) stay where it left them: a leaf with a
     # row per document split over the mesh, the rest (weights, scalars) replicated.
@@ -184,18 +184,18 @@ def _plan_phased(cfg, mesh, rows: int = 0) -> StagePlan:
         jax.eval_shape(fwd, params, lora, scale, x["x"], x["pos"]))
     init, g_step = phased_ttt._global_trainer(model, mesh, p, params)
     g_rows = harness.batch_rows(int(p.global_batch_seqs), mesh)
-    g_batch = _batch(mesh, {k: ((g_rows, L), jnp.int32) for k in ("x", "y", "seg")})
+    g_batch = _batch(mesh, {k: ((g_rows, seq_len), jnp.int32) for k in ("x", "y", "seg")})
     g_batch["w"] = _batch(mesh, {"w": ((g_rows,), jnp.float32)})["w"]
     g_batch["hparams"] = {"lr_scale": np.float32(1.0)}
-    fwd_flops = flops.forward(cfg, params, L, rows, rows * C)
+    fwd_flops = flops.forward(cfg, params, seq_len, rows, rows * C)
     return StagePlan("ttt", "block", 1,
                      [Program("lora_forward", fwd, (params, lora, scale, x["x"], x["pos"])),
                       Program("lora_step", step, (lora, opt, pullback, logits, x["y"], x["w"], np.int32(1))),
                       Program("global_sgd_step", g_step, (jax.eval_shape(init, params), g_batch))],
-                     2 * fwd_flops + flops.attention_forward(cfg, L, rows),
+                     2 * fwd_flops + flops.attention_forward(cfg, seq_len, rows),
                      "a block: forward with logits at its chunks + the backward to the adapters",
-                     tokens_per_unit=rows * L, targets_per_unit=rows * C,
-                     settings={"mode": "phased", "rows": rows, "chunk": C, "window": L, "global_rows": g_rows,
+                     tokens_per_unit=rows * seq_len, targets_per_unit=rows * C,
+                     settings={"mode": "phased", "rows": rows, "chunk": C, "window": seq_len, "global_rows": g_rows,
                                "calls": {"lora_forward": 1, "lora_step": 1, "global_sgd_step": 0}})
 
 
@@ -203,23 +203,23 @@ def plan_slot(cfg, mesh, rows: int = 0) -> StagePlan:
     from golf_jax.eval.slot import stage as slot
     from golf_jax.eval.windows import sliding_units
 
-    e, L = cfg.eval, stages.eval_seq_len(cfg)
+    e, seq_len = cfg.eval, stages.eval_seq_len(cfg)
     S = int(e.sliding.stride)
-    slot.check_config(e.slot, L, S)
-    model, params = _model_and_params(cfg, mesh, L)
+    slot.check_config(e.slot, seq_len, S)
+    model, params = _model_and_params(cfg, mesh, seq_len)
     rows = rows or harness.batch_rows(int(e.sliding.batch_windows), mesh)
-    evaluator = slot.Slot(model, params, mesh, e.slot, L, S)  # allocates nothing
-    first = -(-L // S)
-    units = sliding_units(L + (rows + 1) * S, L, S, "merged").take(np.arange(first, first + rows))
+    evaluator = slot.Slot(model, params, mesh, e.slot, seq_len, S)  # allocates nothing
+    first = -(-seq_len // S)
+    units = sliding_units(seq_len + (rows + 1) * S, seq_len, S, "merged").take(np.arange(first, first + rows))
     F = evaluator.objective(units, rows).pos_BxF.shape[1]
-    b = _batch(mesh, {"x": ((rows, L), jnp.int32), "pos": ((rows, S), jnp.int32), "opos": ((rows, F), jnp.int32),
+    b = _batch(mesh, {"x": ((rows, seq_len), jnp.int32), "pos": ((rows, S), jnp.int32), "opos": ((rows, F), jnp.int32),
                       "oy": ((rows, F), jnp.int32), "omask": ((rows, F), jnp.bool_)})
     delta0 = jax.ShapeDtypeStruct((int(cfg.model.vocab_size),), jnp.float32, sharding=mesh_lib.replicated(mesh))
     args = (params, b["x"], b["pos"], b["opos"], b["oy"], b["omask"], delta0, np.int32(rows - 1))
     return StagePlan("slot", "window", rows, [Program("slot_batch", evaluator._fn, args)],
-                     flops.forward(cfg, params, L, 1, S + F),
+                     flops.forward(cfg, params, seq_len, 1, S + F),
                      "forward of the window, logits at its stride and objective positions; the solver's not counted",
-                     tokens_per_unit=L, targets_per_unit=S,
+                     tokens_per_unit=seq_len, targets_per_unit=S,
                      settings={"mode": e.slot.mode, "solver": e.slot.solver, "max_iter": int(e.slot.max_iter),
                                "rows": rows, "objective_positions": F})
 

@@ -1,4 +1,4 @@
-"""Coprime-stride multi-shard training loader (variants-and-compliance §2.1).
+"""Coprime-stride multi-shard training loader (docs/reference-notes.md#coprime-loader).
 
 This is the loader of the merged record lineage (PR #726 / #1184): every step mixes
 windows from several shards, and each shard is walked with a random phase, start and
@@ -93,10 +93,10 @@ class CoprimeLoader:
                 return s
 
     def _reset_cursor(self, si: int) -> None:
-        L, nt = self.seq_len, int(self.num_tokens[si])
-        max_phase = min(L - 1, max(0, nt - L - 1))
+        seq_len, nt = self.seq_len, int(self.num_tokens[si])
+        max_phase = min(seq_len - 1, max(0, nt - seq_len - 1))
         phase = int(self.rng.integers(max_phase + 1)) if max_phase > 0 else 0
-        bc = (nt - 1 - phase) // L
+        bc = (nt - 1 - phase) // seq_len
         self.c_phase[si] = phase
         self.c_blocks[si] = bc
         self.c_next[si] = 0

@@ -1,7 +1,7 @@
 """The training stream every loader reads, and the batch geometry they share.
 
 `TokenStream` walks the sorted shards in order and wraps around (the reference's
-sequential stream, reference §1.2); the loaders that cut batches from it are
+sequential stream, docs/reference-notes.md#sequential-loader); the loaders that cut batches from it are
 golf_jax/data/sequential.py (the reference's), coprime.py and shuffled.py, each packed
 only where the config uses it (golf_jax/submission/modules.py GATES).
 """

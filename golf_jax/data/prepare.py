@@ -1,6 +1,6 @@
 """Build Parameter Golf shards from text: `python -m golf_jax.data.prepare`.
 
-Follows the upstream export convention (reference §1.1): each document becomes
+Follows the upstream export convention (docs/reference-notes.md#shard-format): each document becomes
 [BOS=1] + sp.encode(text), no EOS; documents are taken in file order (never shuffled),
 concatenated and cut into shards of --shard-tokens tokens, so a document may straddle
 two shards. Output names are fineweb_{val,train}_%06d.bin, plus manifest.json with the

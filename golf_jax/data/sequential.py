@@ -1,4 +1,4 @@
-"""The reference's sequential loader (reference §1.2): `SequentialLoader` cuts each global
+"""The reference's sequential loader (docs/reference-notes.md#sequential-loader): `SequentialLoader` cuts each global
 step's contiguous chunk of the `TokenStream` into one span per data rank, exactly like the
 reference `DistributedTokenLoader` with grad_accum_steps = 1. Data order therefore does
 not depend on the seed, and a multi-host run gets the same global batch as one host.

@@ -1,5 +1,5 @@
 """Shuffled-sequence training loader of the SP8192 record stack (PR #1735; spec
-variants-and-compliance §1.2, which describes that stack's training loader).
+docs/reference-notes.md#shuffled-loader, which describes that stack's training loader).
 
 The reference's `ShuffledSequenceLoader`: data rank r owns the sorted shards r, r+W, …
 and its own RNG. Each shard gets a random phase in [0, min(seq_len-1, n-seq_len-1)] and
@@ -67,13 +67,13 @@ class _RankStream:
         """A new epoch: every shard gets a new phase and a new permutation of its starts."""
         self.epoch += 1
         self.epoch_rng_state = self.rng.bit_generator.state
-        L, rng = self.seq_len, self.rng
+        seq_len, rng = self.seq_len, self.rng
         self.starts: list[np.ndarray] = []
         for n in self.num_tokens:
-            max_phase = min(L - 1, max(0, n - L - 1))
+            max_phase = min(seq_len - 1, max(0, n - seq_len - 1))
             phase = int(rng.integers(max_phase + 1)) if max_phase > 0 else 0
-            order = rng.permutation((n - 1 - phase) // L)
-            self.starts.append(phase + order.astype(np.int64) * L)
+            order = rng.permutation((n - 1 - phase) // seq_len)
+            self.starts.append(phase + order.astype(np.int64) * seq_len)
         self.counts = np.array([s.size for s in self.starts], dtype=np.int64)
 
     def pick(self, n: int) -> tuple[np.ndarray, np.ndarray]:

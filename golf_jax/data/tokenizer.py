@@ -1,7 +1,7 @@
 """SentencePiece loading and the byte look-up tables behind val_bpb.
 
 bpb divides the NLL by a byte count derived from the token ids alone (reference
-§2.2-2.3), not from the raw text: the tokenizer normalises whitespace, so the text
+docs/reference-notes.md#byte-luts), not from the raw text: the tokenizer normalises whitespace, so the text
 does not round-trip. These tables reproduce the reference byte accounting exactly.
 
 CaseOps shards (golf_jax/data/caseops.py) come with a byte sidecar instead: per val
@@ -85,7 +85,7 @@ class ByteLUT:
 
 
 def build_byte_luts(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteLUT:
-    """Reference §2.2: boundaries keep 0 bytes, byte pieces 1, "▁" adds a space flag."""
+    """docs/reference-notes.md#byte-luts: boundaries keep 0 bytes, byte pieces 1, "▁" adds a space flag."""
     sp_vocab = int(sp.vocab_size())
     table = max(sp_vocab, int(vocab_size))
     base = np.zeros(table, dtype=np.int16)
@@ -107,7 +107,7 @@ def build_byte_luts(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteLUT:
 
 
 def target_bytes(lut: ByteLUT, prev_ids: Any, target_ids: Any, target_index: Any = None) -> np.ndarray:
-    """Bytes credited to each target y given the token x before it (reference §2.3).
+    """Bytes credited to each target y given the token x before it (docs/reference-notes.md#byte-luts).
 
     bytes = base_bytes[y] + (has_leading_space[y] and not is_boundary[x]); int32.
     With a sidecar: bytes = sidecar[t + 1] for target index t (the target is val[t + 1]),

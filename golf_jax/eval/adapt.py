@@ -4,7 +4,8 @@ Parameter paths come from the model's pytree: `blocks_i/...` are block i's leave
 kernels (ndim 2) are its matrices, the rest its scalars (resid_mix, attn_scale,
 mlp_scale, q_gain). The banked PyTorch references keep every matrix outside the
 blocks, so their "freeze blocks" and "per-block LR" reach only those scalars
-(variants-and-compliance §2.2, §2.3): scope "scalars" reproduces that, scope
+(docs/reference-notes.md#ttt-freeze-scope, docs/reference-notes.md#prequant-discriminative): scope "scalars"
+reproduces that, scope
 "blocks" does what was intended.
 """
 
@@ -23,6 +24,8 @@ from golf_jax.eval.compiled import cached
 from golf_jax.model import layers
 from golf_jax.optim import step as optim_step
 
+# freeze_scope / depth_scope: "blocks" acts on whole blocks (the intent); "scalars" reaches only their
+# scalars, as in the banked reference (docs/reference-notes.md#ttt-freeze-scope)
 SCOPES = ("blocks", "scalars")
 _BLOCK = re.compile(r"blocks_(\d+)$")
 

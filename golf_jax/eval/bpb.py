@@ -1,4 +1,4 @@
-"""bits-per-byte accounting (reference §2.4).
+"""bits-per-byte accounting (docs/reference-notes.md#bpb).
 
 Sums are kept as Python floats (float64) on the host: summing ~62M per-token NLLs in
 float32 would lose digits that matter at the leaderboard's 1e-4 resolution.

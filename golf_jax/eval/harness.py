@@ -1,4 +1,4 @@
-"""The evaluation harness: predict → record → reveal → update (variants-and-compliance §5.3).
+"""The evaluation harness: predict → record → reveal → update (docs/reference-notes.md#harness).
 
 Every evaluator (a fixed model, TTT, later SLOT) is written against one interface:
 
@@ -45,7 +45,7 @@ from golf_jax.eval.windows import Units, gather_batch, unit_ranges
 from golf_jax.core.progress import progress
 
 
-NORMALIZATION_TOL = 1e-5  # |log Σ_v p(v)| of an evaluator's own fp32 log-distribution (variants §5.2, C2)
+NORMALIZATION_TOL = 1e-5  # |log Σ_v p(v)| of an evaluator's own fp32 log-distribution (docs/reference-notes.md#checker C2)
 
 
 class ComplianceError(RuntimeError):

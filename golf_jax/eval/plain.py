@@ -1,4 +1,4 @@
-"""Non-overlapping validation (reference §6.1): contiguous sequences, every target scored."""
+"""Non-overlapping validation (docs/reference-notes.md#plain-eval): contiguous sequences, every target scored."""
 
 from __future__ import annotations
 

@@ -3,11 +3,11 @@
 The train pipeline, `python -m golf_jax.eval` and the packed submission script's
 `eval` all call `run_stages`, so one config gives one procedure everywhere.
 
-* roundtrip: the plain non-overlapping eval (reference §6.1);
-* sliding: sliding windows, stride eval.sliding.stride (§6.2; merged rule by default);
-* ttt: score-first chunked TTT (§6.3, variants §4.3), or with eval.ttt.mode=phased
+* roundtrip: the plain non-overlapping eval (docs/reference-notes.md#plain-eval);
+* sliding: sliding windows, stride eval.sliding.stride (docs/reference-notes.md#sliding-window-eval; merged rule by default);
+* ttt: score-first chunked TTT (docs/reference-notes.md#ttt-pr1318, docs/reference-notes.md#ttt-score-first), or with eval.ttt.mode=phased
   #1855's phased TTT (per-document LoRA + global SGD phases; golf_jax/eval/phased/ttt.py);
-* slot: a δ per window fitted by L-BFGS and added to the logits (§6.4; golf_jax/eval/slot/stage.py).
+* slot: a δ per window fitted by L-BFGS and added to the logits (docs/reference-notes.md#slot-pr1318; golf_jax/eval/slot/stage.py).
 
 Each stage writes `ledger_<stage>.json` (golf_jax/eval/ledger.py) and reports its
 bpb, time and compliance; a stage scored through the harness also writes
@@ -59,27 +59,27 @@ def check_config(cfg) -> None:
     if not names:
         raise ValueError(f"eval.stages={e.stages!r} lists no stage: a run would train and export, then have no "
                          "score; list at least one, e.g. --config.eval.stages=roundtrip")
-    L = eval_seq_len(cfg)
+    seq_len = eval_seq_len(cfg)
     if e.max_tokens < 0 or e.batch_tokens < 1 or e.sliding.batch_windows < 1:
         raise ValueError("eval.max_tokens must be >= 0, eval.batch_tokens and eval.sliding.batch_windows >= 1")
     if e.sliding.window_rule not in WINDOW_RULES:
         raise ValueError(f"eval.sliding.window_rule={e.sliding.window_rule!r}: use one of {WINDOW_RULES}")
-    check_geometry(L, e.sliding.stride)
+    check_geometry(seq_len, e.sliding.stride)
     # Each TTT module is imported only here and where it runs: a submission packs only its own.
     if e.ttt.mode == "phased":
         from golf_jax.eval.phased import ttt as phased_ttt
 
         if "ttt" in names and (e.ttt.lookahead or e.ttt.carry):
             raise ValueError("eval.ttt.lookahead and eval.ttt.carry reproduce PR #1318; set eval.ttt.mode=pr1318 to use them")
-        phased_ttt.check_config(e.phased, L, used="ttt" in names)
+        phased_ttt.check_config(e.phased, seq_len, used="ttt" in names)
     else:
         from golf_jax.eval.ttt import score_first as ttt
 
-        ttt.check_config(e.ttt, L, e.sliding.stride, used="ttt" in names)
+        ttt.check_config(e.ttt, seq_len, e.sliding.stride, used="ttt" in names)
     if "slot" in names:  # imported here only: a submission without SLOT need not pack it
         from golf_jax.eval.slot import stage as slot
 
-        slot.check_config(e.slot, L, e.sliding.stride)
+        slot.check_config(e.slot, seq_len, e.sliding.stride)
     if e.profile:  # imported here only: golf_jax/submission/modules.py GATES
         from golf_jax.eval import profile
 
@@ -173,7 +173,7 @@ def run_stages(cfg, model, params, val: Val, mesh, run=None, log=print,
     allowed, a user's evaluator in place of the stages, declared documents; None in production.
     """
     check_config(cfg)
-    e, L = cfg.eval, eval_seq_len(cfg)
+    e, seq_len = cfg.eval, eval_seq_len(cfg)
     val_tokens, lut, plain_eval = val.tokens, val.lut, val.plain_eval
     inspection = inspection or harness.Inspection()
     T = len(val_tokens) - 1
@@ -201,25 +201,25 @@ def run_stages(cfg, model, params, val: Val, mesh, run=None, log=print,
         nll = res = adapted = None
         if name == "custom":
             docs = int(np.sum(val_tokens[:-1] == BOS_ID))  # BOS-delimited documents
-            ctx = EvalContext(cfg, model, params, mesh, L, int(e.sliding.stride), T, predict, docs)
+            ctx = EvalContext(cfg, model, params, mesh, seq_len, int(e.sliding.stride), T, predict, docs)
             evaluator = inspection.custom(ctx)
             name = ledger.stage = str(getattr(evaluator, "name", "custom"))
-            units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
+            units = sliding_units(T, seq_len, e.sliding.stride, e.sliding.window_rule)
             schedule = getattr(evaluator, "schedule", None)
             blocks = schedule(units) if schedule is not None else [np.arange(len(units))]
             res = score(evaluator, units, blocks, ledger)
             acc, nll, extra = res.acc, res.nll, {"windows": len(units), "blocks": len(blocks)}
         elif name == "roundtrip" and per_target:
             # The same non-overlapping sequences through the harness, which keeps per-target NLL.
-            units = sliding_units((T // L) * L, L, L, "merged")
+            units = sliding_units((T // seq_len) * seq_len, seq_len, seq_len, "merged")
             res = score(harness.FixedModel(predict, params, "roundtrip"), units, [np.arange(len(units))], ledger)
             acc, nll = res.acc, res.nll
         elif name == "roundtrip":
-            plain_eval = plain_eval or plain.make_evaluator(model, lut, mesh, val_tokens, L, e.batch_tokens)
+            plain_eval = plain_eval or plain.make_evaluator(model, lut, mesh, val_tokens, seq_len, e.batch_tokens)
             acc = plain_eval(params)
-            ledger.score([(0, (T // L) * L)])
+            ledger.score([(0, (T // seq_len) * seq_len)])
         elif name == "sliding":
-            units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
+            units = sliding_units(T, seq_len, e.sliding.stride, e.sliding.window_rule)
             if e.sliding.window_rule == "reference":
                 ledger.notes.append("eval.sliding.window_rule=reference: PR #1318's re-scored tail (compat)")
             res = score(harness.FixedModel(predict, params), units, [np.arange(len(units))], ledger)
@@ -227,25 +227,25 @@ def run_stages(cfg, model, params, val: Val, mesh, run=None, log=print,
         elif name == "slot":
             from golf_jax.eval.slot import stage as slot
 
-            units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
-            evaluator = slot.Slot(model, params, mesh, e.slot, L, e.sliding.stride)
+            units = sliding_units(T, seq_len, e.sliding.stride, e.sliding.window_rule)
+            evaluator = slot.Slot(model, params, mesh, e.slot, seq_len, e.sliding.stride)
             res = score(evaluator, units, evaluator.blocks(units, e.sliding.batch_windows), ledger, evaluator.shared)
             acc, nll = res.acc, res.nll
             extra = slot.summary(e.slot, units, res, evaluator.diagnostics(), run)
         elif e.ttt.mode == "phased":
             from golf_jax.eval.phased import ttt as phased_ttt
 
-            res, extra = phased_ttt.evaluate(cfg, model, params, val_tokens, mesh, L, functools.partial(
+            res, extra = phased_ttt.evaluate(cfg, model, params, val_tokens, mesh, seq_len, functools.partial(
                 score, ledger=ledger), inspection.documents)
             acc, nll = res.acc, res.nll
         else:
-            units = sliding_units(T, L, e.sliding.stride, e.sliding.window_rule)
+            units = sliding_units(T, seq_len, e.sliding.stride, e.sliding.window_rule)
             K = num_chunks(T, e.ttt.chunk_tokens)
             chunk = chunk_of(units, e.ttt.chunk_tokens)
             blocks = [np.flatnonzero(chunk == c) for c in range(K)]
             from golf_jax.eval.ttt import score_first as ttt
 
-            adapter = ttt.ScoreFirstTTT(model, predict, params, mesh, e.ttt, L, K)
+            adapter = ttt.ScoreFirstTTT(model, predict, params, mesh, e.ttt, seq_len, K)
             res = score(adapter, units, blocks, ledger)
             acc, nll, adapted = res.acc, res.nll, adapter.params
             extra = {"chunks": K, "train_steps": adapter.steps, "mode": e.ttt.mode}

@@ -1,4 +1,4 @@
-"""Sliding-window geometry: which targets each window scores (reference §6.2, merged rule §4.3).
+"""Sliding-window geometry: which targets each window scores (docs/reference-notes.md#sliding-window-eval).
 
 Target j is val[j+1] predicted from val[:j+1]; a stream of N tokens has T = N-1
 targets. A window starting at ws reads inputs val[ws : ws+wlen] (wlen ≤ seq_len) and
@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# eval.sliding.window_rule: "merged" scores each target once; "reference" is PR #1318's re-scored
+# tail (docs/reference-notes.md#sliding-window-eval)
 WINDOW_RULES = ("merged", "reference")
 
 
@@ -99,7 +101,7 @@ def sliding_units(num_targets: int, seq_len: int, stride: int, rule: str = "merg
 
 
 def chunk_of(units: Units, chunk_tokens: int) -> np.ndarray:
-    """Chunk index of each unit: ⌊first target / chunk_tokens⌋, capped at the last chunk (§6.3)."""
+    """Chunk index of each unit: ⌊first target / chunk_tokens⌋, capped at the last chunk (docs/reference-notes.md#ttt-pr1318)."""
     return np.minimum(units.first_target // chunk_tokens, num_chunks(units.num_targets, chunk_tokens) - 1)
 
 
@@ -117,22 +119,22 @@ def bucket_width(n: int, seq_len: int) -> int:
 def gather_batch(val_tokens: np.ndarray, units: Units, rows: int) -> dict:
     """Arrays of one forward over `units`, padded to `rows` rows (padding is masked).
 
-    Inputs (what an evaluator may see): x_BxL (window tokens, zero past wlen) and
+    Inputs (what an evaluator may see): x_BxW (window tokens, zero past wlen) and
     pos_BxS (the positions to score). Targets (the harness's): y_BxS, prev_BxS (the token
     before each target, for the byte LUT), mask_BxS and target_BxS (global indices).
-    With per-unit `wlen`, L is bucket_width of the batch's longest window.
+    W (`width`) is the seq_len; with per-unit `wlen`, bucket_width of the batch's longest window.
     """
-    n, L, S = len(units), units.seq_len, units.stride
+    n, width, S = len(units), units.seq_len, units.stride
     if n > rows:
         raise ValueError(f"gather_batch: {n} units do not fit in {rows} rows")
     num_targets = units.num_targets
     if units.wlen is not None:
-        L = bucket_width(int(units.wlen.max(initial=1)), units.seq_len)
-    x = np.zeros((rows, L), np.int32)
+        width = bucket_width(int(units.wlen.max(initial=1)), units.seq_len)
+    x = np.zeros((rows, width), np.int32)
     pos = np.zeros((rows, S), np.int32)
     mask = np.zeros((rows, S), bool)
     target = np.zeros((rows, S), np.int64)
-    offs = np.arange(L)
+    offs = np.arange(width)
     idx = units.start[:, None] + offs[None, :]
     valid = idx < num_targets  # the window's inputs: val[ws : ws + wlen]
     if units.wlen is not None:

@@ -18,11 +18,12 @@ from golf_jax.model.layers import ATTENTION_IMPLS, MATRIX_INITS
 ENUMS = {
     "matrix_init": tuple(MATRIX_INITS),
     "mlp_activation": MLP_ACTIVATIONS,
-    "residual_dtype": ("float32", "compute"),
+    "residual_dtype": ("float32", "compute"),  # float32: as torch autocast; compute: PR #1318 parity
     "compute_dtype": ("float32", "bfloat16", "float16"),
+    # record: on the normed embedding (PR #1318); window: on the raw embedding, BOS-masked (#1855)
     "smear_gate": ("off", "record", "window"),
-    "attn_gate": ("off", "sparse"),
-    "parallel_mode": ("gptj", "two_lane"),
+    "attn_gate": ("off", "sparse"),  # sparse: per-head output gate from the first gate_window dims (#1787)
+    "parallel_mode": ("gptj", "two_lane"),  # gptj: both read x_in (#1735); two_lane: attention and MLP lanes (#1787)
     "attention_impl": ATTENTION_IMPLS,
 }
 

@@ -19,6 +19,7 @@ from flax import linen as nn
 
 from golf_jax.model import layers
 
+# model.mlp_activation: relu² (the baseline) or LeakyReLU(0.5)² (the records)
 MLP_ACTIVATIONS = ("relu2", "leaky_relu2")
 
 

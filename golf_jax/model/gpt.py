@@ -3,10 +3,10 @@
 The skeleton is the upstream one (tied embeddings, RMSNorm'd input, resid_mix with
 x0, a U-Net of blocks with skip connections, softcap 30). Features are `model.*` keys:
 
-* the PR #1318 record (spec reference-pr1318.md §3): partial NTK RoPE, XSA,
+* the PR #1318 record (docs/reference-notes.md#record-model): partial NTK RoPE, XSA,
   LeakyReLU² MLP, the 1/√(i+1) norm scale, SmearGate, BigramHash, value embeddings,
   MTP heads (train loss only), orthogonal init, a residual stream in the compute dtype;
-* the SP8192 stack of #1735/#1758 (variants-and-compliance §1.2): sigmoid-gated skips
+* the SP8192 stack of #1735/#1758 (docs/reference-notes.md#sp8192-stack): sigmoid-gated skips
   (`skip_gates`), GPT-J parallel residuals from layer `parallel_residual_start`, and
   depth recurrence: layers loop_start..loop_end run `num_loops` extra times, giving
   e.g. the virtual order [0,1,2,3,4,5,3,4,5,3,4,5,6,7,8,9,10] with shared weights.
@@ -233,10 +233,10 @@ EMBED_PATHS = (("tok_emb", "embedding"), ("bigram", "embed"), ("ve_shared", "emb
 
 
 def make_param_labels(mtp_untrained: bool = False):
-    """Labels per spec §4.1 (the record's optimizer groups): Muon for block matrices, the
+    """Labels per docs/reference-notes.md#param-groups (the record's optimizer groups): Muon for block matrices, the
     three tables 'embed', the rest 'scalar' (incl. skip weights and gates, bigram.proj and
     ve_shared.proj); MTP heads 'head', or 'frozen' with `compat.mtp_untrained` (the
-    reference never trains them, §8.1). The baseline and SP8192 groups are the same rule."""
+    reference never trains them, docs/reference-notes.md#mtp-untrained). The baseline and SP8192 groups are the same rule."""
 
     def param_labels(params: dict) -> dict:
         def label(path: tuple[str, ...], leaf) -> str:

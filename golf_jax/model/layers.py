@@ -53,6 +53,7 @@ def linear_override_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float
     return jnp.zeros(shape, dtype)
 
 
+# model.matrix_init: "torch_default" (nn.Linear's U(±1/√in)) or "orthogonal" (the records)
 MATRIX_INITS = {"torch_default": torch_linear_init, "orthogonal": torch_orthogonal}
 
 
@@ -98,6 +99,7 @@ def apply_rotary(x_BxTxNxH: jax.Array, cos_TxR: jax.Array, sin_TxR: jax.Array) -
     return jnp.concatenate(rotated, axis=-1)
 
 
+# model.attention_impl: "auto" is cuDNN on GPU, else "chunked"
 ATTENTION_IMPLS = ("auto", "xla", "chunked", "cudnn")
 
 

@@ -17,7 +17,7 @@ from flax import traverse_util
 def params_from_reference(state_dict: Mapping[str, np.ndarray]) -> dict:
     """The reference's (banked, torch `(out, in)`) state dict as our params pytree (fp32).
 
-    Also accepts the unbanked export names (`blocks.i.attn.c_q.weight`, …, spec §3.4).
+    Also accepts the unbanked export names (`blocks.i.attn.c_q.weight`, …, docs/reference-notes.md#parameter-banking).
     """
     sd = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
     flat: dict[tuple[str, ...], np.ndarray] = {}

@@ -3,7 +3,7 @@
 Every group ends with `scale_by_lr(base_lr)`, which multiplies by
 `-base_lr · lr_scale`, where `lr_scale` is the optax extra arg passed each step.
 Putting decayed weights before it gives the torch decoupled-decay step exactly:
-`u = -lr·(d + wd·p)`, i.e. `p ← p·(1 - lr·wd) - lr·d` (spec §4.1, §4.2), because
+`u = -lr·(d + wd·p)`, i.e. `p ← p·(1 - lr·wd) - lr·d` (docs/reference-notes.md#param-groups, docs/reference-notes.md#muon), because
 `d` (the Adam or Muon direction) does not depend on `p`.
 """
 
@@ -19,7 +19,7 @@ import optax
 from golf_jax.optim.muon import NS_COEFFS, scale_by_muon
 
 LABELS = ("muon", "embed", "scalar", "head", "frozen")
-MUON_VARIANTS = ("muon", "muoneq_r")
+MUON_VARIANTS = ("muon", "muoneq_r")  # muoneq_r: rows L2-normalised before Newton–Schulz (SP8192 stack)
 DTYPES = ("bfloat16", "float32")  # Muon's Newton-Schulz and momentum buffer
 
 

@@ -3,7 +3,7 @@
 Why not `optax.contrib.muon`: it uses EMA momentum with bias correction, runs NS
 in the momentum dtype and routes every 2-D leaf to Muon. The record uses sum-form
 momentum (`buf = mu*buf + g`), Nesterov `g + mu*buf`, NS5 in bf16 and a momentum
-that warms up from 0.92 to 0.99 (spec §4.2), so we write the ~100 lines ourselves.
+that warms up from 0.92 to 0.99 (docs/reference-notes.md#muon), so we write the ~100 lines ourselves.
 
 Weight layout: our kernels are `(in, out)` (Flax `Dense`); the reference stores
 `(out, in)`. NS5 is transpose-equivariant, and the shape scale
@@ -32,6 +32,8 @@ POLAR_EXPRESS_COEFFS: tuple[tuple[float, float, float], ...] = (
     (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 )
+# opt.muon_ns_coeffs: "standard" (3.4445, −4.775, 2.0315) every iteration, or "polar_express"'s
+# per-iteration coefficients (#1787; docs/reference-notes.md#polar-express)
 NS_COEFFS = {"standard": NS5_COEFFS, "polar_express": POLAR_EXPRESS_COEFFS}
 
 
@@ -50,7 +52,7 @@ def newton_schulz5(
     coeffs: Any = NS5_COEFFS,
     dtype: Any = jnp.bfloat16,
 ) -> jax.Array:
-    """Approximately orthogonalize each trailing matrix of `g` (spec §4.2 NS5).
+    """Approximately orthogonalize each trailing matrix of `g` (docs/reference-notes.md#muon, NS5).
 
     `coeffs` is one (a, b, c) for every iteration or a per-iteration table (Polar Express).
 
@@ -88,7 +90,7 @@ def newton_schulz5(
 
 
 def newton_schulz_sharded(mats: list[jax.Array], mesh: Mesh, **ns_kwargs: Any) -> list[jax.Array]:
-    """Parallel Muon (reference §4.2): `newton_schulz5` of each matrix, the work split over
+    """Parallel Muon (docs/reference-notes.md#muon): `newton_schulz5` of each matrix, the work split over
     the mesh's data axis instead of repeated on every device.
 
     Matrices of one shape are stacked into a bank, padded with zero matrices (which stay

@@ -1,4 +1,4 @@
-"""Host-side LR and momentum schedules (spec §4.2 momentum warmup, §4.4 lr_mul).
+"""Host-side LR and momentum schedules (docs/reference-notes.md#muon momentum warmup, docs/reference-notes.md#lr-schedule lr_mul).
 
 They return plain Python floats computed on the host every step; the train step
 receives them as traced optax extra args (`lr_scale`, `muon_momentum`), so a new
@@ -55,7 +55,7 @@ def lr_scale(
 ) -> float:
     """The multiplier applied to every group's base LR at `step`.
 
-    mode "wallclock" (PR #1318 / upstream baseline, spec §4.4): the warmdown spans
+    mode "wallclock" (PR #1318 / upstream baseline, docs/reference-notes.md#lr-schedule): the warmdown spans
     the last `warmdown_iters` steps *estimated from the mean step time so far*
     and ends at the cap. Without a cap (`max_wallclock_seconds <= 0`) it falls back
     to "iterations", as the reference does.

@@ -53,7 +53,7 @@ def estimate(cfg, seed: int = 0, log=lambda m: None) -> dict:
         tensors, _ = export.quantize_int6(arrays, labels, ex, hessians=None)
         blob = export.serializer(tensors, ex, ex.compressor or "lzma")[2]
     else:
-        raise ValueError(f"export.format={ex.format!r}: known formats are 'int8_zlib', {export.INT6_FORMATS}")
+        raise ValueError(f"export.format={ex.format!r}: known formats are {', '.join(map(repr, export.FORMATS))}")
     say("packing the code")
     code = codebytes.code_bytes(cfg)
     n_params = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))

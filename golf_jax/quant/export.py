@@ -6,7 +6,7 @@ Names are the '/'-joined pytree paths. Matmul kernels are stored transposed to
 Formats (export.format):
 
 * "int8_zlib": the upstream baseline (int8 per-row for large tensors, zlib).
-* "gptq_int6": the record (spec 5.3). In order: non-matrices and tensors with
+* "gptq_int6": the record (docs/reference-notes.md#tensor-formats). In order: non-matrices and tensors with
   <= 65,536 elements -> fp16; every kernel labelled "muon" (the block matrices)
   -> int6 GPTQ with the Hessian from golf_jax.quant.hessian (W = kernel^T, [out, in]);
   every other large tensor (tok_emb, bigram/VE embed, an untied head) -> int8
@@ -89,20 +89,25 @@ def quantize_int8(arrays: dict[str, np.ndarray]) -> dict[str, container.QuantTen
     return tensors
 
 
-INT6_FORMATS = ("gptq_int6", "rtn_int6")
+INT6_FORMATS = ("gptq_int6", "rtn_int6")  # gptq_int6: the records' GPTQ; rtn_int6: round to nearest
+FORMATS = ("int8_zlib", *INT6_FORMATS)  # int8_zlib: the upstream baseline's per-row int8 + zlib
+# tok_emb in *_int6: "rowquant" (percentile int8/int7 rows, no Hessian) | "gptq" (GPTQ with the
+# Hessian of the tied LM head's input, the final-norm output; #1735)
 EMBED_QUANTS = ("rowquant", "gptq")
-GPTQ_CLIPS = ("percentile", "sdclip")
+GPTQ_CLIPS = ("percentile", "sdclip")  # percentile: the reference's clip search; sdclip: k·std(row) (#1735)
+# pergroup_*: matrices grouped by role, rows L1-sorted, each group compressed on its own (*_int6 only;
+# zpaq needs `pip install zpaq`; #1855's COMPRESSOR=pergroup ran lrzip's ZPAQ)
 PERGROUP = ("pergroup_brotli", "pergroup_zpaq")
-COMPRESSORS = ("lzma", "brotli", "zstd", *PERGROUP)
+COMPRESSORS = ("lzma", "brotli", "zstd", *PERGROUP)  # "" (not listed): the format's default (lzma for *_int6)
+INT6_STORAGES = ("auto", "int8", "packed6")  # auto: the smaller of the two after compression
 TIED_EMBED = hessian.TIED_EMBED_KEY  # "tok_emb/embedding": the tied table, [V, D] as stored
 GATE_NAME = "attn_gate_w"  # the sparse attention output gate, [num_heads, gate_window]
 
 
 def check_config(ex) -> None:
     """The export.* choices, before anything is trained (one line naming the key)."""
-    if ex.format not in ("int8_zlib", *INT6_FORMATS):
-        raise ValueError(f"export.format={ex.format!r}: known formats are 'int8_zlib', "
-                         f"{', '.join(repr(f) for f in INT6_FORMATS)}")
+    if ex.format not in FORMATS:
+        raise ValueError(f"export.format={ex.format!r}: known formats are {', '.join(map(repr, FORMATS))}")
     if int(ex.embed_bits) not in (7, 8):
         raise ValueError(f"export.embed_bits={ex.embed_bits}: use 8 or 7")
     if ex.embed_quant not in EMBED_QUANTS:
@@ -121,8 +126,8 @@ def check_config(ex) -> None:
     if ex.compressor and not int6:
         raise ValueError(f"export.compressor={ex.compressor!r} needs export.format in {INT6_FORMATS} "
                          "(int8_zlib always uses zlib; or set export.compressor='')")
-    if ex.int6_storage not in ("auto", "int8", "packed6"):
-        raise ValueError(f"export.int6_storage={ex.int6_storage!r}: use 'auto', 'int8' or 'packed6'")
+    if ex.int6_storage not in INT6_STORAGES:
+        raise ValueError(f"export.int6_storage={ex.int6_storage!r}: use one of {', '.join(map(repr, INT6_STORAGES))}")
     if ex.calib_source not in hessian.CALIB_SOURCES:
         raise ValueError(f"export.calib_source={ex.calib_source!r}: use one of {hessian.CALIB_SOURCES}")
     for key, low in (("calib_seqs", 1), ("calib_seq_len", 0), ("gptq_block", 1), ("reserve_seconds", 0)):
@@ -168,7 +173,7 @@ def is_gate(name: str) -> bool:
     return name.rsplit("/", 1)[-1] == GATE_NAME
 
 
-NOT_EXPORTED_PREFIXES = ("mtp_heads_",)  # training-only heads (spec 5.1)
+NOT_EXPORTED_PREFIXES = ("mtp_heads_",)  # training-only heads (docs/reference-notes.md#tensor-formats)
 
 
 def flat_labels(labels) -> dict[str, str]:
@@ -177,7 +182,7 @@ def flat_labels(labels) -> dict[str, str]:
 
 
 def classify(name: str, arr: np.ndarray, label: str) -> str:
-    """'fp16' | 'int6' | 'embed' per spec 5.3 (small first, then Muon matrices)."""
+    """'fp16' | 'int6' | 'embed' per docs/reference-notes.md#tensor-formats (small first, then Muon matrices)."""
     if arr.ndim < 2 or arr.size <= PASSTHROUGH_MAX_NUMEL or not np.issubdtype(arr.dtype, np.floating):
         return "fp16"
     if label == "muon":

@@ -1,4 +1,4 @@
-"""GPTQ int6 quantization (spec 5.4), vectorised for numpy on a CPU.
+"""GPTQ int6 quantization (docs/reference-notes.md#gptq), vectorised for numpy on a CPU.
 
 Convention: W is [rows=out, cols=in] (callers transpose our (in, out) kernels),
 H is [cols, cols] = X^T X of the layer inputs.
@@ -81,8 +81,8 @@ def _chol_inv_lower(M: np.ndarray, base: int = 64) -> np.ndarray:
     """
     n = M.shape[0]
     if n <= base:
-        L = np.linalg.cholesky(M)
-        return np.tril(np.linalg.solve(L, np.eye(n, dtype=M.dtype)))
+        chol = np.linalg.cholesky(M)
+        return np.tril(np.linalg.solve(chol, np.eye(n, dtype=M.dtype)))
     k = n // 2
     Ai = _chol_inv_lower(M[:k, :k], base)
     X = M[k:, :k] @ Ai.T
@@ -213,7 +213,7 @@ def gptq_quantize(
     same damping is applied, then dead columns are handled, then H += damp *
     mean(diag H) * I again (total ~ damp*(2+damp)*mean diag). ``scale_floor``
     applies the reference's 1/clip floor (None: on for percentile, off for SDClip).
-    ``clip="sdclip"`` is #1735's GPTQ (spec §1.2): s = fp16(k*std(row, ddof=1)/clip)
+    ``clip="sdclip"`` is #1735's GPTQ (docs/reference-notes.md#sdclip): s = fp16(k*std(row, ddof=1)/clip)
     of the original row, no search; with damp=0.01 it matches that reference except
     that a scale rounding to 0 in fp16 becomes the smallest fp16 (the reference
     divides by 0) and the damping's mean(diag H) is clamped >= 1e-6 (never active

@@ -1,4 +1,5 @@
-"""GPTQ Hessians H = XᵀX of every layers.Linear input, collected on the devices (spec 5.2).
+"""GPTQ Hessians H = XᵀX of every layers.Linear input, collected on the devices
+(docs/reference-notes.md#hessian-calibration).
 
 Why interception: every matmul weight of our models is a `layers.Linear` (param
 "kernel"), so `nn.intercept_methods` sees each layer's input x inside one jitted
@@ -38,7 +39,7 @@ from golf_jax.model import layers
 from golf_jax.core import mesh as mesh_lib
 from golf_jax.core.progress import progress
 
-CALIB_SOURCES = ("train", "val", "selfgen")
+CALIB_SOURCES = ("train", "val", "selfgen")  # val: PR #1318 (non-compliant); selfgen: golf_jax/quant/selfgen.py
 TIED_EMBED_KEY = "tok_emb/embedding"  # the tied table's params path, [V, D]
 HEAD_METHOD = "logits_from_hidden"  # the top-level module's LM head: logits from final-normed h
 

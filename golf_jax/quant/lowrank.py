@@ -2,7 +2,7 @@
 
 A `Factor` is an int matrix q (int8 in memory) with one fp16 scale per ``group``
 consecutive values of its row-major flattening: X ≈ (q.reshape(-1, g) · s[:, None]).
-That single layout covers both packings of #1855's LQER (spec §6: "LQER asymmetric
+That single layout covers both packings of #1855's LQER (docs/reference-notes.md#lqer: "LQER asymmetric
 rank-4 int4 correction"; reference `_lqer_pack`, `_lqer_pack_asym`):
 
 * asymmetric (LQER_ASYM_ENABLED=1): A as int2 in [-2, 1] with one scale for the whole

@@ -1,6 +1,6 @@
 """LQER: a low-rank correction of the quantization error, stored beside the weight.
 
-#1797 / #1855 (spec §6: "LQER asymmetric rank-4 int4 correction of the quantization
+#1797 / #1855 (docs/reference-notes.md#lqer: "LQER asymmetric rank-4 int4 correction of the quantization
 error on the top-3 tensors"; reference `gptq_mixed_quantize`): after quantizing, every
 quantized matrix is a candidate with error E = W - q·s (fp32). The top_k candidates by
 the Frobenius norm ‖E‖ (not normalised by size, so the largest matrices usually win:

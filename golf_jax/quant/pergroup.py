@@ -1,4 +1,4 @@
-"""Per-group compression of the artifact (#1855's COMPRESSOR=pergroup; spec §6: "per-group
+"""Per-group compression of the artifact (#1855's COMPRESSOR=pergroup; docs/reference-notes.md#pergroup: "per-group
 lrzip (ZPAQ) + L1 similarity-sorted rows + brotli", about 280 KB below brotli alone).
 
 A lossless transport of the GOLFJAX1 container's bytes. Its large int8-stored

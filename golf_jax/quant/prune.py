@@ -1,7 +1,7 @@
-"""Selective +-1 pruning to fit the artifact budget (spec 5.6), in DECIMAL bytes.
+"""Selective +-1 pruning to fit the artifact budget (docs/reference-notes.md#prune-target), in DECIMAL bytes.
 
 The limit is 16,000,000 bytes for compressed model + code (upstream README FAQ).
-The reference aimed at TARGET_MB=15.9 MiB = 16,672,358 bytes (spec 8 item 19),
+The reference aimed at TARGET_MB=15.9 MiB = 16,672,358 bytes (docs/reference-notes.md#prune-target),
 which would not protect the limit; here the budget is plain decimal bytes.
 
 Candidates are the int6 entries with |q| = 1, ordered by increasing scale[row]^2

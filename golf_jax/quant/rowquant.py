@@ -9,7 +9,7 @@ Two scale conventions exist in the reference (PR #1318):
 * int6 (GPTQ and its percentile fallback): the scale is rounded to fp16 *first* and
   q is computed with that fp16 scale, so ``q * s16`` is exactly what the quantizer
   aimed for. We always do this for int6.
-* int8 embeddings (reference L437-452, spec section 5.5): q is computed with the
+* int8 embeddings (docs/reference-notes.md#int8-rows): q is computed with the
   fp32 scale and only the stored scale is rounded to fp16, so the dequantized
   value is ``q * fp16(s)``, which is not what was rounded against. This is a
   reference quirk; ``exact_scale=True`` (our default) uses the fp16 scale instead,
@@ -146,7 +146,7 @@ def quantize_rows_int8(
     *,
     exact_scale: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The embedding export (spec 5.5): clip to the 0.9999984 row quantile, floor
+    """The embedding export (docs/reference-notes.md#int8-rows): clip to the 0.9999984 row quantile, floor
     the step at 1/clip, store fp16 scales. ``clip_range=63`` gives int7."""
     return quantize_rows_percentile(
         W, clip_range, percentile, scale_floor=True, clip_values=True, exact_scale=exact_scale

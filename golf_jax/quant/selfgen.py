@@ -1,7 +1,8 @@
-"""Self-generated GPTQ calibration text (export.calib_source="selfgen", PR #1318 §5.2).
+"""Self-generated GPTQ calibration text (export.calib_source="selfgen"; docs/reference-notes.md#hessian-calibration).
 
-The record calibrates on sequences the trained model samples itself from BOS, so no
-training or validation data is read after the training clock. Its own module: only
+Calibration on sequences the trained model samples itself from BOS, so no training or
+validation data is read after the training clock. PR #1318's file holds this option but
+the record calibrates on val (docs/reference-notes.md#hessian-calibration). Its own module: only
 configs that self-generate pack it (golf_jax/submission/modules.py GATES).
 """
 

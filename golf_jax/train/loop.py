@@ -39,6 +39,12 @@ class TrainingError(RuntimeError):
     """A run that cannot go on (NaN loss, bad config); the run dir keeps what ran."""
 
 
+# data.loader: "sequential" reads the stream in order (docs/reference-notes.md#sequential-loader),
+# "coprime" walks each shard with a coprime stride (#coprime-loader), "shuffled" draws random
+# sequence starts per shard (#shuffled-loader). Each is imported on its branch only (make_loader).
+LOADERS = ("sequential", "coprime", "shuffled")
+
+
 def check_config(cfg, num_devices: int) -> None:
     """The train, schedule, opt and model keys' enums and ranges, before anything compiles."""
     t = cfg.train
@@ -57,8 +63,8 @@ def check_config(cfg, num_devices: int) -> None:
     model_lib.check_config(cfg.model)
     schedule.check_config(cfg.schedule)
     build.check_config(cfg.opt)
-    if cfg.data.loader not in ("sequential", "coprime", "shuffled"):
-        raise ValueError(f"data.loader={cfg.data.loader!r}: use 'sequential', 'coprime' or 'shuffled'")
+    if cfg.data.loader not in LOADERS:
+        raise ValueError(f"data.loader={cfg.data.loader!r}: use one of {', '.join(map(repr, LOADERS))}")
 
 
 def make_loader(cfg, data_dir: Path, mesh):

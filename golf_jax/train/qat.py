@@ -1,4 +1,4 @@
-"""Late soft-round QAT (reference §4.6): once the LR scale falls below
+"""Late soft-round QAT (docs/reference-notes.md#late-qat, docs/reference-notes.md#soft-round-qat): once the LR scale falls below
 train.late_qat_threshold, the forward sees the int6-exported kernels soft-rounded.
 
 Its own module, imported only when the threshold is > 0: a submission without QAT

@@ -1,8 +1,8 @@
 """Weight averaging (EMA, SWA), as pure functions of pytrees, and the recipe of a train step.
 
 They run inside the jitted step: the EMA after every optimizer step, SWA snapshots
-when `lr_scale < swa_lr_threshold` and `step % swa_every == 0` (reference §4.5). Late
-soft-round QAT (§4.6) lives in golf_jax/train/qat.py; the recipe carries its mask.
+when `lr_scale < swa_lr_threshold` and `step % swa_every == 0` (docs/reference-notes.md#ema-swa). Late
+soft-round QAT (docs/reference-notes.md#late-qat) lives in golf_jax/train/qat.py; the recipe carries its mask.
 """
 
 from __future__ import annotations

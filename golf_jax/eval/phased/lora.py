@@ -1,4 +1,4 @@
-"""Per-document LoRA adapters of phased TTT and their AdamW (variants-and-compliance §4.4).
+"""Per-document LoRA adapters of phased TTT and their AdamW (docs/reference-notes.md#phased-ttt).
 
 #1855's BatchedTTTLoRA: for each virtual layer (one slot per block call of the looped
 layer order) adapters on Q, K, V, the attention output (fed the block's normed input)

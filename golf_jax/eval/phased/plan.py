@@ -1,6 +1,6 @@
 """Phased TTT's schedule: documents, their evaluation order, the harness's units and blocks.
 
-Phased score-first TTT (variants-and-compliance §4.4: PR #1855's eval_val_ttt_phased,
+Phased score-first TTT (docs/reference-notes.md#phased-ttt: PR #1855's eval_val_ttt_phased,
 the 1.0611 record) scores every document on its own, in chunks, with a per-document
 LoRA that trains on each chunk after it is scored. Everything about *which* target is
 scored *when* is fixed here, before anything runs, from the document lengths alone:

@@ -1,4 +1,4 @@
-"""Phased score-first TTT, eval.ttt.mode="phased" (variants-and-compliance §4.4; PR #1855).
+"""Phased score-first TTT, eval.ttt.mode="phased" (docs/reference-notes.md#phased-ttt; PR #1855).
 
 The 1.0611 record's evaluation: every document is scored alone, chunk by chunk, by the
 base weights plus a per-document LoRA (golf_jax/eval/phased/lora.py) that takes one AdamW step
@@ -125,12 +125,12 @@ def global_sgd(trainer, mesh, params, tokens: np.ndarray, seq_len: int, p) -> tu
     global_epochs passes. Returns (params, steps)."""
     init, step = trainer
     state, steps, in_flight = init(params), 0, adapt.InFlight()
-    total, C, L = len(tokens) - 1, int(p.global_chunk_tokens), seq_len
+    total, C = len(tokens) - 1, int(p.global_chunk_tokens)
     K = max(-(-total // C), 1)
     rows = harness.batch_rows(int(p.global_batch_seqs), mesh)
     for c in range(K - 1):  # the is_last_chunk guard
         a = c * C
-        x, y = adapt.sequences(tokens[a : min(a + C, total) + 1], L)
+        x, y = adapt.sequences(tokens[a : min(a + C, total) + 1], seq_len)
         if not x.shape[0]:
             continue
         lr_scale = np.float32(adapt.cosine(c, K - 1))

@@ -4,7 +4,7 @@ Three backends behind one call, `minimize(fun, x0, settings)`, selected by
 `eval.slot.solver`:
 
 * "torch_exact": torch.optim.LBFGS(line_search_fn="strong_wolfe") step by step
-  (reference §6.4): initial step min(1, 1/‖g‖₁)·lr, the (s, y) history pushed only
+  (docs/reference-notes.md#torch-lbfgs): initial step min(1, 1/‖g‖₁)·lr, the (s, y) history pushed only
   when yᵀs > 1e-10, the H₀ = yᵀs/yᵀy scaling, torch's bracketing + zoom line search
   with cubic interpolation and its 10% "insufficient progress" guard, and torch's
   stop tests (max_iter, max_eval = ⌊5·max_iter/4⌋, tolerance_grad on max|g|,
@@ -31,6 +31,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+# eval.slot.solver: torch_exact (torch.optim.LBFGS step by step), jaxopt's or optax's L-BFGS
 SOLVERS = ("torch_exact", "jaxopt", "optax")
 
 

@@ -1,5 +1,5 @@
-"""SLOT: a δ fitted per window at evaluation time and added to the logits (reference §6.4,
-variants-and-compliance §2.5, §2.7–§2.9).
+"""SLOT: a δ fitted per window at evaluation time and added to the logits
+(docs/reference-notes.md#slot-pr1318, #slot-pr1306, #slot-pr1350, #slot-score-first, #slot-pr675).
 
 One jitted function per batch of sliding windows: the model's forward runs once,
 hidden states are gathered at the objective and the scored positions only, and the
@@ -14,7 +14,7 @@ targets the δ is fitted on, s is the window's first scored position:
 * context (legal, the default): one δ ∈ ℝ^V per scoring unit, fitted on its context
   [max(0, s−F), s), i.e. targets already scored; warm start from the previous batch's
   last δ.
-* score_first (legal; #1735's disabled sequential shape, §2.8): δ carries from window
+* score_first (legal; #1735's disabled sequential shape, docs/reference-notes.md#slot-score-first): δ carries from window
   to window (a lax.scan over the batch, then into the next batch); each window first
   refits it on the targets the previous window just scored, [s − min(F, stride), s),
   then scores. (#1735 fits on the previous window's own logits; here the same targets
@@ -53,7 +53,18 @@ from golf_jax.eval.slot.solver import SOLVERS, LbfgsSettings, SolveInfo, minimiz
 from golf_jax.eval.windows import Units
 from golf_jax.model import layers
 
-MODES = ("context", "score_first", "pr1318", "pr1350", "pr675", "pr1306")
+# eval.slot.mode -> what it fits, one line each (the error for a bad mode lists them; docs/reference-notes.md#modes).
+MODES = {
+    "context": "legal: one δ per scoring unit, fitted on its already-scored context [s-F, s)",
+    "score_first": "legal: δ carried window to window, refitted on the targets the previous window just scored "
+                   "(#1735's disabled sequential SLOT)",
+    "pr1318": "PR #1318's SLOT: one δ per batch of 32 windows, fitted on [L-F, L-1), its own scored targets "
+              "(non-compliant)",
+    "pr1350": "PR #1350's causal L-BFGS SLOT: one δ per batch on [L-F, s), the previous window's scored targets "
+              "(non-compliant)",
+    "pr675": "PR #675's SLOT: per window a hidden δ and a logit bias fitted on the targets it scores (non-compliant)",
+    "pr1306": "PR #1306's causal SLOT: one hidden δ per batch, AdamW steps on every window's context (non-compliant)",
+}
 COMPLIANT_MODES = ("context", "score_first")
 SHARED = ("pr1318", "pr1350", "pr1306")  # one δ per batch
 HIDDEN = ("pr675", "pr1306")  # δ lives in the final hidden space
@@ -70,8 +81,10 @@ WHY = {
 
 def check_config(s, seq_len: int, stride: int) -> None:
     """Every eval.slot key's range, before any compile."""
+    from golf_jax.config import described  # the schema: a submission does not pack it
+
     if s.mode not in MODES:
-        raise ValueError(f"eval.slot.mode={s.mode!r}: use one of {MODES}")
+        raise ValueError(f"eval.slot.mode={s.mode!r}: use one of {described(MODES)}")
     if s.solver not in SOLVERS:
         raise ValueError(f"eval.slot.solver={s.solver!r}: use one of {SOLVERS}")
     if s.max_iter < 1 or s.history < 1 or s.steps < 1 or s.max_eval < 0:
@@ -116,13 +129,13 @@ def objective(mode: str, units: Units, rows: int, focal: int) -> Objective:
 
     Padding rows (p0 = s = wlen = count = 0) get an empty mask in every mode.
     """
-    n, L, S = len(units), units.seq_len, units.stride
+    n, seq_len, S = len(units), units.seq_len, units.stride
     p0 = np.zeros(rows, np.int64)
     s_w = np.zeros(rows, np.int64)
     wlen = np.zeros(rows, np.int64)
     count = np.zeros(rows, np.int64)
     p0[:n], s_w[:n], count[:n] = units.pos, units.window_pos, units.count
-    wlen[:n] = np.minimum(units.start + L, units.num_targets) - units.start
+    wlen[:n] = np.minimum(units.start + seq_len, units.num_targets) - units.start
     first_unit = (p0 == s_w)[:, None]  # batch-shared objectives count a split window once
     if mode == "context":
         pos = p0[:, None] - focal + np.arange(focal)[None]
@@ -132,19 +145,19 @@ def objective(mode: str, units: Units, rows: int, focal: int) -> Objective:
         pos = p0[:, None] - w + np.arange(w)[None]
         mask = pos >= 0
     elif mode == "pr1318":  # a partial window's zero padding counts, as in the reference (its targets are 0)
-        pos = np.broadcast_to(L - focal + np.arange(focal - 1)[None], (rows, focal - 1))
+        pos = np.broadcast_to(seq_len - focal + np.arange(focal - 1)[None], (rows, focal - 1))
         mask = np.broadcast_to((wlen[:, None] > 0) & first_unit, pos.shape)
     elif mode == "pr1350":
-        pos = np.broadcast_to(L - focal + np.arange(focal)[None], (rows, focal))
+        pos = np.broadcast_to(seq_len - focal + np.arange(focal)[None], (rows, focal))
         mask = (pos < s_w[:, None]) & first_unit
     elif mode == "pr1306":
-        pos = np.broadcast_to(np.arange(L)[None], (rows, L))
+        pos = np.broadcast_to(np.arange(seq_len)[None], (rows, seq_len))
         mask = (pos < s_w[:, None]) & first_unit
     elif mode == "pr675":
         pos = p0[:, None] + np.arange(S)[None]
         mask = np.arange(S)[None] < count[:, None]
     else:
-        raise ValueError(f"eval.slot.mode={mode!r}: use one of {MODES}")
+        raise ValueError(f"eval.slot.mode={mode!r}: use one of {list(MODES)}")
     return Objective(np.where(mask, pos, 0).astype(np.int32), mask, shared=mode in SHARED, zero_pad=mode == "pr1318")
 
 

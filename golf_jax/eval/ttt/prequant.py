@@ -5,12 +5,12 @@ every val token before any of them is scored: condition 3 ("only train on tokens
 already evaluated") fails by design, and the run's score is labelled
 "non-compliant (reproduction)". Modes (eval.prequant_ttt.mode):
 
-* "flat" (#1306 / #1350, variants §2.2): AdamW, LR cosine per epoch toward lr_floor,
+* "flat" (#1306 / #1350, docs/reference-notes.md#prequant-flat): AdamW, LR cosine per epoch toward lr_floor,
   data-parallel over contiguous per-device sequence ranges, gradient mean, clip.
-* "discriminative" (#6, §2.3): as flat, with block i's LR scaled by
+* "discriminative" (#6, docs/reference-notes.md#prequant-discriminative): as flat, with block i's LR scaled by
   m + (1-m)·i/(L-1). depth_scope "scalars" is the reference (the scale reaches only the
   block scalars; the banked matrices train at the base LR), "blocks" the intended one.
-* "parallel" (#1735 / #1758, §2.4): local SGD. Device r trains its own replica with its
+* "parallel" (#1735 / #1758, docs/reference-notes.md#prequant-parallel): local SGD. Device r trains its own replica with its
   own AdamW state on chunks r, r+W, r+2W, … (one step per chunk); after every epoch
   the replicas' weights (not gradients, not moments) are averaged (shard_map + pmean).
 """
@@ -30,12 +30,20 @@ from golf_jax.eval.compiled import cached, settings_key
 from golf_jax.optim import step as optim_step
 from golf_jax.optim.build import build_adaptation_optimizer
 
-MODES = ("off", "flat", "discriminative", "parallel")
+# eval.prequant_ttt.mode -> what it runs (all but "off" train on val before scoring it: non-compliant).
+MODES = {
+    "off": "no pre-quant TTT (legal)",
+    "flat": "PR #1306 / #1350: AdamW on val, LR cosine per epoch toward lr_floor",
+    "discriminative": "PR #6: as flat, with block i's LR scaled by depth_lr_min + (1-depth_lr_min)·i/(L-1)",
+    "parallel": "PR #1735 / #1758: local AdamW per device on chunks r, r+W, ..., weights averaged every epoch",
+}
 
 
 def check_config(p) -> None:
+    from golf_jax.config import described  # the schema: a submission does not pack it
+
     if p.mode not in MODES:
-        raise ValueError(f"eval.prequant_ttt.mode={p.mode!r}: use one of {MODES}")
+        raise ValueError(f"eval.prequant_ttt.mode={p.mode!r}: use one of {described(MODES)}")
     if p.mode != "off" and (p.epochs < 1 or p.batch_seqs < 1 or p.lr < 0 or p.chunk_tokens < 1):
         raise ValueError("eval.prequant_ttt: epochs, batch_seqs and chunk_tokens must be >= 1 and lr >= 0")
     for key in ("freeze_scope", "depth_scope"):

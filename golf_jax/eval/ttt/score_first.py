@@ -1,4 +1,4 @@
-"""Score-first chunked test-time training (variants-and-compliance §4.3; reference §6.3).
+"""Score-first chunked test-time training (docs/reference-notes.md#ttt-score-first; docs/reference-notes.md#ttt-pr1318).
 
 The val targets are cut into chunks of eval.ttt.chunk_tokens. Each chunk's sliding
 windows are scored through the harness first; then the chunk is revealed and the
@@ -32,15 +32,25 @@ from golf_jax.eval.compiled import settings_key
 from golf_jax.eval.harness import Reveal
 from golf_jax.optim.build import build_adaptation_optimizer
 
-MODES = ("score_first", "pr1318", "phased")  # phased: golf_jax/eval/phased/ttt.py (keys eval.phased.*)
+# eval.ttt.mode -> what it runs, one line each (the error for a bad mode lists them; docs/reference-notes.md#modes).
+MODES = {
+    "score_first": "score-first chunked TTT as the merged 1.0828 record: SGD momentum 0.9, lr 0.005, 3 epochs",
+    "pr1318": "PR #1318's TTT pass (AdamW lr 1e-3, 1 epoch, blocks 0-9 frozen), score-first; "
+              "eval.ttt.carry reproduces its second pass",
+    "phased": "PR #1855's phased score-first TTT: per-document LoRA and global SGD phases (keys eval.phased.*; "
+              "golf_jax/eval/phased/ttt.py)",
+}
+OPTIMIZERS = ("sgd", "adamw")  # eval.ttt.optimizer: sgd with eval.ttt.momentum, or adamw (beta1, beta2, eps)
 
 
 def check_config(t, seq_len: int, stride: int, used: bool = True) -> None:
     """Every key's range; the window geometry only when the ttt stage is listed (`used`)."""
+    from golf_jax.config import described  # the schema: a submission does not pack it
+
     if t.mode not in MODES:
-        raise ValueError(f"eval.ttt.mode={t.mode!r}: use one of {MODES}")
-    if t.optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"eval.ttt.optimizer={t.optimizer!r}: use 'sgd' or 'adamw'")
+        raise ValueError(f"eval.ttt.mode={t.mode!r}: use one of {described(MODES)}")
+    if t.optimizer not in OPTIMIZERS:
+        raise ValueError(f"eval.ttt.optimizer={t.optimizer!r}: use one of {', '.join(map(repr, OPTIMIZERS))}")
     if t.freeze_scope not in adapt.SCOPES:
         raise ValueError(f"eval.ttt.freeze_scope={t.freeze_scope!r}: use one of {adapt.SCOPES}")
     if not used:
@@ -97,13 +107,13 @@ class ScoreFirstTTT:
     def update(self, reveal: Reveal) -> None:
         if reveal.is_last:  # the is_last_chunk guard: an update after the final score is never used
             return
-        t, L, c = self._t, self._seq_len, reveal.block
+        t, seq_len, c = self._t, self._seq_len, reveal.block
         T = reveal.num_targets
         a, b = c * t.chunk_tokens, min((c + 1) * t.chunk_tokens, T)
-        x, y = adapt.sequences(reveal.read(a, b), L)
+        x, y = adapt.sequences(reveal.read(a, b), seq_len)
         if t.lookahead and x.shape[0] and b < T:
             # The leak: the span ends one token late, so the last sequence is shifted by one.
-            extra = reveal.read(b - L + 1, b + 1)
+            extra = reveal.read(b - seq_len + 1, b + 1)
             x[-1], y[-1] = extra[:-1], extra[1:]
         if x.shape[0] == 0:
             return
