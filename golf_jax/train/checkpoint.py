@@ -68,7 +68,7 @@ class Checkpointer:
     """Saves every `every` steps (and the final step) into RUN_DIR/checkpoints, async."""
 
     def __init__(self, run_dir: str | Path, every: int) -> None:
-        self.every = every
+        self.every, self.run_dir = every, run_dir
         self.last_saved: int | None = None
         self._lock = acquire_lock(run_dir) if jax.process_index() == 0 else None
         options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=True)
@@ -94,6 +94,32 @@ class Checkpointer:
         if self._lock is not None:
             release_lock(self._lock)
             self._lock = None
+
+
+    def finish(self, step: int, state: Any, meta: dict, log=print) -> int:
+        """Save the final state (`meta` with its measured training time), wait for the writes and
+        close; returns the step saved."""
+        self.save(step, state, meta)
+        self.close()
+        log(f"checkpoint of step {step} in {checkpoint_dir(self.run_dir)}")
+        return step
+
+
+def start(cfg: Any, state: Any, meta: dict, loader: Any, run: Any) -> tuple[Any, dict, dict, Checkpointer | None]:
+    """The train loop's checkpoint setup: (state, meta, extra, checkpointer). With
+    train.resume_from: the latest readable state and meta of that run, the loader moved to where
+    it stopped (before the Prefetcher starts reading) and extra = {resumed_from, resumed_step};
+    else `state` and `meta` as given. With train.checkpoint_every > 0, a Checkpointer of `run`."""
+    t, extra, checkpointer = cfg.train, {}, None
+    if t.resume_from:
+        state, meta, saved_step = restore(t.resume_from, state, cfg, log=run.log)
+        meta["step"] = int(meta["step"])
+        loader.load_state_dict(meta["loader"])
+        extra = {"resumed_from": str(t.resume_from), "resumed_step": saved_step}
+        run.log(f"resumed from {t.resume_from} at step {saved_step} (train_time {meta['train_time_s']:.1f}s)")
+    if t.checkpoint_every > 0:
+        checkpointer = Checkpointer(run.path, t.checkpoint_every)
+    return state, meta, extra, checkpointer
 
 
 def _holder(path: Path) -> dict | None:
