@@ -2,9 +2,11 @@
 
 Layout: RUN_DIR/checkpoints/<step>/{state, meta}. `state` is the whole TrainState
 (params, optimizer state, EMA/SWA sums) saved with StandardSave; `meta` is JSON: step,
-train_time_s, late_qat_step and the loader's state_dict. Saves are async: `save()`
+train_time_s, late_qat_step, loop_on_step and the loader's state_dict. Saves are async: `save()`
 returns once orbax has copied the arrays to host (so the next step may donate them),
-and the files are written on a background thread.
+and the files are written on a background thread. The train loop (golf_jax/train/loop.py fit)
+calls `start` (resume, make the Checkpointer), `Checkpointer.due/save` between steps and
+`Checkpointer.finish` after the last one; it closes the Checkpointer also when training fails.
 
 Data order across a resume: the Prefetcher reads ahead by up to data.prefetch batches,
 so the live loader is *ahead* of the train loop and its state_dict() at save time would

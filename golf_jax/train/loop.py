@@ -7,7 +7,8 @@ metrics are read one step late. Periodic validation is a callback the pipeline p
 
 With train.checkpoint_every > 0 the state is saved asynchronously (see
 golf_jax/train/checkpoint.py, which also explains how the loader state survives the
-Prefetcher's read-ahead); train.resume_from continues the latest checkpoint of a run.
+Prefetcher's read-ahead; it is imported only when checkpoints are asked for);
+train.resume_from continues the latest checkpoint of a run.
 SIGTERM / SIGINT (golf_jax/core/rundir.py) stop the loop between steps: the step in hand is
 saved as a checkpoint, then the run ends as `Interrupted`.
 """
@@ -241,18 +242,16 @@ def _schedule(cfg, recipe, meta: dict, elapsed: float, cap_s: float | None, run:
         meta["loop_on_step"] = step
         encoder, decoder = gpt.layer_order(cfg.model, looping=True)
         run.log(f"layer loop on at step {step}: encoder {encoder} decoder {decoder}")
-    alpha = 0.0
     if recipe.qat_mask is not None:  # imported on its branch only: golf_jax/submission/modules.py GATES
         from golf_jax.train import qat
-
-        if meta["late_qat_step"] is None and lr < t.late_qat_threshold:
-            meta["late_qat_step"] = step
-            run.log(f"late QAT on at step {step} (lr_scale {lr:.3f} < {t.late_qat_threshold})")
-        if meta["late_qat_step"] is not None:
-            alpha = qat.qat_alpha(lr, t.late_qat_threshold)
-    momentum = schedule.muon_momentum(step, cfg.opt.muon_momentum_warmup_start, cfg.opt.muon_momentum,
-                                      cfg.opt.muon_momentum_warmup_steps)
-    return step_lib.schedule_inputs(lr, momentum, alpha)
+    if recipe.qat_mask is not None and meta["late_qat_step"] is None and lr < t.late_qat_threshold:
+        meta["late_qat_step"] = step
+        run.log(f"late QAT on at step {step} (lr_scale {lr:.3f} < {t.late_qat_threshold})")
+    return step_lib.schedule_inputs(
+        lr,
+        schedule.muon_momentum(step, cfg.opt.muon_momentum_warmup_start, cfg.opt.muon_momentum, cfg.opt.muon_momentum_warmup_steps),
+        0.0 if recipe.qat_mask is None or meta["late_qat_step"] is None else qat.qat_alpha(lr, t.late_qat_threshold),
+    )
 
 
 def _profile(run: RunDir, profile: tuple[int, int] | None, step: int, state=None) -> None:
