@@ -189,12 +189,12 @@ def _best(errs: list[float]) -> int:
     return best
 
 
-@dataclass
+@dataclass(frozen=True)
 class GPTQSettings:
     """How gptq_quantize (and rtn_quantize, which reads the clip fields only) quantizes a matrix.
 
-    The defaults are #1318's. One default instance is shared by the calls that pass none: read
-    it, never assign its fields (dataclasses.replace makes a variant).
+    The defaults are #1318's. Frozen, so the one default instance that calls without settings
+    share stays the default (dataclasses.replace makes a variant).
     """
 
     clip_range: int = INT6_CLIP  # codes in [-clip_range, clip_range]
