@@ -169,6 +169,7 @@ def test_evaluate_without_config_uses_the_artifacts_run_and_says_where_it_writes
     assert out["status"] == "ok" and list(out["eval"]) == ["roundtrip"]
     assert out["data_check"].startswith("tokenizer sha256") and "eval roundtrip: val_bpb" in proc.stdout
     assert json.loads((eval_dir / "config.json").read_text())["model"]["model_dim"] == 64  # the run's own config
+    assert [p.name[:19] for p in (eval_dir / "tensorboard").iterdir()] == ["events.out.tfevents"]  # its observer
 
 
 # -- data identity ---------------------------------------------------------------------------
