@@ -126,8 +126,9 @@ def abstract_params(model, seq_len: int):
     return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, seq_len), np.int32))["params"])
 
 
-def run(cfg) -> dict:
-    """Run a whole job from a config; returns the summary written to summary.json.
+def run(cfg, observers=()) -> dict:
+    """Run a whole job from a config; returns the summary written to summary.json. `observers`:
+    the run dir's (golf_jax/core/rundir.py RunDir; the train command passes TensorBoard's).
 
     In a multi-host run every process calls this after golf_jax.core.multihost.initialize_from_env().
     """
@@ -137,15 +138,14 @@ def run(cfg) -> dict:
     t0 = time.perf_counter()
     data = load_data(cfg)  # the data's checks before the run dir exists: a failed one leaves nothing behind
     train_loader = loop.make_loader(cfg, data.data_dir, mesh)
-    run_dir = RunDir(cfg.train.run_dir, cfg.train.run_name or cfg.name, cfg)
+    run_dir = RunDir(cfg.train.run_dir, cfg.train.run_name or cfg.name, cfg, observers)
     summary: dict = {"status": "running", "run_dir": str(run_dir.path)}
-    # The ExitStack (it closes a checkpoint manager) exits before the summary is written.
-    with run_dir.recording(summary, "summary.json"), contextlib.ExitStack() as cleanup:
-        _run(cfg, mesh, run_dir, cleanup, summary, (data, train_loader, time.perf_counter() - t0))
+    with run_dir.recording(summary, "summary.json"):
+        _run(cfg, mesh, run_dir, summary, (data, train_loader, time.perf_counter() - t0))
     return summary
 
 
-def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict, loaded: tuple) -> None:
+def _run(cfg, mesh, run: RunDir, summary: dict, loaded: tuple) -> None:
     """The stages; `summary` fills in as they finish, so a failure keeps what ran."""
     stage = Stages(run)
     t, seq_len = cfg.train, eval_stages.eval_seq_len(cfg)
@@ -174,7 +174,7 @@ def _run(cfg, mesh, run: RunDir, cleanup: contextlib.ExitStack, summary: dict, l
         return acc.val_bpb
 
     with stage("fit"):
-        fitted = loop.fit(cfg, model, tx, recipe, state, train_loader, mesh, run, validate, cleanup)
+        fitted = loop.fit(cfg, loop.Trainee(model, tx, recipe, state), train_loader, mesh, run, validate)
     summary.update(steps=fitted.steps, train_time_s=fitted.train_time_s, live_val_bpb=fitted.live_val_bpb,
                    late_qat_step=fitted.late_qat_step, **fitted.extra)
     t_post = time.perf_counter()  # the training clock has stopped: from here on it is evaluation time

@@ -8,7 +8,6 @@ the test process on all 8 devices.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -57,9 +56,8 @@ def fit_tiny(data_dir: Path, run_root: Path):
     labels = model_lib.param_labels(cfg.model, abstract)
     tx = build_optimizer(cfg.opt, labels, mesh)
     state = step_lib.init_state(model, tx, jax.random.PRNGKey(cfg.seed), 16, mesh)
-    with contextlib.ExitStack() as cleanup:
-        loop.fit(cfg, model, tx, step_lib.Recipe(), state, loop.make_loader(cfg, Path(data_dir), mesh), mesh, run,
-                 lambda params, step: 0.0, cleanup)
+    loop.fit(cfg, loop.Trainee(model, tx, step_lib.Recipe(), state), loop.make_loader(cfg, Path(data_dir), mesh), mesh,
+             run, lambda params, step: 0.0)
     run.close()
     return run
 

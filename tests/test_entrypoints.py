@@ -169,6 +169,7 @@ def test_evaluate_without_config_uses_the_artifacts_run_and_says_where_it_writes
     assert out["status"] == "ok" and list(out["eval"]) == ["roundtrip"]
     assert out["data_check"].startswith("tokenizer sha256") and "eval roundtrip: val_bpb" in proc.stdout
     assert json.loads((eval_dir / "config.json").read_text())["model"]["model_dim"] == 64  # the run's own config
+    assert [p.name[:19] for p in (eval_dir / "tensorboard").iterdir()] == ["events.out.tfevents"]  # its observer
 
 
 # -- data identity ---------------------------------------------------------------------------
@@ -354,15 +355,11 @@ def test_quant_error_marks_exact_tensors(tmp_path):
 
 def test_tensorboard_gets_the_eval_scores_and_the_audit_verdict(tmp_path):
     from golf_jax.config import base_config
-    from golf_jax.report.tensorboard import attach
+    from golf_jax.report.tensorboard import Events
     from golf_jax.core.rundir import RunDir
     from test_report import read_events
 
-    class Run(RunDir):
-        pass
-
-    attach(Run)
-    run = Run(tmp_path, "tb", base_config())
+    run = RunDir(tmp_path, "tb", base_config(), observers=(Events,))  # as python -m golf_jax.eval makes it
     run.write_json("summary.json", {"status": "ok", "steps": 7, "val_bpb": 1.25, "compliance": "val_bpb (official)",
                                     "eval": {"roundtrip": {"val_bpb": 1.5, "val_loss": 3.0}, "ttt": {"val_bpb": 1.25}},
                                     "audit": {"verdict": "PASS", "checks": {"flip test": "PASS: ok"}}})

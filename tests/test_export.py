@@ -182,7 +182,7 @@ def test_embed_gptq_round_trip_brotli_and_beats_rowquant(trained, tmp_path):
     assert blob[:2] == bytes([compress.METHODS["brotli"], 2])  # brotli-11 after a stride-2 byte shuffle
     stored = container.deserialize(blob)
     E, H = export.named_arrays(params)[key], calib.hessians[key]
-    want = gptq.gptq_quantize(E, H, clip_range=127, clip="sdclip", sdclip_k=20.0, damp=0.01)
+    want = gptq.gptq_quantize(E, H, gptq.GPTQSettings(clip_range=127, clip="sdclip", sdclip_k=20.0, damp=0.01))
     t = stored[key]
     assert t.kind == "int8" and t.shape == E.shape == (V, D)
     np.testing.assert_array_equal(t.data, want.q)
@@ -192,12 +192,12 @@ def test_embed_gptq_round_trip_brotli_and_beats_rowquant(trained, tmp_path):
     # The int6 matrices went through SDClip too (k = export.sdclip_k).
     name = "blocks_0/mlp/fc/kernel"
     W = export.named_arrays(params)[name]
-    m = gptq.gptq_quantize(W, calib.hessians[name], clip="sdclip", sdclip_k=12.85, damp=0.01)
+    m = gptq.gptq_quantize(W, calib.hessians[name], gptq.GPTQSettings(clip="sdclip", sdclip_k=12.85, damp=0.01))
     assert stored[name].kind == "int6"
     np.testing.assert_array_equal(stored[name].data, m.q)
     # Same bits (int8), Hessian norm: GPTQ < today's row quantization, and < RTN with the same scales.
     row = container.QuantTensor("int8", *rowquant.quantize_rows_int8(E))
-    rtn = gptq.rtn_quantize(E, clip_range=127, clip="sdclip", sdclip_k=20.0)
+    rtn = gptq.rtn_quantize(E, gptq.GPTQSettings(clip_range=127, clip="sdclip", sdclip_k=20.0))
     e_gptq, e_row = _herr(E, t, H), _herr(E, row, H)
     e_rtn = _herr(E, container.QuantTensor("int8", rtn.q, rtn.scale), H)
     assert e_gptq < 0.9 * e_row and e_gptq < 0.7 * e_rtn, (e_gptq, e_row, e_rtn)
@@ -214,8 +214,8 @@ def test_embed_gptq_config_errors(trained, tmp_path):
     # rtn_int6 needs no Hessian: the table gets round-to-nearest with the same rule.
     info = _export(params, _cfg(format="rtn_int6", embed_quant="gptq", gptq_clip="sdclip"), tmp_path)
     t = container.deserialize(info.path.read_bytes())[export.TIED_EMBED]
-    rtn = gptq.rtn_quantize(export.named_arrays(params)[export.TIED_EMBED], clip_range=127, clip="sdclip",
-                            sdclip_k=20.0)
+    rtn = gptq.rtn_quantize(export.named_arrays(params)[export.TIED_EMBED],
+                            gptq.GPTQSettings(clip_range=127, clip="sdclip", sdclip_k=20.0))
     np.testing.assert_array_equal(t.data, rtn.q)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from golf_jax.quant.gptq import PERCENTILES, gptq_quantize, upper_inv_cholesky
+from golf_jax.quant.gptq import PERCENTILES, GPTQSettings, gptq_quantize, upper_inv_cholesky
 from golf_jax.quant.rowquant import (
     quantize_rows_int7,
     quantize_rows_int8,
@@ -69,7 +69,7 @@ def test_gptq_beats_rtn_on_correlated_hessian():
         X[:, j] = rho * X[:, j - 1] + np.sqrt(1 - rho**2) * Z[:, j]
     H = X.T @ X / X.shape[0]
     W = rng.standard_normal((rows, cols))
-    res = gptq_quantize(W, H, percentiles=(1.0,), dtype=np.float64)
+    res = gptq_quantize(W, H, GPTQSettings(percentiles=(1.0,), dtype=np.float64))
     s = res.scale.astype(np.float64)
     rtn = round_clamp(W, s, 31)
     e_gptq = _hess_err(W, res.q * s[:, None], H)
@@ -86,7 +86,7 @@ def test_matches_textbook_loop(seed, sub_block):
     if seed == 2:
         H[5, :] = H[:, 5] = 0.0  # a dead column
     want_q, want_s, want_p, want_mse = _textbook_gptq(W, H)
-    res = gptq_quantize(W, H, block_size=16, sub_block=sub_block, dtype=np.float64)
+    res = gptq_quantize(W, H, GPTQSettings(block_size=16, sub_block=sub_block, dtype=np.float64))
     np.testing.assert_array_equal(res.q, want_q)
     np.testing.assert_array_equal(res.scale, want_s)
     assert res.clip == want_p and not res.used_fallback
@@ -100,7 +100,7 @@ def test_float32_default_close_to_textbook():
     W = rng.standard_normal((32, 96)).astype(np.float32)
     H = _spd(rng, 96).astype(np.float32)
     want_q = _textbook_gptq(W, H, percentiles=(1.0,))[0]
-    res = gptq_quantize(W, H, percentiles=(1.0,), block_size=32)
+    res = gptq_quantize(W, H, GPTQSettings(percentiles=(1.0,), block_size=32))
     assert res.q.dtype == np.int8 and res.scale.dtype == np.float16
     assert np.mean(res.q == want_q) > 0.95
 
@@ -121,15 +121,15 @@ def test_act_order_is_undone():
     W = rng.standard_normal((6, cols))
     # Diagonal H: no error feedback, so GPTQ must equal RTN in the ORIGINAL order.
     H = np.diag(rng.uniform(0.1, 10.0, cols))
-    res = gptq_quantize(W, H, percentiles=(1.0,), block_size=16, dtype=np.float64)
+    res = gptq_quantize(W, H, GPTQSettings(percentiles=(1.0,), block_size=16, dtype=np.float64))
     assert not np.array_equal(res.perm, np.arange(cols))
     np.testing.assert_array_equal(res.perm, np.argsort(-np.diag(H)))
     np.testing.assert_array_equal(res.q, round_clamp(W, res.scale.astype(np.float64), 31))
     # Equivariance with a correlated H: permuting the inputs permutes the output.
     H = _spd(rng, cols)
     pi = rng.permutation(cols)
-    a = gptq_quantize(W, H, block_size=16, dtype=np.float64)
-    b = gptq_quantize(W[:, pi], H[np.ix_(pi, pi)], block_size=16, dtype=np.float64)
+    a = gptq_quantize(W, H, GPTQSettings(block_size=16, dtype=np.float64))
+    b = gptq_quantize(W[:, pi], H[np.ix_(pi, pi)], GPTQSettings(block_size=16, dtype=np.float64))
     np.testing.assert_array_equal(b.q, a.q[:, pi])
 
 
@@ -138,18 +138,18 @@ def test_cholesky_failure_escalates_damping():
     W = np.random.default_rng(6).standard_normal((4, cols))
     H = np.eye(cols)
     H[3, 3] = -0.02  # indefinite; 0.005 * mean diag is not enough, 0.05 is
-    res = gptq_quantize(W, H, dtype=np.float64)
+    res = gptq_quantize(W, H, GPTQSettings(dtype=np.float64))
     assert not res.used_fallback and res.extra_damp_scale == 0.05
     d1 = 0.005 * np.diag(H).mean()
     assert res.damping == pytest.approx(d1 + 0.05 * (np.diag(H).mean() + d1), rel=1e-12)
-    ok = gptq_quantize(W, _spd(np.random.default_rng(7), cols), dtype=np.float64)
+    ok = gptq_quantize(W, _spd(np.random.default_rng(7), cols), GPTQSettings(dtype=np.float64))
     assert ok.extra_damp_scale == 0.0
 
 
 @pytest.mark.parametrize("H", [-np.eye(16), np.full((16, 16), np.nan)])
 def test_cholesky_failure_falls_back_to_percentile_search(H):
     W = np.random.default_rng(8).standard_normal((4, 16))
-    res = gptq_quantize(W, H, dtype=np.float64)
+    res = gptq_quantize(W, H, GPTQSettings(dtype=np.float64))
     assert res.used_fallback
     errs = []
     for p in PERCENTILES:
@@ -165,14 +165,14 @@ def test_double_damp_changes_only_the_damping():
     rng = np.random.default_rng(9)
     W, H, d = rng.standard_normal((8, 32)), _spd(rng, 32, n=20), 0.005
     m = H.diagonal().mean()
-    single = gptq_quantize(W, H, dtype=np.float64)
-    double = gptq_quantize(W, H, double_damp=True, dtype=np.float64)
+    single = gptq_quantize(W, H, GPTQSettings(dtype=np.float64))
+    double = gptq_quantize(W, H, GPTQSettings(double_damp=True, dtype=np.float64))
     assert single.damping == pytest.approx(d * m, rel=1e-12)
     assert double.damping == pytest.approx(d * m + d * (m + d * m), rel=1e-12)  # ~0.010025 m
     # Literally: the same as damping once by hand, then running the default path.
     H1 = H.copy()
     H1[np.diag_indices(32)] += d * m
-    manual = gptq_quantize(W, H1, dtype=np.float64)
+    manual = gptq_quantize(W, H1, GPTQSettings(dtype=np.float64))
     np.testing.assert_array_equal(double.q, manual.q)
     np.testing.assert_array_equal(double.scale, manual.scale)
     assert (double.clip, double.mse) == (manual.clip, manual.mse)
@@ -183,24 +183,24 @@ def test_percentile_selection_picks_lowest_mse():
     rng = np.random.default_rng(10)
     W = rng.standard_t(2.0, (16, 256))  # heavy tails: the candidates differ
     H = _spd(rng, 256)
-    res = gptq_quantize(W, H, dtype=np.float64)
+    res = gptq_quantize(W, H, GPTQSettings(dtype=np.float64))
     assert len(set(res.candidate_mse)) == len(PERCENTILES)
     k = int(np.argmin(res.candidate_mse))
     assert res.clip == PERCENTILES[k] and res.mse == min(res.candidate_mse)
     for j, p in enumerate(PERCENTILES):
-        one = gptq_quantize(W, H, percentiles=(p,), dtype=np.float64)
+        one = gptq_quantize(W, H, GPTQSettings(percentiles=(p,), dtype=np.float64))
         assert one.mse == pytest.approx(res.candidate_mse[j], rel=1e-9)
         if j == k:
             np.testing.assert_array_equal(one.q, res.q)
     # Every row under the 1/31 floor: all candidates tie, the first one is kept.
-    small = gptq_quantize(W * 1e-3, H, dtype=np.float64)
+    small = gptq_quantize(W * 1e-3, H, GPTQSettings(dtype=np.float64))
     assert len(set(small.candidate_mse)) == 1 and small.clip == PERCENTILES[0]
 
 
 def test_sdclip_mode():
     rng = np.random.default_rng(11)
     W = rng.standard_normal((8, 64))
-    res = gptq_quantize(W, np.eye(64), clip="sdclip", sdclip_k=3.0, dtype=np.float64)
+    res = gptq_quantize(W, np.eye(64), GPTQSettings(clip="sdclip", sdclip_k=3.0, dtype=np.float64))
     q, s = quantize_rows_sdclip(W, 31, 3.0)  # identity H: no feedback, = RTN
     np.testing.assert_array_equal(res.scale, s)
     np.testing.assert_array_equal(res.q, q)

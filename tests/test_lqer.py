@@ -250,8 +250,8 @@ def test_int7_gptq_embedding(tmp_path):
     hs[export.TIED_EMBED] = _hessians({"x": arrays[export.TIED_EMBED]}, seed=5)["x"]
     info = export.export_artifact(params, labels, cfg, tmp_path, 0, calib=_Calib(hs))
     t = container.deserialize(info.path.read_bytes())[export.TIED_EMBED]
-    want = gptq.gptq_quantize(arrays[export.TIED_EMBED], hs[export.TIED_EMBED], clip_range=63, clip="sdclip",
-                              sdclip_k=14.0, damp=0.01)
+    want = gptq.gptq_quantize(arrays[export.TIED_EMBED], hs[export.TIED_EMBED],
+                              gptq.GPTQSettings(clip_range=63, clip="sdclip", sdclip_k=14.0, damp=0.01))
     assert t.kind == "int7" and np.abs(t.data).max() <= 63
     np.testing.assert_array_equal(t.data, want.q)
     np.testing.assert_array_equal(t.scale, want.scale)

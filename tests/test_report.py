@@ -23,7 +23,7 @@ from golf_jax.data import prepare
 from golf_jax.quant import container, rowquant
 from golf_jax.quant.export import named_arrays, quantize_int8
 from golf_jax.report import curves, quant_error, rundata
-from golf_jax.report.tensorboard import attach, scalars
+from golf_jax.report.tensorboard import Events, scalars
 from golf_jax.report.write import write_report
 from golf_jax.core.rundir import RunDir
 
@@ -67,12 +67,13 @@ def test_scalars_tags():
 
 
 def test_run_dir_metrics_reach_tensorboard_and_read_back(tmp_path):
-    class Run(RunDir):  # attach() patches the class it is given: here not RunDir itself
-        pass
-
-    attach(Run)  # as python -m golf_jax.train does for RunDir
-    attach(Run)  # once is enough: a second call changes nothing
-    run = Run(tmp_path, "tb", base_config())
+    methods = dict(vars(RunDir))
+    run = RunDir(tmp_path, "tb", base_config(), observers=(Events,))  # as python -m golf_jax.train does
+    assert dict(vars(RunDir)) == methods  # an observer of this run dir: nothing patched on the class
+    plain = RunDir(tmp_path, "plain", base_config())  # made beside it, without the observer
+    plain.metrics({"step": 1, "loss": 6.5})
+    plain.close()
+    assert not (plain.path / "tensorboard").exists()
     run.metrics({"step": 1, "loss": 6.5, "grad_norm": 0.25, "lr_scale": 1.0, "train_time_s": 0.5})
     run.metrics({"step": 2, "loss": 5.0, "grad_norm": 0.5, "lr_scale": 0.75, "train_time_s": 1.0})
     run.metrics({"step": 2, "val_loss": 4.0, "val_bpb": 1.75})
@@ -84,10 +85,11 @@ def test_run_dir_metrics_reach_tensorboard_and_read_back(tmp_path):
                    ("train/time_s", 1): 0.5, ("train/loss", 2): 5.0, ("train/grad_norm", 2): 0.5,
                    ("train/lr_scale", 2): 0.75, ("train/time_s", 2): 1.0, ("val/loss", 2): 4.0, ("val/bpb", 2): 1.75}
     assert len((run.path / "metrics.jsonl").read_text().splitlines()) == 3  # the jsonl keeps every record too
+    run.close()  # a second close (pipeline.run's, then the caller's) is harmless
 
 
-def test_a_run_dir_without_tensorboard_attached_writes_metrics_jsonl_only(tmp_path):
-    run = RunDir(tmp_path, "packed", base_config())  # a submission never attaches it
+def test_a_run_dir_without_the_tensorboard_observer_writes_metrics_jsonl_only(tmp_path):
+    run = RunDir(tmp_path, "packed", base_config())  # a submission passes no observer
     run.metrics({"step": 1, "loss": 6.5})
     run.close()
     assert sorted(p.name for p in run.path.iterdir()) == ["code_version.json", "config.json", "env.json", "log.txt",

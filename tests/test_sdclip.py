@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from golf_jax.quant import hessian
-from golf_jax.quant.gptq import gptq_quantize, rtn_quantize
+from golf_jax.quant.gptq import GPTQSettings, gptq_quantize, rtn_quantize
 
 
 def _reference_sdclip_gptq(W, H, clip_sigmas, clip_range, block_size=128):
@@ -72,8 +72,8 @@ def test_sdclip_gptq_matches_reference_transcription(clip_range, k, block):
     # floor applied to SDClip scales would show; 80 columns span several blocks.
     W, H = _problem(int(k), 24, 80, 0.02)
     want_q, want_s = _reference_sdclip_gptq(W, H, k, clip_range, block)
-    res = gptq_quantize(W, H, clip="sdclip", sdclip_k=k, clip_range=clip_range, damp=0.01,
-                        block_size=block, dtype=np.float64)
+    res = gptq_quantize(W, H, GPTQSettings(clip="sdclip", sdclip_k=k, clip_range=clip_range, damp=0.01,
+                                           block_size=block, dtype=np.float64))
     assert res.scale.dtype == np.float16 and not res.used_fallback and res.clip == k
     np.testing.assert_array_equal(res.scale, want_s)
     np.testing.assert_array_equal(res.q, want_q)
@@ -81,13 +81,14 @@ def test_sdclip_gptq_matches_reference_transcription(clip_range, k, block):
     if k == 2.0:  # a tight clip: q reaches both ends, never beyond ±clip_range
         assert res.q.min() == -clip_range and res.q.max() == clip_range
     # RTN with the same rule uses the same scales (no floor either).
-    np.testing.assert_array_equal(rtn_quantize(W, clip="sdclip", sdclip_k=k, clip_range=clip_range).scale, want_s)
+    rtn = rtn_quantize(W, GPTQSettings(clip="sdclip", sdclip_k=k, clip_range=clip_range))
+    np.testing.assert_array_equal(rtn.scale, want_s)
 
 
 def test_sdclip_float32_default_close_to_reference():
     W, H = _problem(5, 32, 160, 0.02)
     want_q, want_s = _reference_sdclip_gptq(W, H, 12.85, 31)
-    res = gptq_quantize(W.astype(np.float32), H.astype(np.float32), clip="sdclip", damp=0.01)
+    res = gptq_quantize(W.astype(np.float32), H.astype(np.float32), GPTQSettings(clip="sdclip", damp=0.01))
     assert np.mean(res.scale == want_s) > 0.95 and np.mean(res.q == want_q) > 0.95
 
 

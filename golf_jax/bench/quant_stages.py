@@ -58,8 +58,9 @@ def build_gptq(cfg, mesh) -> Bench:
 
     def call():
         for n, W in mats.items():
-            gptq.gptq_quantize(W, hs[n], clip_range=rowquant.INT6_CLIP, block_size=int(ex.gptq_block),
-                               damp=float(ex.gptq_damp), clip=ex.gptq_clip, sdclip_k=export.sdclip_k_for(n, ex))
+            settings = gptq.GPTQSettings(clip_range=rowquant.INT6_CLIP, block_size=int(ex.gptq_block),
+                                         damp=float(ex.gptq_damp), clip=ex.gptq_clip, sdclip_k=export.sdclip_k_for(n, ex))
+            gptq.gptq_quantize(W, hs[n], settings)
 
     params = sum(a.size for a in mats.values())
     shapes = sorted({f"{a.shape[0]}x{a.shape[1]}" for a in mats.values()})

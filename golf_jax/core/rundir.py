@@ -65,14 +65,22 @@ class Interrupted(SystemExit):
 
 
 class RunDir:
+    """A run's folder. `observers`: factories (classes) called with the run dir as it is made
+    (its path may still move: a multi-host run's does, so read run.path when writing); on
+    process 0 each one made is called with every record the run dir writes and the file it
+    goes to: `observer("metrics.jsonl", record)`, `observer(name, obj)` for write_json; close()
+    closes it with the run dir. TensorBoard is one (golf_jax/report/tensorboard.py Events,
+    which the train and eval entry points pass); a submission passes none."""
+
     stop_signal = None  # a SIGTERM/SIGINT (its number) that the train loop has yet to act on
     defer_signals = False  # set by the train loop: it stops between steps and saves a checkpoint first
 
-    def __init__(self, root: str | Path, name: str, config) -> None:
+    def __init__(self, root: str | Path, name: str, config, observers=()) -> None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.is_writer = jax.process_index() == 0
         self.path = Path(root) / f"{name}-{stamp}"
         self._log = self._metrics = None
+        self.observers = [make(self) for make in observers]
         if self.is_writer:
             made = False
             try:
@@ -110,10 +118,14 @@ class RunDir:
     def metrics(self, record: dict) -> None:
         if self.is_writer:
             self._metrics.write(json.dumps({"time": round(time.time() - self._t0, 3), **record}) + "\n")
+            for o in self.observers:
+                o("metrics.jsonl", record)
 
     def write_json(self, name: str, obj: dict) -> None:
         if self.is_writer:
             write_atomic(self.path / name, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+            for o in self.observers:
+                o(name, obj)
 
     @contextlib.contextmanager
     def recording(self, summary: dict, name: str, what: str = "run"):
@@ -144,7 +156,7 @@ class RunDir:
             raise Interrupted(signum)
 
     def close(self) -> None:
-        for f in (self._log, self._metrics):
+        for f in (self._log, self._metrics, *self.observers):
             if f is not None:
                 f.close()
 

@@ -49,8 +49,9 @@ def check_artifact_data(artifact: Path, data) -> str:
     return f"tokenizer sha256 {got[:12]}... as recorded in {recorded}"
 
 
-def evaluate(cfg, artifact: str) -> dict:
-    """Evaluate `artifact` with cfg's eval stages; returns what eval.json holds."""
+def evaluate(cfg, artifact: str, observers=()) -> dict:
+    """Evaluate `artifact` with cfg's eval stages; returns what eval.json holds. `observers`: the
+    run dir's (golf_jax/core/rundir.py RunDir)."""
     from golf_jax.core import mesh as mesh_lib
     from golf_jax.core import multihost
     from golf_jax import pipeline
@@ -69,7 +70,7 @@ def evaluate(cfg, artifact: str) -> dict:
     data = pipeline.load_data(cfg)
     checked = check_artifact_data(Path(artifact), data)
     loaded = pipeline.load_artifact_model(cfg, artifact, mesh)  # an artifact of another model: one line
-    run = RunDir(cfg.train.run_dir, f"{cfg.train.run_name or cfg.name}-eval", cfg)
+    run = RunDir(cfg.train.run_dir, f"{cfg.train.run_name or cfg.name}-eval", cfg, observers)
     if run.is_writer:
         print(f"writing {run.path}", flush=True)
     out: dict = {"status": "running", "artifact": str(artifact), "run_dir": str(run.path), "data_check": checked}
@@ -101,9 +102,8 @@ def main(argv) -> None:
     from golf_jax.report import tensorboard
 
     cfg = flags.FLAGS.config
-    tensorboard.attach()  # the scores and the audit's verdict as TensorBoard events too
     compile_cache.enable()  # before the first compile: a rerun reads its executables back (docs/perf.md)
-    evaluate(cfg, flags.FLAGS.artifact)
+    evaluate(cfg, flags.FLAGS.artifact, observers=(tensorboard.Events,))  # the scores and the verdict as events too
 
 
 def with_run_config(argv: list[str]) -> list[str]:

@@ -272,10 +272,9 @@ def add_lqer(tensors: dict[str, container.QuantTensor], arrays: dict[str, np.nda
 def _gptq_or_rtn(W: np.ndarray, H: np.ndarray | None, ex, *, clip_range: int, sdclip_k: float,
                  double_damp: bool) -> gptq.GPTQResult:
     """GPTQ with H, else round-to-nearest with the same per-row clip rule (rtn_int6)."""
-    if H is None:
-        return gptq.rtn_quantize(W, clip_range=clip_range, clip=ex.gptq_clip, sdclip_k=sdclip_k)
-    return gptq.gptq_quantize(W, H, clip_range=clip_range, block_size=int(ex.gptq_block), damp=float(ex.gptq_damp),
-                              double_damp=double_damp, clip=ex.gptq_clip, sdclip_k=sdclip_k)
+    settings = gptq.GPTQSettings(clip_range=clip_range, block_size=int(ex.gptq_block), damp=float(ex.gptq_damp),
+                                 double_damp=double_damp, clip=ex.gptq_clip, sdclip_k=sdclip_k)
+    return gptq.rtn_quantize(W, settings) if H is None else gptq.gptq_quantize(W, H, settings)
 
 
 def serializer(tensors: dict[str, container.QuantTensor], ex, compressor: str):

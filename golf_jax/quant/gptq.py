@@ -143,24 +143,24 @@ def _gptq_columns(Wt: np.ndarray, s: np.ndarray, U: np.ndarray, clip: int, block
     return Qt
 
 
-def _candidate_scales(W: np.ndarray, clip_range: int, clip: str, percentiles, sdclip_k: float,
-                      scale_floor: bool | None):
+def _candidate_scales(W: np.ndarray, settings: GPTQSettings):
     """([C, rows] fp16 scales, candidate labels). scale_floor None: the 1/clip floor
     for percentile clipping (#1318) and none for SDClip (#1735 has none; with trained
     weights, std ~0.02, a 1/31 floor would replace nearly every SDClip scale)."""
+    clip, scale_floor = settings.clip, settings.scale_floor
     if scale_floor is None:
         scale_floor = clip == "percentile"
     if clip == "sdclip":
-        s = sdclip_scale(W, clip_range, sdclip_k)
+        s = sdclip_scale(W, settings.clip_range, settings.sdclip_k)
         if scale_floor:
-            s = np.maximum(s, s.dtype.type(1.0 / clip_range))
-        return to_fp16_scale(s)[None], (float(sdclip_k),)
+            s = np.maximum(s, s.dtype.type(1.0 / settings.clip_range))
+        return to_fp16_scale(s)[None], (float(settings.sdclip_k),)
     if clip != "percentile":
         raise ValueError(f"gptq_quantize: clip must be 'percentile' or 'sdclip', got {clip!r}")
-    if not percentiles:
+    if not settings.percentiles:
         raise ValueError("gptq_quantize: percentiles must name at least one candidate")
-    ps = tuple(float(p) for p in percentiles)
-    return to_fp16_scale(percentile_scale(W, clip_range, ps, scale_floor)[1]), ps
+    ps = tuple(float(p) for p in settings.percentiles)
+    return to_fp16_scale(percentile_scale(W, settings.clip_range, ps, scale_floor)[1]), ps
 
 
 def _dedup_rows(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,25 +189,32 @@ def _best(errs: list[float]) -> int:
     return best
 
 
-def gptq_quantize(
-    W: np.ndarray,
-    H: np.ndarray,
-    *,
-    clip_range: int = INT6_CLIP,
-    block_size: int = 128,
-    damp: float = 0.005,
-    double_damp: bool = False,
-    percentiles: tuple[float, ...] = PERCENTILES,
-    clip: str = "percentile",
-    sdclip_k: float = 12.85,
-    scale_floor: bool | None = None,
-    act_order: bool = True,
-    sub_block: int = 16,
-    dtype: np.dtype | type = np.float32,
-    threads: int | None = 1,
-) -> GPTQResult:
+@dataclass(frozen=True)
+class GPTQSettings:
+    """How gptq_quantize (and rtn_quantize, which reads the clip fields only) quantizes a matrix.
+
+    The defaults are #1318's. Frozen, so the one default instance that calls without settings
+    share stays the default (dataclasses.replace makes a variant).
+    """
+
+    clip_range: int = INT6_CLIP  # codes in [-clip_range, clip_range]
+    block_size: int = 128  # GPTQ's lazy-update block (columns)
+    damp: float = 0.005  # damping: damp * mean(diag H)
+    double_damp: bool = False  # the reference's second damping, literally (gptq_quantize's docstring)
+    percentiles: tuple[float, ...] = PERCENTILES  # the percentile clip's candidates
+    clip: str = "percentile"  # or "sdclip": one scale k*std(row)/clip_range, no search
+    sdclip_k: float = 12.85
+    scale_floor: bool | None = None  # the 1/clip_range floor on scales; None: on for percentile only
+    act_order: bool = True  # columns by descending diag(H)
+    sub_block: int = 16  # the second level of blocking inside a block (an exact rewrite; speed only)
+    dtype: np.dtype | type = np.float32  # the working precision
+    threads: int | None = 1  # BLAS threads during the call (blas_threads; None: leave them alone)
+
+
+def gptq_quantize(W: np.ndarray, H: np.ndarray, settings: GPTQSettings = GPTQSettings()) -> GPTQResult:
     """GPTQ with per-row fp16 scales, the best of several clip candidates by plain MSE.
 
+    The knobs are `settings`' fields (GPTQSettings), named below without the prefix.
     Damping ``damp * mean(diag H)`` (mean clamped >= 1e-6) is added once. With
     ``double_damp=True`` the reference's second damping is reproduced literally: the
     same damping is applied, then dead columns are handled, then H += damp *
@@ -224,13 +231,12 @@ def gptq_quantize(
     ``threads`` caps OpenBLAS threads during the call (see blas_threads; None:
     leave them alone). The cap is process-global while it lasts.
     """
-    with blas_threads(threads):
-        return _gptq(W, H, clip_range, block_size, damp, double_damp, percentiles, clip,
-                     sdclip_k, scale_floor, act_order, sub_block, np.dtype(dtype))
+    with blas_threads(settings.threads):
+        return _gptq(W, H, settings)
 
 
-def _gptq(W, H, clip_range, block_size, damp, double_damp, percentiles, clip, sdclip_k,
-          scale_floor, act_order, sub_block, dt) -> GPTQResult:
+def _gptq(W, H, settings: GPTQSettings) -> GPTQResult:
+    dt = np.dtype(settings.dtype)
     W0 = np.asarray(W, dtype=dt)
     H = np.array(H, dtype=dt, copy=True)
     if W0.ndim != 2 or H.shape != (W0.shape[1], W0.shape[1]):
@@ -238,21 +244,21 @@ def _gptq(W, H, clip_range, block_size, damp, double_damp, percentiles, clip, sd
     if not np.all(np.isfinite(W0)):
         raise ValueError("gptq_quantize: W contains NaN or inf; the weights must be finite")
     rows, cols = W0.shape
-    S16, labels = _candidate_scales(W0, clip_range, clip, percentiles, sdclip_k, scale_floor)
+    S16, labels = _candidate_scales(W0, settings)
 
     damping = dt.type(0)
     finite = bool(np.all(np.isfinite(H)))
-    if double_damp and finite:
-        first = dt.type(damp) * _mean_diag(H, clamp=True)
+    if settings.double_damp and finite:
+        first = dt.type(settings.damp) * _mean_diag(H, clamp=True)
         _add_diag(H, first)
         damping += first
     dead = H.diagonal() == 0
     H[dead, dead] = 1
     if finite:
-        d = dt.type(damp) * _mean_diag(H, clamp=not double_damp)
+        d = dt.type(settings.damp) * _mean_diag(H, clamp=not settings.double_damp)
         _add_diag(H, d)
         damping += d
-    perm = np.argsort(-H.diagonal(), kind="stable") if act_order else np.arange(cols)
+    perm = np.argsort(-H.diagonal(), kind="stable") if settings.act_order else np.arange(cols)
     Hp = H[np.ix_(perm, perm)]
 
     U, extra_used = None, 0.0
@@ -270,7 +276,7 @@ def _gptq(W, H, clip_range, block_size, damp, double_damp, percentiles, clip, sd
             extra_used, damping = extra, damping + e_amt
             break
     if U is None:
-        return _fallback(W0, S16, labels, clip_range, float(damping))
+        return _fallback(W0, S16, labels, settings.clip_range, float(damping))
 
     # Stack the unique (row, candidate-scale) pairs; work transposed: Wt [cols, R].
     index, src = _dedup_rows(S16)
@@ -279,7 +285,7 @@ def _gptq(W, H, clip_range, block_size, damp, double_damp, percentiles, clip, sd
         s_stack[index[c]] = S16[c].astype(dt)
     Wt = np.ascontiguousarray(W0[src].T)[perm]
     Wt[dead[perm]] = 0
-    Qt = _gptq_columns(Wt.copy(), s_stack, U, clip_range, block_size, max(1, sub_block))
+    Qt = _gptq_columns(Wt.copy(), s_stack, U, settings.clip_range, settings.block_size, max(1, settings.sub_block))
     Wt -= Qt * s_stack  # error against the permuted original, as the reference
     row_err = np.einsum("ij,ij->j", Wt, Wt, dtype=np.float64)
     errs = [float(row_err[index[c]].sum() / (rows * cols)) for c in range(S16.shape[0])]
@@ -289,7 +295,7 @@ def _gptq(W, H, clip_range, block_size, damp, double_damp, percentiles, clip, sd
     return GPTQResult(
         q=np.ascontiguousarray(q), scale=S16[k].copy(), clip=labels[k], mse=errs[k],
         used_fallback=False, damping=float(damping), extra_damp_scale=float(extra_used),
-        perm=perm if act_order else None, candidate_mse=tuple(errs),
+        perm=perm if settings.act_order else None, candidate_mse=tuple(errs),
     )
 
 
@@ -306,9 +312,9 @@ def _fallback(W: np.ndarray, S16: np.ndarray, labels, clip_range: int, damping: 
                       damping=damping, candidate_mse=tuple(errs))
 
 
-def rtn_quantize(W: np.ndarray, *, clip_range: int = INT6_CLIP, percentiles=PERCENTILES, clip: str = "percentile",
-                 sdclip_k: float = 12.85, scale_floor: bool | None = None) -> GPTQResult:
-    """Round-to-nearest with the same clip search as gptq_quantize, no Hessian (for comparisons)."""
+def rtn_quantize(W: np.ndarray, settings: GPTQSettings = GPTQSettings()) -> GPTQResult:
+    """Round-to-nearest with the same clip search as gptq_quantize, no Hessian (for comparisons);
+    of the settings it reads the clip fields only (not dtype: it works in float32)."""
     W = np.asarray(W, np.float32)
-    S16, labels = _candidate_scales(W, clip_range, clip, percentiles, sdclip_k, scale_floor)
-    return _fallback(W, S16, labels, clip_range, 0.0)
+    S16, labels = _candidate_scales(W, settings)
+    return _fallback(W, S16, labels, settings.clip_range, 0.0)

@@ -1,22 +1,21 @@
 """TensorBoard event files of a run's metrics, beside metrics.jsonl (tensorboardX: no torch or TF).
 
-`python -m golf_jax.train` calls `attach()`: from then on every run dir (golf_jax/core/rundir.py)
-also gives each metrics record to a `Sink` in RUN_DIR/tensorboard/, and `tensorboard
---logdir runs/` shows every run's curves live, and at the end its eval scores and audit verdict. It wraps RunDir's methods from here, so
-rundir.py, which a submission packs, holds no TensorBoard code: a submission (and
-`pipeline.run` called without `attach()`) writes metrics.jsonl only.
+`python -m golf_jax.train` and `python -m golf_jax.eval` pass `Events` to their run dir
+(golf_jax/core/rundir.py `RunDir(..., observers=(Events,))`): it gives each metrics record,
+and the finished summary.json / eval.json, to a TensorBoard writer in RUN_DIR/tensorboard/,
+and `tensorboard --logdir runs/` shows every run's curves live, and at the end its eval
+scores and audit verdict. rundir.py, which a submission packs, holds no TensorBoard code:
+a submission (and `pipeline.run` called without observers) writes metrics.jsonl only.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from tensorboardX import SummaryWriter
 
-from golf_jax.core.rundir import RunDir
-
 FLUSH_SECONDS = 10  # how stale a live view may be
+SCORED = ("summary.json", "eval.json")  # the files whose finished ("ok") records carry the scores
 
 
 def scalars(record: dict) -> dict[str, float]:
@@ -64,35 +63,27 @@ class Sink:
         self._writer.close()
 
 
-def attach(cls: type = RunDir) -> None:
-    """Make every writing run dir of `cls` keep a Sink (opened at its first metrics record,
-    closed with the run dir). Idempotent."""
-    if getattr(cls.metrics, "tensorboard", False):
-        return
-    metrics, close, write_json = cls.metrics, cls.close, cls.write_json
+class Events:
+    """A run dir's observer (see RunDir): its metrics records, and its finished summary.json or
+    eval.json, into a Sink in RUN_DIR/tensorboard/, opened at the first of them (a run dir that
+    records neither gets no event file); closed with the run dir."""
 
-    @functools.wraps(metrics)
-    def metrics_and_events(run, record: dict) -> None:
-        metrics(run, record)
-        if run.is_writer:
-            if "_tensorboard" not in vars(run):
-                run._tensorboard = Sink(run.path / "tensorboard")
-            run._tensorboard.write(record)
+    def __init__(self, run) -> None:
+        self.run = run  # its path is read at the first event: a multi-host run dir moves once made
+        self._sink: Sink | None = None
 
-    @functools.wraps(close)
-    def close_with_events(run) -> None:
-        close(run)
-        sink = vars(run).pop("_tensorboard", None)
-        if sink is not None:
-            sink.close()
+    def __call__(self, name: str, record: dict) -> None:
+        if name == "metrics.jsonl":
+            self._open().write(record)
+        elif name in SCORED and record.get("status") == "ok":
+            self._open().scores(record)
 
-    @functools.wraps(write_json)
-    def write_json_and_scores(run, name: str, obj: dict) -> None:
-        write_json(run, name, obj)
-        if run.is_writer and name in ("summary.json", "eval.json") and obj.get("status") == "ok":
-            if "_tensorboard" not in vars(run):
-                run._tensorboard = Sink(run.path / "tensorboard")
-            run._tensorboard.scores(obj)
+    def _open(self) -> Sink:
+        if self._sink is None:
+            self._sink = Sink(Path(self.run.path) / "tensorboard")
+        return self._sink
 
-    metrics_and_events.tensorboard = True
-    cls.metrics, cls.close, cls.write_json = metrics_and_events, close_with_events, write_json_and_scores
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None

@@ -19,8 +19,7 @@ def main(argv) -> None:
 
     multihost.initialize_from_env()  # before any device is touched
     compile_cache.enable()  # before the first compile: a rerun reads its executables back (docs/perf.md)
-    tensorboard.attach()  # TensorBoard events beside metrics.jsonl (a submission writes none)
-    run(_CONFIG.value)
+    run(_CONFIG.value, observers=(tensorboard.Events,))  # TensorBoard events beside metrics.jsonl (a submission: none)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 Layout: RUN_DIR/checkpoints/<step>/{state, meta}. `state` is the whole TrainState
 (params, optimizer state, EMA/SWA sums) saved with StandardSave; `meta` is JSON: step,
-train_time_s, late_qat_step and the loader's state_dict. Saves are async: `save()`
+train_time_s, late_qat_step, loop_on_step and the loader's state_dict. Saves are async: `save()`
 returns once orbax has copied the arrays to host (so the next step may donate them),
-and the files are written on a background thread.
+and the files are written on a background thread. The train loop (golf_jax/train/loop.py fit)
+calls `start` (resume, make the Checkpointer), `Checkpointer.due/save` between steps and
+`Checkpointer.finish` after the last one; it closes the Checkpointer also when training fails.
 
 Data order across a resume: the Prefetcher reads ahead by up to data.prefetch batches,
 so the live loader is *ahead* of the train loop and its state_dict() at save time would
@@ -68,7 +70,7 @@ class Checkpointer:
     """Saves every `every` steps (and the final step) into RUN_DIR/checkpoints, async."""
 
     def __init__(self, run_dir: str | Path, every: int) -> None:
-        self.every = every
+        self.every, self.run_dir = every, run_dir
         self.last_saved: int | None = None
         self._lock = acquire_lock(run_dir) if jax.process_index() == 0 else None
         options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=True)
@@ -94,6 +96,32 @@ class Checkpointer:
         if self._lock is not None:
             release_lock(self._lock)
             self._lock = None
+
+
+    def finish(self, step: int, state: Any, meta: dict, log=print) -> int:
+        """Save the final state (`meta` with its measured training time), wait for the writes and
+        close; returns the step saved."""
+        self.save(step, state, meta)
+        self.close()
+        log(f"checkpoint of step {step} in {checkpoint_dir(self.run_dir)}")
+        return step
+
+
+def start(cfg: Any, state: Any, meta: dict, loader: Any, run: Any) -> tuple[Any, dict, dict, Checkpointer | None]:
+    """The train loop's checkpoint setup: (state, meta, extra, checkpointer). With
+    train.resume_from: the latest readable state and meta of that run, the loader moved to where
+    it stopped (before the Prefetcher starts reading) and extra = {resumed_from, resumed_step};
+    else `state` and `meta` as given. With train.checkpoint_every > 0, a Checkpointer of `run`."""
+    t, extra, checkpointer = cfg.train, {}, None
+    if t.resume_from:
+        state, meta, saved_step = restore(t.resume_from, state, cfg, log=run.log)
+        meta["step"] = int(meta["step"])
+        loader.load_state_dict(meta["loader"])
+        extra = {"resumed_from": str(t.resume_from), "resumed_step": saved_step}
+        run.log(f"resumed from {t.resume_from} at step {saved_step} (train_time {meta['train_time_s']:.1f}s)")
+    if t.checkpoint_every > 0:
+        checkpointer = Checkpointer(run.path, t.checkpoint_every)
+    return state, meta, extra, checkpointer
 
 
 def _holder(path: Path) -> dict | None:

@@ -7,17 +7,17 @@ metrics are read one step late. Periodic validation is a callback the pipeline p
 
 With train.checkpoint_every > 0 the state is saved asynchronously (see
 golf_jax/train/checkpoint.py, which also explains how the loader state survives the
-Prefetcher's read-ahead); train.resume_from continues the latest checkpoint of a run.
+Prefetcher's read-ahead; it is imported only when checkpoints are asked for);
+train.resume_from continues the latest checkpoint of a run.
 SIGTERM / SIGINT (golf_jax/core/rundir.py) stop the loop between steps: the step in hand is
 saved as a checkpoint, then the run ends as `Interrupted`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 import queue
 import threading
 import time
@@ -129,124 +129,155 @@ class FitResult:
     extra: dict = field(default_factory=dict)  # resumed_from, resumed_step, last_checkpoint_step
 
 
-def fit(cfg, model, tx, recipe, state, loader, mesh, run: RunDir, validate: Callable[[Any, int], float],
-        cleanup: contextlib.ExitStack) -> FitResult:
-    """Train until train.iterations or the wallclock cap; `validate(params, step) -> val_bpb`."""
+class Trainee(NamedTuple):
+    """What fit trains: the model, its optimizer, the recipe (golf_jax/train/step.py: QAT mask,
+    EMA/SWA) and the state to start from (pipeline.py builds all four together)."""
+
+    model: Any
+    tx: Any
+    recipe: step_lib.Recipe
+    state: step_lib.TrainState
+
+
+def fit(cfg, trainee: Trainee, loader, mesh, run: RunDir, validate: Callable[[Any, int], float]) -> FitResult:
+    """Train until train.iterations or the wallclock cap; `validate(params, step) -> val_bpb`.
+
+    The loop steps, validates and decides when to stop; each other concern is a helper it calls:
+    checkpoints (golf_jax/train/checkpoint.py `start`, `Checkpointer.due/save/finish`), the
+    compiled graphs (_compile), the layer-loop and late-QAT switches (_schedule), profiling
+    (_profile), the metrics one step late (_report), multi-host agreement (_agree), and signals
+    (the run dir defers them to the loop, which ends with _stop).
+    """
     t = cfg.train
-    extra: dict = {}
-    meta = {"step": 0, "train_time_s": 0.0, "late_qat_step": None}
-    if t.resume_from or t.checkpoint_every > 0:
-        from golf_jax.train import checkpoint as ckpt_lib  # orbax only when asked for (eval stays light)
-    if t.resume_from:
-        state, meta, saved_step = ckpt_lib.restore(t.resume_from, state, cfg, log=run.log)
-        loader.load_state_dict(meta["loader"])  # before the Prefetcher starts reading
-        extra = {"resumed_from": str(t.resume_from), "resumed_step": saved_step}
-        run.log(f"resumed from {t.resume_from} at step {saved_step} (train_time {meta['train_time_s']:.1f}s)")
-    checkpointer = None
-    if t.checkpoint_every > 0:
-        checkpointer = ckpt_lib.Checkpointer(run.path, t.checkpoint_every)
-        cleanup.callback(checkpointer.close)
+    # The loop's counters, as a checkpoint's meta holds them (plus loop_on_step and the loader's state).
+    state, meta, extra, checkpointer = trainee.state, {"step": 0, "train_time_s": 0.0, "late_qat_step": None}, {}, None
+    if t.resume_from or t.checkpoint_every > 0:  # orbax only when asked for (eval stays light): GATES
+        from golf_jax.train import checkpoint as ckpt_lib
 
-    prefetch = Prefetcher(loader, mesh, cfg.data.prefetch)
-    first, batch_loader_state = prefetch.next()
-    schedule_args = step_lib.schedule_inputs(1.0, cfg.opt.muon_momentum)
-    t_compile = time.perf_counter()
+        state, meta, extra, checkpointer = ckpt_lib.start(cfg, state, meta, loader, run)
+    try:
+        prefetch = Prefetcher(loader, mesh, cfg.data.prefetch)  # after a resume set the loader's position
+        batch, meta["loader"] = prefetch.next()
+        looped_step, unlooped_step = _compile(cfg, trainee, state, batch, mesh, run)
+        meta["loop_on_step"] = meta.get("loop_on_step") if unlooped_step is not None else 0
+        # export.reserve_seconds: stop early so calibration fits inside the training budget.
+        cap_s = max(t.max_wallclock_seconds - cfg.export.reserve_seconds, 0.0) if t.max_wallclock_seconds > 0 else None
+        profile = _parse_profile(t.profile_steps)
+        stop_after, pending, val_bpb, interrupted = None, None, float("nan"), False
+        train_time, t0 = float(meta["train_time_s"]), time.perf_counter()
+        clock = lambda: train_time + time.perf_counter() - t0  # noqa: E731 (training seconds so far)
+        run.defer_signals = True  # from here a signal only sets run.stop_signal, which the loop polls
+        while True:
+            step = meta["step"]
+            last = step == t.iterations or (stop_after is not None and step >= stop_after)
+            if last or (t.val_every > 0 and step % t.val_every == 0):
+                _report(run, pending, t, clock, force=True)
+                pending = None
+                jax.block_until_ready(state)
+                train_time += time.perf_counter() - t0
+                val_bpb = validate(state.params, step)
+                t0 = time.perf_counter()
+            if last:
+                break
+            _profile(run, profile, step)
+            batch.update(_schedule(cfg, trainee.recipe, meta, clock(), cap_s, run))
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                state, metrics = (unlooped_step if meta["loop_on_step"] is None else looped_step)(state, batch)
+            meta["step"] = step = step + 1
+            _profile(run, profile, step, state)
+            _report(run, pending, t, clock)  # the previous step's metrics: one step late
+            pending = (step, metrics, batch["lr_scale"])
+            capped, interrupted = _agree(cap_s is not None and stop_after is None and clock() >= cap_s,
+                                         run.stop_signal is not None)
+            if capped:
+                stop_after = step
+                run.log(f"wallclock cap {cap_s:.0f}s reached at step {step}")
+            if interrupted:  # saved below, like a last step
+                jax.block_until_ready(state)
+                train_time += time.perf_counter() - t0
+                break
+            if step < t.iterations and not (stop_after is not None and step >= stop_after):
+                # The last step is saved after the loop, with the training time measured once its
+                # steps have finished (clock() here runs ahead of steps still in flight).
+                if checkpointer is not None and checkpointer.due(step):
+                    checkpointer.save(step, state, {**meta, "train_time_s": clock()})  # orbax waits for the arrays
+                batch, meta["loader"] = prefetch.next()
 
-    def compiled(m):
-        return step_lib.jit_train_step(step_lib.make_train_step(m, tx, recipe), mesh).lower(state, {**first, **schedule_args}).compile()
+        run.defer_signals = False  # a second signal stops at once
+        meta["train_time_s"] = train_time
+        run.log(f"training: {step} steps in {train_time:.1f}s ({1000 * train_time / max(step, 1):.1f} ms/step)")
+        if checkpointer is not None:  # the final state, with its measured training time
+            extra["last_checkpoint_step"] = checkpointer.finish(step, state, meta, run.log)
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()  # waits for pending writes and releases the lock, also on a failure
+    _stop(run, interrupted, step, checkpointer)
+    if unlooped_step is not None:
+        extra["loop_on_step"] = meta["loop_on_step"]
+    return FitResult(state, step, train_time, val_bpb, meta["late_qat_step"], extra)
 
-    looped_step = compiled(model)
-    # Depth recurrence switches on at a fraction of training: both graphs compile now, so
-    # the timed loop never stalls on a recompile (the reference warms both up too).
-    unlooped_step = compiled(model.clone(looping=False)) if recurrence_delayed(cfg.model) else None
-    run.log(f"compiled train step{'s (without and with the layer loop)' if unlooped_step else ''} "
-            f"in {time.perf_counter() - t_compile:.1f}s")
-    tokens_per_step = t.batch_tokens
-    # export.reserve_seconds: stop early so calibration fits inside the training budget.
-    cap_s = max(t.max_wallclock_seconds - cfg.export.reserve_seconds, 0.0) if t.max_wallclock_seconds > 0 else None
-    profile = _parse_profile(t.profile_steps)
-    train_time, step, stop_after, pending, val_bpb = float(meta["train_time_s"]), int(meta["step"]), None, None, float("nan")
-    qat_on_step = meta["late_qat_step"]
+
+def _compile(cfg, trainee: Trainee, state, batch: dict, mesh, run: RunDir):
+    """(the train step with the layer loop, the one without it or None), compiled before the clock starts.
+
+    Depth recurrence switches on at a fraction of training: both graphs compile now, so the
+    timed loop never stalls on a recompile (the reference warms both up too)."""
+    t0, args = time.perf_counter(), {**batch, **step_lib.schedule_inputs(1.0, cfg.opt.muon_momentum)}
+
+    def compiled(model):
+        return step_lib.jit_train_step(step_lib.make_train_step(model, trainee.tx, trainee.recipe), mesh).lower(
+            state, args).compile()
+
+    looped = compiled(trainee.model)
+    unlooped = compiled(trainee.model.clone(looping=False)) if recurrence_delayed(cfg.model) else None
+    run.log(f"compiled train step{'s (without and with the layer loop)' if unlooped else ''} "
+            f"in {time.perf_counter() - t0:.1f}s")
+    return looped, unlooped
+
+
+def _schedule(cfg, recipe, meta: dict, elapsed: float, cap_s: float | None, run: RunDir) -> dict:
+    """The step's schedule inputs (LR scale, Muon momentum, QAT alpha); switches the layer loop
+    and late QAT on (meta's loop_on_step, late_qat_step) when their time comes."""
+    t, step = cfg.train, meta["step"]
+    lr = schedule.lr_scale(
+        step, elapsed, iterations=t.iterations, warmdown_iters=cfg.schedule.warmdown_iters,
+        max_wallclock_seconds=cap_s or 0.0, mode=cfg.schedule.mode, warmdown_frac=cfg.schedule.warmdown_frac,
+        min_lr=cfg.schedule.min_lr,
+    )
+    if meta["loop_on_step"] is None and schedule.training_fraction(step, elapsed, t.iterations, cap_s or 0.0) >= cfg.model.loop_enable_frac:
+        meta["loop_on_step"] = step
+        encoder, decoder = gpt.layer_order(cfg.model, looping=True)
+        run.log(f"layer loop on at step {step}: encoder {encoder} decoder {decoder}")
     if recipe.qat_mask is not None:  # imported on its branch only: golf_jax/submission/modules.py GATES
         from golf_jax.train import qat
-    loop_on_step = meta.get("loop_on_step") if unlooped_step is not None else 0
-    save_meta = lambda seconds: {"step": step, "train_time_s": seconds, "late_qat_step": qat_on_step,  # noqa: E731
-                                 "loop_on_step": loop_on_step, "loader": batch_loader_state}
-    t0 = time.perf_counter()
-    clock = lambda: train_time + time.perf_counter() - t0  # noqa: E731 (training seconds so far)
-    batch, interrupted = first, False
-    run.defer_signals = True  # from here a signal only sets run.stop_signal, which the loop polls
-    while True:
-        last = step == t.iterations or (stop_after is not None and step >= stop_after)
-        if last or (t.val_every > 0 and step % t.val_every == 0):
-            _report(run, pending, t, tokens_per_step, clock, force=True)
-            pending = None
-            jax.block_until_ready(state)
-            train_time += time.perf_counter() - t0
-            val_bpb = validate(state.params, step)
-            t0 = time.perf_counter()
-        if last:
-            break
-        if profile and step == profile[0]:
-            jax.profiler.start_trace(str(run.path / "profile"))
-        elapsed = clock()
-        lr = schedule.lr_scale(
-            step, elapsed, iterations=t.iterations, warmdown_iters=cfg.schedule.warmdown_iters,
-            max_wallclock_seconds=cap_s or 0.0, mode=cfg.schedule.mode, warmdown_frac=cfg.schedule.warmdown_frac,
-            min_lr=cfg.schedule.min_lr,
-        )
-        if loop_on_step is None and schedule.training_fraction(step, elapsed, t.iterations, cap_s or 0.0) >= cfg.model.loop_enable_frac:
-            loop_on_step = step
-            encoder, decoder = gpt.layer_order(cfg.model, looping=True)
-            run.log(f"layer loop on at step {step}: encoder {encoder} decoder {decoder}")
-        if recipe.qat_mask is not None and qat_on_step is None and lr < t.late_qat_threshold:
-            qat_on_step = step
-            run.log(f"late QAT on at step {step} (lr_scale {lr:.3f} < {t.late_qat_threshold})")
-        batch.update(step_lib.schedule_inputs(
-            lr,
-            schedule.muon_momentum(step, cfg.opt.muon_momentum_warmup_start, cfg.opt.muon_momentum, cfg.opt.muon_momentum_warmup_steps),
-            0.0 if recipe.qat_mask is None or qat_on_step is None else qat.qat_alpha(lr, t.late_qat_threshold),
-        ))
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            state, metrics = (unlooped_step if loop_on_step is None else looped_step)(state, batch)
-        step += 1
-        if profile and step == profile[1]:
-            jax.block_until_ready(state)
-            jax.profiler.stop_trace()
-            run.log(f"profile of steps {profile[0]}..{profile[1]} written to {run.path / 'profile'}")
-        _report(run, pending, t, tokens_per_step, clock)  # the previous step's metrics: one step late
-        elapsed = clock()
-        pending = (step, metrics, batch["lr_scale"])
-        capped, interrupted = _agree(cap_s is not None and stop_after is None and elapsed >= cap_s,
-                                     run.stop_signal is not None)
-        if capped:
-            stop_after = step
-            run.log(f"wallclock cap {cap_s:.0f}s reached at step {step}")
-        if interrupted:  # saved below, like a last step
-            jax.block_until_ready(state)
-            train_time += time.perf_counter() - t0
-            break
-        more = step < t.iterations and not (stop_after is not None and step >= stop_after)
-        # The last step is saved after the loop, with the training time measured once its
-        # steps have finished (clock() here runs ahead of steps still in flight).
-        if checkpointer is not None and more and checkpointer.due(step):
-            checkpointer.save(step, state, save_meta(clock()))  # after dispatch; orbax waits for the arrays
-        if more:
-            batch, batch_loader_state = prefetch.next()
+    if recipe.qat_mask is not None and meta["late_qat_step"] is None and lr < t.late_qat_threshold:
+        meta["late_qat_step"] = step
+        run.log(f"late QAT on at step {step} (lr_scale {lr:.3f} < {t.late_qat_threshold})")
+    return step_lib.schedule_inputs(
+        lr,
+        schedule.muon_momentum(step, cfg.opt.muon_momentum_warmup_start, cfg.opt.muon_momentum, cfg.opt.muon_momentum_warmup_steps),
+        0.0 if recipe.qat_mask is None or meta["late_qat_step"] is None else qat.qat_alpha(lr, t.late_qat_threshold),
+    )
 
-    run.defer_signals = False  # a second signal stops at once
-    run.log(f"training: {step} steps in {train_time:.1f}s ({1000 * train_time / max(step, 1):.1f} ms/step)")
-    if checkpointer is not None:
-        checkpointer.save(step, state, save_meta(train_time))  # the final state, with its measured training time
-        checkpointer.close()
-        run.log(f"checkpoint of step {step} in {ckpt_lib.checkpoint_dir(run.path)}")
-        extra["last_checkpoint_step"] = step
-    if interrupted or run.stop_signal:  # SIGTERM (15) when another host got the signal
+
+def _profile(run: RunDir, profile: tuple[int, int] | None, step: int, state=None) -> None:
+    """train.profile_steps START:STOP: a trace starts before step START (called without a state)
+    and stops after step STOP - 1 (called with the state, once the step counter is STOP)."""
+    if profile is None:
+        return
+    if state is None and step == profile[0]:
+        jax.profiler.start_trace(str(run.path / "profile"))
+    if state is not None and step == profile[1]:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        run.log(f"profile of steps {profile[0]}..{profile[1]} written to {run.path / 'profile'}")
+
+
+def _stop(run: RunDir, interrupted: bool, step: int, checkpointer) -> None:
+    """A signal (here, or on another host: SIGTERM, 15) ends the run as Interrupted, once saved."""
+    if interrupted or run.stop_signal:
         resume = f"; resume with --config.train.resume_from={run.path}" if checkpointer else ""
         raise Interrupted(run.stop_signal or 15, f" at step {step}{resume}")
-    if unlooped_step is not None:
-        extra["loop_on_step"] = loop_on_step
-    return FitResult(state, step, train_time, val_bpb, qat_on_step, extra)
 
 
 def recurrence_delayed(model_cfg) -> bool:
@@ -254,7 +285,7 @@ def recurrence_delayed(model_cfg) -> bool:
     return model_cfg.num_loops > 0 and model_cfg.loop_enable_frac > 0
 
 
-def _report(run: RunDir, pending, t, tokens_per_step: int, clock, force: bool = False) -> None:
+def _report(run: RunDir, pending, t, clock, force: bool = False) -> None:
     """Log a finished step's metrics (reading them syncs only with that older step)."""
     if pending is None:
         return
@@ -273,7 +304,7 @@ def _report(run: RunDir, pending, t, tokens_per_step: int, clock, force: bool = 
             eta = min(eta, t.max_wallclock_seconds - elapsed)
         run.log(
             f"step {step}/{t.iterations} loss {loss:.4f} lr_scale {float(lr):.3f} "
-            f"{ms:.1f} ms/step {tokens_per_step / (ms / 1000):,.0f} tok/s eta {max(eta, 0):.0f}s"
+            f"{ms:.1f} ms/step {t.batch_tokens / (ms / 1000):,.0f} tok/s eta {max(eta, 0):.0f}s"
         )
     run.metrics({"step": step, "loss": loss, "grad_norm": float(metrics["grad_norm"]), "lr_scale": float(lr),
                  "train_time_s": elapsed})
