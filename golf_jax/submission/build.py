@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import ast
 import bz2
+import collections
 import functools
 import lzma
+import re
 from pathlib import Path
 
 from golf_jax.submission.modules import ENTRY, GATES, NOT_PACKED, gates_on, module_file, script_codecs
 from golf_jax.core.paths import REPO_ROOT
 
-CONFIG_CHECK = "check_config"  # a config's own checks: run in the repository, empty in the script
+MARKER = ("golf_jax.submission.modules", "repo_only")  # marks a function the script holds empty
 FUTURE = "from __future__ import annotations\n"  # a line in every module, unneeded once minified
 MINIFIER = "python-minifier"  # pinned in pyproject.toml: its output is the counted code
 
@@ -55,8 +57,11 @@ def _under(name: str, prefixes) -> str | None:
     return next((p for p in prefixes if name == p or name.startswith(p + ".")), None)
 
 
-def _imports(root: Path, name: str, tree: ast.Module) -> list[tuple[str, bool]]:
-    """(golf_jax module, imported at module level?) for each import in `tree`, parents included."""
+@functools.lru_cache(maxsize=1024)
+def _imports(root: Path, name: str, source: str) -> list[tuple[str, bool]]:
+    """(golf_jax module, imported at module level?) for each import that the script's copy of
+    `source` holds (modules.repo_only bodies emptied), parents included."""
+    tree = _emptied(source)
     package = name if module_file(root, name).name == "__init__.py" else name.rpartition(".")[0]
     found: list[tuple[str, bool]] = []
 
@@ -91,46 +96,101 @@ def packed_modules(cfg=None, root: Path = REPO_ROOT) -> list[str]:
 
 
 def closure(branches: tuple[bool, ...], root: Path) -> list[str]:
-    """packed_modules for the gated branches taken (modules.gates_on)."""
+    """packed_modules for the gated branches taken (modules.gates_on). Raises where a packed module
+    imports a never-packed module, or a gated one of another gate, at module level."""
     on = dict(zip(GATES, branches))
     todo = [(e, True, "the submission") for e in ENTRY]
     seen: set[str] = set()
     while todo:
         name, top, by = todo.pop()
-        if name in seen:
-            continue
         never, gate = _under(name, NOT_PACKED), _under(name, GATES)
         if never and top:
             raise ValueError(f"{by} imports {name} at module level, but {never} is not packed "
                              "(golf_jax/submission/modules.py NOT_PACKED): import it inside the function that uses it")
-        if not top and (never or (gate and not on[gate])):
-            continue  # a lazy import on a branch this config does not take
+        if gate and top and _setting(by) != GATES[gate][1]:
+            raise ValueError(f"{by} imports {name} at module level, but {gate} is packed only for "
+                             f"{GATES[gate][1]} (golf_jax/submission/modules.py GATES): import it inside the "
+                             "function that runs on that branch")
+        if name in seen or (not top and (never or (gate and not on[gate]))):
+            continue  # done, or a lazy import on a branch this config does not take
         path = module_file(root, name)
-        if path is None:
+        if path is None and not root.joinpath(*name.split(".")).is_dir():
             raise ValueError(f"{by} imports {name}, which has no file under {root / 'golf_jax'}")
         seen.add(name)
-        todo += [(m, t, name) for m, t in _imports(root, name, _without_config_checks(path.read_text(encoding="utf-8")))]
+        if path is None:
+            continue  # a packed tree's namespace package: files_for left out its empty __init__.py
+        todo += [(m, t, name) for m, t in _imports(root, name, path.read_text(encoding="utf-8"))]
     return sorted(seen)
 
 
-def _without_config_checks(source: str) -> ast.Module:
-    """The module's tree with every `check_config` body emptied: what the script holds."""
+def _setting(name: str) -> str | None:
+    """The setting of the gate that `name` is in (None: not gated)."""
+    gate = _under(name, GATES)
+    return GATES[gate][1] if gate else None
+
+
+def _emptied(source: str) -> ast.Module:
+    """The module's tree with the body of every function marked `@repo_only` emptied, and the
+    marker gone, its import too where nothing else uses it: what the script holds."""
     tree = ast.parse(source)
+    module, marker = MARKER
+    names: set[str] = set()  # how this module spells the marker: repo_only, or modules.repo_only
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == module and not node.level:
+            names |= {a.asname or a.name for a in node.names if a.name == marker}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names |= {f"{a.asname or a.name}.{marker}" for a in node.names if f"{node.module}.{a.name}" == module}
+    if not names:
+        return tree
     for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.name == CONFIG_CHECK:
-            node.body = [ast.Pass()]  # checked before the script was written (module docstring)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            kept = [d for d in node.decorator_list if ast.unparse(d) not in names]
+            if len(kept) < len(node.decorator_list):
+                node.decorator_list, node.body = kept, [ast.Pass()]  # checked before packing (module docstring)
+    used = {ast.unparse(n) for n in ast.walk(tree) if isinstance(n, (ast.Name, ast.Attribute))}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == module and not node.level:
+            node.names = [a for a in node.names if a.name != marker or (a.asname or a.name) in used]
+    tree.body = [n for n in tree.body if not isinstance(n, ast.ImportFrom) or n.names]
     return tree
 
 
+def _defines(node: ast.stmt) -> str | None:
+    """The name a module-level statement defines, if the script may leave it out once nothing
+    names it: `NAME = literal` (tuples, dicts… of constants), or an undecorated def or class."""
+    if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        try:
+            ast.literal_eval(node.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return None
+        return targets[0].id if len(targets) == 1 and isinstance(targets[0], ast.Name) else None
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.decorator_list and \
+            not getattr(node, "keywords", None):
+        return node.name
+    return None
+
+
+def _unused(files: dict[str, str], drop: dict[str, frozenset]) -> dict[str, frozenset]:
+    """`drop` plus the module-level definitions (`_defines`) whose name is no word anywhere else in
+    the packed sources or the bootstrap (strings included: conservative)."""
+    words = collections.Counter(re.findall(r"[A-Za-z_]\w*", _BOOTSTRAP + "\n".join(files.values())))
+    return {path: drop[path] | {name for node in ast.parse(source).body if (name := _defines(node))
+                                and words[name] == 1 and not name.startswith("__")}
+            for path, source in files.items()}
+
+
 @functools.lru_cache(maxsize=512)
-def minify(source: str) -> str:
+def minify(source: str, drop: frozenset = frozenset()) -> str:
     """The source without docstrings and comments, minified (runs the same; the module
-    docstring stays where the module reads __doc__). Cached: python-minifier takes ~2 s a package."""
+    docstring stays where the module reads __doc__), less the module-level definitions named in
+    `drop` (`_unused`). Cached: python-minifier takes ~2 s a package."""
     try:
         import python_minifier
     except ImportError as e:
         raise ImportError(f"{MINIFIER} is not installed (pip install -e .): the counted code is its output") from e
-    tree = _without_config_checks(source)
+    tree = _emptied(source)
+    tree.body = [n for n in tree.body if _defines(n) not in drop] or [ast.Pass()]
     uses_doc = any(isinstance(n, ast.Name) and n.id == "__doc__" for n in ast.walk(tree))
     for node in ast.walk(tree):
         if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) or (
@@ -155,13 +215,17 @@ def packed_files(cfg=None, root: Path = REPO_ROOT) -> dict[str, str]:
 
 def files_for(branches: tuple[bool, ...], root: Path) -> dict[str, str]:
     """packed_files for the gated branches taken."""
-    files = {}
-    for name in closure(branches, root):
-        path = module_file(root, name)
-        source = minify(path.read_text(encoding="utf-8"))
-        if source.strip() or path.name != "__init__.py" or name == "golf_jax":
-            files[path.relative_to(root).as_posix()] = source  # an empty subpackage unpacks as a namespace package
-    return files
+    paths = {name: module_file(root, name) for name in closure(branches, root)}
+    sources = {path.relative_to(root).as_posix(): path.read_text(encoding="utf-8") for path in paths.values()}
+    drop = dict.fromkeys(sources, frozenset())
+    while True:  # what a left-out definition alone named goes too
+        files = {path: minify(source, drop[path]) for path, source in sources.items()}
+        more = _unused(files, drop)
+        if more == drop:
+            break
+        drop = more
+    return {path: source for path, source in files.items()  # an empty subpackage unpacks as a namespace package
+            if source.strip() or not path.endswith("/__init__.py") or path == "golf_jax/__init__.py"}
 
 
 def _literal(data: bytes) -> str:

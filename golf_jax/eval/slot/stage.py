@@ -52,6 +52,7 @@ from golf_jax.eval.harness import Objective, Reveal
 from golf_jax.eval.slot.solver import SOLVERS, LbfgsSettings, SolveInfo, minimize
 from golf_jax.eval.windows import Units
 from golf_jax.model import layers
+from golf_jax.submission.modules import repo_only
 
 MODES = ("context", "score_first", "pr1318", "pr1350", "pr675", "pr1306")
 COMPLIANT_MODES = ("context", "score_first")
@@ -68,6 +69,7 @@ WHY = {
 }
 
 
+@repo_only
 def check_config(s, seq_len: int, stride: int) -> None:
     """Every eval.slot key's range, before any compile."""
     if s.mode not in MODES:

@@ -29,10 +29,12 @@ from golf_jax.eval import adapt
 from golf_jax.eval.compiled import cached, settings_key
 from golf_jax.optim import step as optim_step
 from golf_jax.optim.build import build_adaptation_optimizer
+from golf_jax.submission.modules import repo_only
 
 MODES = ("off", "flat", "discriminative", "parallel")
 
 
+@repo_only
 def check_config(p) -> None:
     if p.mode not in MODES:
         raise ValueError(f"eval.prequant_ttt.mode={p.mode!r}: use one of {MODES}")

@@ -31,10 +31,12 @@ from golf_jax.eval import adapt
 from golf_jax.eval.compiled import settings_key
 from golf_jax.eval.harness import Reveal
 from golf_jax.optim.build import build_adaptation_optimizer
+from golf_jax.submission.modules import repo_only
 
 MODES = ("score_first", "pr1318", "phased")  # phased: golf_jax/eval/phased/ttt.py (keys eval.phased.*)
 
 
+@repo_only
 def check_config(t, seq_len: int, stride: int, used: bool = True) -> None:
     """Every key's range; the window geometry only when the ttt stage is listed (`used`)."""
     if t.mode not in MODES:
