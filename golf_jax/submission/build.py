@@ -171,13 +171,37 @@ def _defines(node: ast.stmt) -> str | None:
     return None
 
 
+def _bound(alias: ast.alias, node: ast.stmt) -> str | None:
+    """The name a module-level import binds, where the script may leave it out (not `import a.b`)."""
+    return alias.asname or (alias.name if isinstance(node, ast.ImportFrom) or "." not in alias.name else None)
+
+
 def _unused(files: dict[str, str], drop: dict[str, frozenset]) -> dict[str, frozenset]:
-    """`drop` plus the module-level definitions (`_defines`) whose name is no word anywhere else in
-    the packed sources or the bootstrap (strings included: conservative)."""
+    """`drop` plus what no packed source uses (strings and the bootstrap count; conservative):
+    each module-level definition (`_defines`) whose name is no word anywhere else, and each name a
+    module-level import binds that is no word of its module outside those imports, nor imported
+    from it or read as an attribute (`x.name`) by any other."""
+    trees = {path: ast.parse(source) for path, source in files.items()}
     words = collections.Counter(re.findall(r"[A-Za-z_]\w*", _BOOTSTRAP + "\n".join(files.values())))
-    return {path: drop[path] | {name for node in ast.parse(source).body if (name := _defines(node))
-                                and words[name] == 1 and not name.startswith("__")}
-            for path, source in files.items()}
+    reexported = {(n.module, a.name) for tree in [*trees.values(), ast.parse(_BOOTSTRAP.format(codec="lzma", data=""))]
+                  for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    attributes = {n.attr for tree in trees.values() for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    out = {}
+    for path, tree in trees.items():
+        module = ".".join(Path(path).with_suffix("").parts).removesuffix(".__init__")
+        imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        lines = files[path].splitlines(keepends=True)
+        for n in imports:  # blank them: the words left are the module's uses
+            for i in range(n.lineno - 1, n.end_lineno):
+                start = n.col_offset if i == n.lineno - 1 else 0
+                end = n.end_col_offset if i == n.end_lineno - 1 else len(lines[i])
+                lines[i] = lines[i][:start] + " " * (end - start) + lines[i][end:]
+        used = set(re.findall(r"[A-Za-z_]\w*", "".join(lines)))
+        out[path] = drop[path] | {name for node in tree.body if (name := _defines(node))
+                                  and words[name] == 1 and not name.startswith("__")} | {
+            name for node in imports for a in node.names if (name := _bound(a, node)) and name not in used
+            and name not in attributes and (module, name) not in reexported and not name.startswith("__")}
+    return out
 
 
 @functools.lru_cache(maxsize=512)
@@ -190,7 +214,10 @@ def minify(source: str, drop: frozenset = frozenset()) -> str:
     except ImportError as e:
         raise ImportError(f"{MINIFIER} is not installed (pip install -e .): the counted code is its output") from e
     tree = _emptied(source)
-    tree.body = [n for n in tree.body if _defines(n) not in drop] or [ast.Pass()]
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            node.names = [a for a in node.names if _bound(a, node) not in drop]
+    tree.body = [n for n in tree.body if _defines(n) not in drop and getattr(n, "names", True)] or [ast.Pass()]
     uses_doc = any(isinstance(n, ast.Name) and n.id == "__doc__" for n in ast.walk(tree))
     for node in ast.walk(tree):
         if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) or (
