@@ -3,19 +3,29 @@ Never packed itself (modules.NOT_PACKED): a packed run counts its own script.
 
 Every code byte is a weight byte lost (artifact = weights + code ≤ 16,000,000), so:
 
-* the script holds only the modules golf_jax/submission/modules.py lists for the config: the import
-  closure of golf_jax/submission/script.py (train and eval), every golf_jax import, those inside
-  functions too, less NOT_PACKED and the GATES branches the config does not take;
-* each module goes in without docstrings and comments (`ast.unparse`), then minified
-  by python-minifier (local names, annotations; docs/perf.md has the bytes each saves);
-* without the bodies of the `check_config` functions: they check a config's own keys
-  (enums, ranges, unused keys), and the repository ran them before it wrote the
-  config.json and the submission.py of a run (pipeline.run, `python -m golf_jax.submission`).
-  What depends on the machine or the data (devices, batch geometry, shards, tokenizer,
-  the packed modules: modules.check_packed) is checked elsewhere and stays;
-* the sources, joined with \\x1e / \\x1f separators, are compressed (lzma or bz2, or ZPAQ
-  where the config's export needs `zpaq` anyway: modules.script_codecs; whichever is smallest) and kept as raw bytes in a str literal of a latin-1 source file
-  (only backslash, CR, NUL and some quotes escaped: ~1.2 % overhead, where base85 adds 25 %).
+* the script holds only the modules golf_jax/submission/modules.py lists for the config (its
+  docstring states the rules: the import closure of golf_jax/submission/script.py, less NOT_PACKED
+  and the GATES branches the config does not take). `closure` reads them from the sources and
+  raises where a module-level import breaks a rule, rather than pack a module for every config;
+* each module then goes through these transforms, each of which leaves the script running the same
+  (bytes saved on configs/frontier.py, 2026-12-07, in docs/perf.md, Code bytes):
+  - the bodies of the functions marked `@modules.repo_only` are emptied, and the marker and its
+    import go (`_emptied`): a config's own checks, run in the repository before it wrote the run's
+    config.json and script. What depends on the machine or the data (devices, batch geometry,
+    shards, tokenizer, the packed modules: modules.check_packed) is checked elsewhere and stays;
+  - docstrings and comments go (`ast.unparse`), field annotations become `int`, and
+    python-minifier shortens local names and drops the other annotations (`minify`);
+  - what no packed source uses goes (`_unused`, repeated until nothing more goes): a module-level
+    `NAME = literal` (tuples, dicts… of constants; -99 B), an undecorated def or class (-344 B),
+    whose name is no word anywhere else in the packed sources and the bootstrap, strings included;
+    and a name a module-level import binds that its module no longer reads, that no other module
+    imports from it or reads as an attribute (-98 B). Whatever only an emptied body used goes with
+    it: an allowed-values tuple beside its check costs no byte;
+* the sources, joined with \\x1e / \\x1f separators in path order (the best of the orders tried),
+  are compressed (lzma or bz2, or ZPAQ where the config's export needs `zpaq` anyway:
+  modules.script_codecs; whichever is smallest) and kept as raw bytes in a str literal of a
+  latin-1 source file (only backslash, CR, NUL and some quotes escaped: ~1.2 % overhead, where
+  base85 adds 25 %).
 
 The bootstrap unpacks them into a temp dir, puts it first on sys.path (ahead of any
 installed golf_jax), sets codebytes.SCRIPT and calls `golf_jax.submission.script.main`.
