@@ -19,7 +19,7 @@ Every code byte is a weight byte lost (artifact = weights + code ≤ 16,000,000)
     `NAME = literal` (tuples, dicts… of constants; -99 B), an undecorated def or class (-344 B),
     whose name is no word anywhere else in the packed sources and the bootstrap, strings included;
     and a name a module-level import binds that its module no longer reads, that no other module
-    imports from it or reads as an attribute (-98 B). Whatever only an emptied body used goes with
+    imports from it or reads as an attribute (-95 B). Whatever only an emptied body used goes with
     it: an allowed-values tuple beside its check costs no byte;
 * the sources, joined with \\x1e / \\x1f separators in path order (the best of the orders tried),
   are compressed (lzma or bz2, or ZPAQ where the config's export needs `zpaq` anyway:
@@ -186,48 +186,66 @@ def _bound(alias: ast.alias, node: ast.stmt) -> str | None:
     return alias.asname or (alias.name if isinstance(node, ast.ImportFrom) or "." not in alias.name else None)
 
 
-def _unused(files: dict[str, str], drop: dict[str, frozenset]) -> dict[str, frozenset]:
-    """`drop` plus what no packed source uses (strings and the bootstrap count; conservative):
-    each module-level definition (`_defines`) whose name is no word anywhere else, and each name a
-    module-level import binds that is no word of its module outside those imports, nor imported
-    from it or read as an attribute (`x.name`) by any other."""
-    trees = {path: ast.parse(source) for path, source in files.items()}
-    words = collections.Counter(re.findall(r"[A-Za-z_]\w*", _BOOTSTRAP + "\n".join(files.values())))
-    reexported = {(n.module, a.name) for tree in [*trees.values(), ast.parse(_BOOTSTRAP.format(codec="lzma", data=""))]
-                  for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    attributes = {n.attr for tree in trees.values() for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
-    out = {}
-    for path, tree in trees.items():
-        module = ".".join(Path(path).with_suffix("").parts).removesuffix(".__init__")
-        imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-        lines = files[path].splitlines(keepends=True)
-        for n in imports:  # blank them: the words left are the module's uses
-            for i in range(n.lineno - 1, n.end_lineno):
-                start = n.col_offset if i == n.lineno - 1 else 0
-                end = n.end_col_offset if i == n.end_lineno - 1 else len(lines[i])
-                lines[i] = lines[i][:start] + " " * (end - start) + lines[i][end:]
-        used = set(re.findall(r"[A-Za-z_]\w*", "".join(lines)))
-        out[path] = drop[path] | {name for node in tree.body if (name := _defines(node))
-                                  and words[name] == 1 and not name.startswith("__")} | {
-            name for node in imports for a in node.names if (name := _bound(a, node)) and name not in used
-            and name not in attributes and (module, name) not in reexported and not name.startswith("__")}
-    return out
+WORD = re.compile(r"[A-Za-z_]\w*")
+
+
+@functools.lru_cache(maxsize=1024)
+def _facts(path: str, source: str) -> tuple:
+    """What `_unused` reads of one minified module: its name, tree, words, the attribute names it
+    reads, the (module, name) pairs it imports, and its words outside module-level imports. The
+    minifier puts each module-level statement on lines of its own."""
+    tree = ast.parse(source)
+    imports = {i for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+               for i in range(n.lineno - 1, n.end_lineno)}
+    rest = "\n".join(line for i, line in enumerate(source.split("\n")) if i not in imports)
+    return (".".join(Path(path).with_suffix("").parts).removesuffix(".__init__"), tree,
+            collections.Counter(WORD.findall(source)), {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)},
+            {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names},
+            set(WORD.findall(rest)))
+
+
+def _unused(files: dict[str, str]) -> dict[str, str]:
+    """`files` less what no packed source uses (strings and the bootstrap count: conservative),
+    until nothing more goes: each module-level definition (`_defines`) whose name is no word
+    anywhere else, and each name a module-level import binds that is no word of its module outside
+    those imports, nor imported from it or read as an attribute (`x.name`) by any other."""
+    bootstrap = ("bootstrap", _BOOTSTRAP.format(codec="lzma", data=""))
+    while True:
+        facts = {path: _facts(path, source) for path, source in [*files.items(), bootstrap]}
+        words = sum((f[2] for f in facts.values()), collections.Counter())
+        attributes = set().union(*(f[3] for f in facts.values()))
+        imported = set().union(*(f[4] for f in facts.values()))
+        cut = {}
+        for path in files:
+            module, tree, _, _, _, used = facts[path]
+            lines, changed = files[path].split("\n"), False
+            for node in reversed(tree.body):
+                if (name := _defines(node)) and words[name] == 1 and not name.startswith("__"):
+                    lines[node.lineno - 1:node.end_lineno], changed = [], True
+                elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                    kept = [a for a in node.names if not ((name := _bound(a, node)) and name not in used and name
+                            not in attributes and (module, name) not in imported and not name.startswith("__"))]
+                    if len(kept) < len(node.names):
+                        names = ",".join(a.name + (f" as {a.asname}" if a.asname else "") for a in kept)
+                        line = f"import {names}" if isinstance(node, ast.Import) else \
+                            f"from {'.' * node.level}{node.module or ''} import {names}"
+                        lines[node.lineno - 1:node.end_lineno], changed = [line] if kept else [], True
+            if changed:
+                cut[path] = "\n".join(lines)
+        if not cut:
+            return files
+        files = {**files, **cut}
 
 
 @functools.lru_cache(maxsize=512)
-def minify(source: str, drop: frozenset = frozenset()) -> str:
+def minify(source: str) -> str:
     """The source without docstrings and comments, minified (runs the same; the module
-    docstring stays where the module reads __doc__), less the module-level definitions named in
-    `drop` (`_unused`). Cached: python-minifier takes ~2 s a package."""
+    docstring stays where the module reads __doc__). Cached: python-minifier takes ~2 s a package."""
     try:
         import python_minifier
     except ImportError as e:
         raise ImportError(f"{MINIFIER} is not installed (pip install -e .): the counted code is its output") from e
     tree = _emptied(source)
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            node.names = [a for a in node.names if _bound(a, node) not in drop]
-    tree.body = [n for n in tree.body if _defines(n) not in drop and getattr(n, "names", True)] or [ast.Pass()]
     uses_doc = any(isinstance(n, ast.Name) and n.id == "__doc__" for n in ast.walk(tree))
     for node in ast.walk(tree):
         if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) or (
@@ -252,15 +270,8 @@ def packed_files(cfg=None, root: Path = REPO_ROOT) -> dict[str, str]:
 
 def files_for(branches: tuple[bool, ...], root: Path) -> dict[str, str]:
     """packed_files for the gated branches taken."""
-    paths = {name: module_file(root, name) for name in closure(branches, root)}
-    sources = {path.relative_to(root).as_posix(): path.read_text(encoding="utf-8") for path in paths.values()}
-    drop = dict.fromkeys(sources, frozenset())
-    while True:  # what a left-out definition alone named goes too
-        files = {path: minify(source, drop[path]) for path, source in sources.items()}
-        more = _unused(files, drop)
-        if more == drop:
-            break
-        drop = more
+    paths = [module_file(root, name) for name in closure(branches, root)]
+    files = _unused({path.relative_to(root).as_posix(): minify(path.read_text(encoding="utf-8")) for path in paths})
     return {path: source for path, source in files.items()  # an empty subpackage unpacks as a namespace package
             if source.strip() or not path.endswith("/__init__.py") or path == "golf_jax/__init__.py"}
 
