@@ -218,6 +218,20 @@ def test_marked_bodies_are_emptied_and_only_those(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def test_what_no_packed_source_uses_is_left_out():
+    """Conservative: a name that any packed source (strings included) or the bootstrap still names stays."""
+    files = {
+        "golf_jax/a.py": "import os,re\nfrom typing import Any,Callable\nMODES='x','y'\nUSED=1\nLIMIT=2**20\n"
+                         "def f():return USED\ndef g():0\ndef helper():return TABLE\nTABLE={'k':(1,2)}\n"
+                         "class K:0\nclass Unused:0\nx=os.sep",
+        "golf_jax/b.py": "from golf_jax import a\nfrom golf_jax.a import Callable\nprint(a.f(),'g',a.K,Callable)",
+    }
+    assert build._unused(files) == {  # helper goes, then TABLE; LIMIT is no literal; g is named in a string
+        "golf_jax/a.py": "import os\nfrom typing import Callable\nUSED=1\nLIMIT=2**20\ndef f():return USED\n"
+                         "def g():0\nclass K:0\nx=os.sep",
+        "golf_jax/b.py": files["golf_jax/b.py"]}
+
+
 @pytest.mark.parametrize("edit, name, emptied", [
     ({"def check_config(": "def check_schedule("}, "check_schedule", True),  # renamed: still marked
     ({"@repo_only\n": ""}, "check_config", False),  # unmarked: packed whole, whatever its name
