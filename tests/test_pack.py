@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs import smoke, sp8192_legal
+from configs import frontier, smoke, sp8192_legal
 from golf_jax.submission import codebytes, __main__ as pack, build, modules
 from golf_jax import pipeline
 from golf_jax.config import base_config
@@ -103,12 +103,15 @@ def test_gates_follow_the_config_and_are_lazy(tmp_path):
     assert set(modules.GATES) <= set(every) and set(off) < set(every)
     assert {"golf_jax.data.synthetic", "golf_jax.data.prepare"} <= set(build.packed_modules(smoke.get_config()))
 
-    # The minified tree has the same closure, and a packed tree refuses a config it was not packed for.
-    cfg = sp8192_legal.get_config()
-    for path, source in build.packed_files(cfg).items():
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_text(source)
-    assert build.packed_modules(cfg, root=tmp_path) == build.packed_modules(cfg)
+    # The packed tree has the same closure (a package that only an untaken branch imports is not
+    # packed: frontier's eval/ttt/), and a packed tree refuses a config it was not packed for.
+    for cfg in (frontier.get_config(), sp8192_legal.get_config()):
+        for path, source in build.packed_files(cfg).items():
+            (tmp_path / cfg.name / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / cfg.name / path).write_text(source)
+        assert build.packed_modules(cfg, root=tmp_path / cfg.name) == build.packed_modules(cfg)
+    assert "golf_jax.eval.ttt" not in build.packed_modules(frontier.get_config())
+    tmp_path = tmp_path / cfg.name
     modules.check_packed(cfg, root=tmp_path)
     cfg.data.loader = "coprime"
     with pytest.raises(ValueError, match="packed without golf_jax.data.coprime, which data.loader=coprime needs"):

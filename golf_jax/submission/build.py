@@ -68,31 +68,32 @@ def _under(name: str, prefixes) -> str | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _imports(root: Path, name: str, source: str) -> list[tuple[str, bool]]:
-    """(golf_jax module, imported at module level?) for each import that the script's copy of
-    `source` holds (modules.repo_only bodies emptied), parents included."""
+def _imports(root: Path, name: str, source: str) -> list[tuple[str, bool, tuple[str, ...]]]:
+    """(golf_jax module, imported at module level?, the modules its import statement names) for
+    each import that the script's copy of `source` holds (modules.repo_only bodies emptied), the
+    packages above them included: a statement that runs only on a branch packs none of them."""
     tree = _emptied(source)
     package = name if module_file(root, name).name == "__init__.py" else name.rpartition(".")[0]
-    found: list[tuple[str, bool]] = []
+    found: list[tuple[str, bool, tuple[str, ...]]] = []
 
-    def add(mod: str, top: bool) -> None:
-        parts = mod.split(".")
-        if parts[0] == "golf_jax":
-            found.extend((".".join(parts[:i]), top) for i in range(1, len(parts) + 1))
+    def add(named: list[str], top: bool) -> None:
+        for mod in named:
+            parts = mod.split(".")
+            if parts[0] == "golf_jax":
+                found.extend((".".join(parts[:i]), top, tuple(named)) for i in range(1, len(parts) + 1))
 
     def visit(node: ast.AST, top: bool) -> None:
         if isinstance(node, ast.Import):
-            for a in node.names:
-                add(a.name, top)
+            add([a.name for a in node.names], top)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 up = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(up + ([base] if base else []))
-            add(base, top)
-            for a in node.names:
-                if module_file(root, f"{base}.{a.name}") is not None:
-                    add(f"{base}.{a.name}", top)
+            rules = {*GATES, *NOT_PACKED}  # a module they name is one even where a packed tree lacks it
+            in_rules = base in rules and not root.joinpath(*base.split(".")).with_suffix(".py").is_file()
+            subs = [f"{base}.{a.name}" for a in node.names]
+            add([m for m in subs if module_file(root, m) or m in rules or in_rules] or [base], top)
         for child in ast.iter_child_nodes(node):
             visit(child, top and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 
@@ -109,10 +110,10 @@ def closure(branches: tuple[bool, ...], root: Path) -> list[str]:
     """packed_modules for the gated branches taken (modules.gates_on). Raises where a packed module
     imports a never-packed module, or a gated one of another gate, at module level."""
     on = dict(zip(GATES, branches))
-    todo = [(e, True, "the submission") for e in ENTRY]
+    todo = [(e, True, "the submission", (e,)) for e in ENTRY]
     seen: set[str] = set()
     while todo:
-        name, top, by = todo.pop()
+        name, top, by, named = todo.pop()
         never, gate = _under(name, NOT_PACKED), _under(name, GATES)
         if never and top:
             raise ValueError(f"{by} imports {name} at module level, but {never} is not packed "
@@ -121,7 +122,8 @@ def closure(branches: tuple[bool, ...], root: Path) -> list[str]:
             raise ValueError(f"{by} imports {name} at module level, but {gate} is packed only for "
                              f"{GATES[gate][1]} (golf_jax/submission/modules.py GATES): import it inside the "
                              "function that runs on that branch")
-        if name in seen or (not top and (never or (gate and not on[gate]))):
+        if name in seen or (not top and all(_under(m, NOT_PACKED) or (g := _under(m, GATES)) and not on[g]
+                                            for m in named)):
             continue  # done, or a lazy import on a branch this config does not take
         path = module_file(root, name)
         if path is None and not root.joinpath(*name.split(".")).is_dir():
@@ -129,7 +131,7 @@ def closure(branches: tuple[bool, ...], root: Path) -> list[str]:
         seen.add(name)
         if path is None:
             continue  # a packed tree's namespace package: files_for left out its empty __init__.py
-        todo += [(m, t, name) for m, t in _imports(root, name, path.read_text(encoding="utf-8"))]
+        todo += [(m, t, name, n) for m, t, n in _imports(root, name, path.read_text(encoding="utf-8"))]
     return sorted(seen)
 
 

@@ -7,7 +7,8 @@ A module is packed when it is in the import closure of ENTRY, read statically fr
 * never packed: NOT_PACKED (repository tools and everything under a listed package). A packed module
   may import one only inside a function; one module-level import makes the packer raise.
 * gated: GATES maps a module, or a package and all it holds, to a predicate of the config and the
-  setting that takes its branch. A config that does not take the branch packs none of it. A packed
+  setting that takes its branch. A config that does not take the branch packs none of it (nor the
+  packages above it, where only that branch's import statements name them). A packed
   module imports a gated module inside the function that runs on its branch; only a module of the same
   gate (the same setting) may import it at module level. Any other module-level import makes the packer
   raise rather than pack the module for every config (tests/test_pack.py checks every gate both ways).
