@@ -30,6 +30,7 @@ from golf_jax.optim.build import build_optimizer, count_by_label
 from golf_jax.quant import export, hessian
 from golf_jax.core.rundir import RunDir, write_atomic
 from golf_jax.train import loop, recipe as recipe_lib, step as step_lib
+from golf_jax.submission.modules import repo_only
 
 
 class Stages:
@@ -57,6 +58,7 @@ class Data:
     val_tokens: np.ndarray
 
 
+@repo_only
 def check_config(cfg, num_devices: int, train: bool = True) -> None:
     """The whole config's enums and ranges, before anything is built or compiled (train=False:
     what evaluating an artifact reads). The stages' checks raise ValueError naming the key:

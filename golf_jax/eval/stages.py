@@ -34,6 +34,7 @@ from golf_jax.eval import harness, plain
 from golf_jax.eval.ledger import Ledger
 from golf_jax.eval.windows import WINDOW_RULES, check_geometry, chunk_of, num_chunks, sliding_units
 from golf_jax.model.embeddings import BOS_ID
+from golf_jax.submission.modules import repo_only
 
 STAGES = ("roundtrip", "sliding", "ttt", "slot")
 
@@ -52,6 +53,7 @@ def eval_seq_len(cfg) -> int:
     return int(cfg.eval.seq_len or cfg.train.seq_len)
 
 
+@repo_only
 def check_config(cfg) -> None:
     """Every eval key's range, before any compile."""
     e = cfg.eval

@@ -14,6 +14,7 @@ from flax import linen as nn
 from golf_jax.model import gpt
 from golf_jax.model.blocks import MLP_ACTIVATIONS
 from golf_jax.model.layers import ATTENTION_IMPLS, MATRIX_INITS
+from golf_jax.submission.modules import repo_only
 
 ENUMS = {
     "matrix_init": tuple(MATRIX_INITS),
@@ -42,6 +43,7 @@ DEPENDENT_KEYS = {
 }
 
 
+@repo_only
 def check_config(m: Any) -> None:
     """Ranges, enums and unused keys of a model config, before anything is built."""
     for key, allowed in ENUMS.items():

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from golf_jax.optim.muon import NS_COEFFS, scale_by_muon
+from golf_jax.submission.modules import repo_only
 
 LABELS = ("muon", "embed", "scalar", "head", "frozen")
 MUON_VARIANTS = ("muon", "muoneq_r")  # muoneq_r: rows L2-normalised before Newton–Schulz (SP8192 stack)
@@ -103,6 +104,7 @@ def _check_labels(param_labels: Any) -> None:
         )
 
 
+@repo_only
 def check_config(opt_cfg: Any) -> None:
     """The opt.* choices, before anything compiles."""
     for key, allowed in (("muon_variant", MUON_VARIANTS), ("muon_ns_coeffs", tuple(NS_COEFFS)),

@@ -8,6 +8,8 @@ exactly as in the reference, and are therefore not reproducible across hardware.
 
 from __future__ import annotations
 
+from golf_jax.submission.modules import repo_only
+
 LR_MODES = ("wallclock", "iterations", "wallclock_fraction")
 
 
@@ -31,6 +33,7 @@ def training_fraction(step: int, elapsed_s: float, iterations: int, max_wallcloc
     return step / max(iterations, 1)
 
 
+@repo_only
 def check_config(sched) -> None:
     """The schedule section's enum and ranges (before anything compiles)."""
     if sched.mode not in LR_MODES:

@@ -47,6 +47,7 @@ from golf_jax.core.progress import progress
 from golf_jax.quant import container, gptq, hessian, prune, rowquant
 from golf_jax.quant.prune import ArtifactBudgetError
 from golf_jax.core.rundir import write_atomic
+from golf_jax.submission.modules import repo_only
 
 PASSTHROUGH_MAX_NUMEL = 65_536
 CONTROL_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights")
@@ -104,6 +105,7 @@ TIED_EMBED = hessian.TIED_EMBED_KEY  # "tok_emb/embedding": the tied table, [V, 
 GATE_NAME = "attn_gate_w"  # the sparse attention output gate, [num_heads, gate_window]
 
 
+@repo_only
 def check_config(ex) -> None:
     """The export.* choices, before anything is trained (one line naming the key)."""
     if ex.format not in FORMATS:

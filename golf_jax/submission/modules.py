@@ -1,11 +1,26 @@
-"""Which golf_jax modules a submission script packs (golf_jax/submission/build.py builds it).
+"""Which golf_jax modules a submission script packs, and what it leaves out (golf_jax/submission/build.py
+builds the script; it states the packer's transforms).
 
-The import closure of ENTRY, read statically from the source tree, less NOT_PACKED
-(repository tools: a packed module may import them only inside functions) and less the
-GATES branches that the config does not take. A gated module is left out only when
-every packed module imports it inside a function; one module-level import packs it
-anyway. A leaf like codebytes.py, and packed itself: a packed run checks its config
-against the modules it holds (`check_packed`).
+A module is packed when it is in the import closure of ENTRY, read statically from the source tree
+(imports inside functions count too), unless a rule below leaves it out:
+
+* never packed: NOT_PACKED (repository tools and everything under a listed package). A packed module
+  may import one only inside a function; one module-level import makes the packer raise.
+* gated: GATES maps a module, or a package and all it holds, to a predicate of the config and the
+  setting that takes its branch. A config that does not take the branch packs none of it (nor the
+  packages above it, where only that branch's import statements name them). A packed
+  module imports a gated module inside the function that runs on its branch; only a module of the same
+  gate (the same setting) may import it at module level. Any other module-level import makes the packer
+  raise rather than pack the module for every config (tests/test_pack.py checks every gate both ways).
+* empty bodies: a function marked `@repo_only` is packed with an empty body (the marker and its import
+  go too). It checks a config's own keys (enums, ranges, unused keys), and the repository ran it before
+  it wrote a run's config.json and submission script (pipeline.run, `python -m golf_jax.submission`).
+  What depends on the machine or the data is checked elsewhere and stays. The marker, not a function's
+  name, decides: a renamed function keeps it, an unmarked one is packed whole.
+
+A leaf like codebytes.py, and packed itself: a packed run checks its config against the modules it
+holds (`check_packed`; a gated package whose __init__.py was empty, and so dropped, is found by its
+folder).
 """
 
 from __future__ import annotations
@@ -26,7 +41,8 @@ def _stages(cfg) -> list[str]:
     return [s.strip() for s in cfg.eval.stages.split(",")]
 
 
-# module (or package) -> (does the config take the branch that imports it?, the setting that does).
+# module or package -> (does the config take the branch that imports it?, the setting that does). Modules with
+# the same setting are one gate: they may import each other at module level.
 GATES = {
     "golf_jax.data.synthetic": (lambda c: c.data.source == "default", "data.source=default"),
     "golf_jax.data.sequential": (lambda c: c.data.loader == "sequential", "data.loader=sequential"),
@@ -35,13 +51,10 @@ GATES = {
     "golf_jax.train.checkpoint": (lambda c: c.train.checkpoint_every > 0 or bool(c.train.resume_from),
                                   "train.checkpoint_every > 0 or train.resume_from"),
     "golf_jax.eval.ttt.prequant": (lambda c: c.eval.prequant_ttt.mode != "off", "eval.prequant_ttt.mode != off"),
-    "golf_jax.eval.slot.stage": (lambda c: "slot" in _stages(c), "eval.stages with slot"),
-    "golf_jax.eval.slot.solver": (lambda c: "slot" in _stages(c), "eval.stages with slot"),
+    "golf_jax.eval.slot": (lambda c: "slot" in _stages(c), "eval.stages with slot"),
     "golf_jax.eval.ttt.score_first": (lambda c: "ttt" in _stages(c) and c.eval.ttt.mode != "phased",
                           "eval.stages with ttt and eval.ttt.mode=score_first or pr1318"),
-    "golf_jax.eval.phased.ttt": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
-    "golf_jax.eval.phased.plan": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
-    "golf_jax.eval.phased.lora": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
+    "golf_jax.eval.phased": (lambda c: c.eval.ttt.mode == "phased", "eval.ttt.mode=phased"),
     "golf_jax.eval.profile": (lambda c: bool(c.eval.profile), "eval.profile"),
     "golf_jax.quant.lqer": (lambda c: c.export.lqer_rank > 0, "export.lqer_rank > 0"),
     "golf_jax.quant.lowrank": (lambda c: c.export.lqer_rank > 0, "export.lqer_rank > 0"),
@@ -51,6 +64,12 @@ GATES = {
     "golf_jax.train.qat": (lambda c: c.train.late_qat_threshold > 0, "train.late_qat_threshold > 0"),
     "golf_jax.quant.selfgen": (lambda c: c.export.calib_source == "selfgen", "export.calib_source=selfgen"),
 }
+
+
+def repo_only(check):
+    """Marks a function the repository runs before it packs a script, and the script holds empty:
+    a config's own checks (module docstring). Returns `check` itself: nothing changes where it runs."""
+    return check
 
 
 def gates_on(cfg) -> tuple[bool, ...]:

@@ -33,6 +33,7 @@ from golf_jax.model import gpt
 from golf_jax.optim import build, schedule
 from golf_jax.core.rundir import Interrupted, RunDir
 from golf_jax.train import step as step_lib
+from golf_jax.submission.modules import repo_only
 
 
 class TrainingError(RuntimeError):
@@ -45,6 +46,7 @@ class TrainingError(RuntimeError):
 LOADERS = ("sequential", "coprime", "shuffled")
 
 
+@repo_only
 def check_config(cfg, num_devices: int) -> None:
     """The train, schedule, opt and model keys' enums and ranges, before anything compiles."""
     t = cfg.train

@@ -38,8 +38,10 @@ from golf_jax.model import layers
 from golf_jax.model.embeddings import BOS_ID
 from golf_jax.optim import step as optim_step
 from golf_jax.optim.build import build_adaptation_optimizer
+from golf_jax.submission.modules import repo_only
 
 
+@repo_only
 def check_config(p, seq_len: int, used: bool = True) -> None:
     """eval.phased.* ranges (always) and their fit to the eval seq_len (when the mode runs)."""
     modules = [s.strip() for s in str(p.lora_modules).split(",") if s.strip()]

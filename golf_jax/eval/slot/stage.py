@@ -52,6 +52,7 @@ from golf_jax.eval.harness import Objective, Reveal
 from golf_jax.eval.slot.solver import SOLVERS, LbfgsSettings, SolveInfo, minimize
 from golf_jax.eval.windows import Units
 from golf_jax.model import layers
+from golf_jax.submission.modules import repo_only
 
 # eval.slot.mode -> what it fits, one line each (the error for a bad mode lists them; docs/reference-notes.md#modes).
 MODES = {
@@ -79,6 +80,7 @@ WHY = {
 }
 
 
+@repo_only
 def check_config(s, seq_len: int, stride: int) -> None:
     """Every eval.slot key's range, before any compile."""
     from golf_jax.config import described  # the schema: a submission does not pack it

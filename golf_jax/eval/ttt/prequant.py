@@ -29,6 +29,7 @@ from golf_jax.eval import adapt
 from golf_jax.eval.compiled import cached, settings_key
 from golf_jax.optim import step as optim_step
 from golf_jax.optim.build import build_adaptation_optimizer
+from golf_jax.submission.modules import repo_only
 
 # eval.prequant_ttt.mode -> what it runs (all but "off" train on val before scoring it: non-compliant).
 MODES = {
@@ -39,6 +40,7 @@ MODES = {
 }
 
 
+@repo_only
 def check_config(p) -> None:
     from golf_jax.config import described  # the schema: a submission does not pack it
 

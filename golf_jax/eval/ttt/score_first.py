@@ -31,6 +31,7 @@ from golf_jax.eval import adapt
 from golf_jax.eval.compiled import settings_key
 from golf_jax.eval.harness import Reveal
 from golf_jax.optim.build import build_adaptation_optimizer
+from golf_jax.submission.modules import repo_only
 
 # eval.ttt.mode -> what it runs, one line each (the error for a bad mode lists them; docs/reference-notes.md#modes).
 MODES = {
@@ -43,6 +44,7 @@ MODES = {
 OPTIMIZERS = ("sgd", "adamw")  # eval.ttt.optimizer: sgd with eval.ttt.momentum, or adamw (beta1, beta2, eps)
 
 
+@repo_only
 def check_config(t, seq_len: int, stride: int, used: bool = True) -> None:
     """Every key's range; the window geometry only when the ttt stage is listed (`used`)."""
     from golf_jax.config import described  # the schema: a submission does not pack it
