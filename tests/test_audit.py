@@ -309,7 +309,7 @@ def test_flip_test_follows_the_declared_document_order(peek_doc, verdict):
     geometry = {"seq_len": 16, "stride": 4, "rows": 2, "chunk": 64}
     flips = checks.flip_plan(tokens, ranks, places, geometry, 1, 6, rng)
     proc = lambda t: _doc_ordered(t, order, docs, peek_doc)  # noqa: E731
-    check = checks.flip_test(proc, tokens, base, flips, 50, {"docs": np.zeros(300)}, rng, places, 1)
+    check = checks.flip_test(proc, checks.Stream(tokens, 50, 1), base, flips, {"docs": np.zeros(300)}, rng, places)
     assert check.status == verdict, check.evidence
     stats = check.details["stages"]["docs"]
     assert stats["blocks_reached"] == stats["blocks"] == 4

@@ -257,8 +257,8 @@ def test_training_before_scoring_is_caught(setup, result, monkeypatch):
 
     def flip(base):  # the tokens after t in the stage's document order (golf_jax/audit/checks.py)
         places = {"ttt": checks.stream_order(base.ledger.score_rank(), declared, len(val))}
-        return checks.flip_test(proc, val, {"ttt": base}, [checks.Flip(t, "ttt")], 1024,
-                                {"ttt": np.zeros(len(base.nll))}, np.random.default_rng(0), places, BOS_ID)
+        return checks.flip_test(proc, checks.Stream(val, 1024, BOS_ID), {"ttt": base}, [checks.Flip(t, "ttt")],
+                                {"ttt": np.zeros(len(base.nll))}, np.random.default_rng(0), places)
 
     check = flip(broken)
     assert check.status == checks.FAIL and "ttt" in check.evidence, check.evidence

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import NamedTuple
+
 import numpy as np
 
 from golf_jax.eval.harness import NORMALIZATION_TOL
@@ -177,12 +179,23 @@ def flip_plan(tokens: np.ndarray, ranks: dict, places: dict, geometry: dict, bos
     return out[:count]
 
 
-def flip_test(proc, tokens: np.ndarray, base: dict, flips: list[Flip], vocab: int, tol: dict,
-              rng: np.random.Generator, places: dict, bos: int, sp=None) -> Check:
+class Stream(NamedTuple):
+    """The audited token stream: its tokens, the vocabulary they are drawn from, the BOS id that
+    delimits its documents (-1: none) and the tokenizer that names tokens in the evidence."""
+
+    tokens: np.ndarray
+    vocab: int
+    bos: int = -1
+    sp: object = None
+
+
+def flip_test(proc, stream: Stream, base: dict, flips: list[Flip], tol: dict, rng: np.random.Generator,
+              places: dict) -> Check:
     """Each flip replaces the tokens after its cut (in a stage's document order, BOS tokens
     stay: the documents are as declared); in every stage, every target before the earliest
     replaced token in that stage's order, whose answer is unchanged, must keep its score
     (within its own noise tolerance `tol[stage]`, per target)."""
+    tokens, vocab, bos, sp = stream
     stats = {s: {"compared": 0, "violations": 0, "worst": 0.0, "blocks": 0, "blocks_reached": 0} for s in base}
     ranks = {s: r.ledger.score_rank() for s, r in base.items()}
     reached = {s: set() for s in base}
@@ -298,14 +311,15 @@ def probe_positions(T: int, seq_len: int, stride: int, chunk: int, count: int, r
     return out[:count]
 
 
-def answer_independence(proc, tokens: np.ndarray, positions: list[int], samples: int, vocab: int, seq_len: int,
-                        rng: np.random.Generator, sp=None, progress=None) -> Check:
+def answer_independence(proc, stream: Stream, positions: list[int], samples: int, seq_len: int,
+                        rng: np.random.Generator, progress=None) -> Check:
     """C3 on the full vocabulary, sampled: at token i, the distribution the evaluator scores
     target i−1 with must not depend on token i. Each probe runs the stream (cut after i's
     window, as C3) with token i as it is, then with other ids in its place, drawn in turn
     from the window before i (where a cache keyed on the answer fires), uniformly from the
     whole vocabulary, and from that distribution; every full distribution at i−1 must
     equal the first within fp32 rounding. Ẑ = mean p_v(v)/q(v) estimates Σ_v p_v(v)."""
+    tokens, vocab, _, sp = stream
     per: list[dict] = []
     worst = None  # (max |Δ log p|, stage, i, v)
     for i in positions:

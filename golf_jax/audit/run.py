@@ -95,10 +95,10 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
         ranks = {s: r.ledger.score_rank() for s, r in base.items()}
         places = {s: checks.stream_order(rk, proc.documents, len(tokens)) for s, rk in ranks.items()}
         flips = checks.flip_plan(tokens, ranks, places, geometry, bos, int(a.flips), rng)
-        flip_proc = _counting(proc, bar)
+        flip_proc, stream = _counting(proc, bar), checks.Stream(tokens, V, bos, data.sp)
         timed = _Timed(result)
         with timed:
-            result.append(checks.flip_test(flip_proc, tokens, base, flips, V, tol, rng, places, bos, data.sp))
+            result.append(checks.flip_test(flip_proc, stream, base, flips, tol, rng, places))
         result.append(checks.normalization(base, tokens, V, data.sp))
         cf_proc, cf_tokens = proc, tokens
         with timed:
@@ -109,8 +109,8 @@ def run_audit(cfg, mesh=None, artifact: str | Path | None = None, trained=None, 
             result.append(checks.counterfactual(cf_proc, cf_tokens, probes, cf_vocab, seq_len,
                                                 data.sp if cf_vocab == V else None, progress=bar.update))
         with timed:
-            result.append(checks.answer_independence(proc, tokens, vocab_probes, int(a.vocab_samples), V, seq_len, rng,
-                                                     data.sp, progress=bar.update))
+            result.append(checks.answer_independence(proc, stream, vocab_probes, int(a.vocab_samples), seq_len, rng,
+                                                     progress=bar.update))
         result.append(checks.ledger(base))
     finally:
         bar.close()

@@ -159,9 +159,9 @@ def collect_hessians(model: nn.Module, params, seqs_NxT: np.ndarray, mesh: Mesh,
 
 
 def calibration_sequences(cfg, source: str, num_seqs: int, seq_len: int, *, data_dir: Path | None = None,
-                          val_tokens: np.ndarray | None = None, model=None, params=None, mesh=None,
-                          bos_id: int = 1) -> np.ndarray:
-    """[N, T] int32 calibration inputs from export.calib_source."""
+                          val_tokens: np.ndarray | None = None) -> np.ndarray:
+    """[N, T] int32 calibration inputs read from export.calib_source's data (`calibrate` generates
+    the self-generated ones)."""
     need = num_seqs * seq_len
     if source == "train":
         from golf_jax.data.loader import TokenStream
@@ -173,10 +173,6 @@ def calibration_sequences(cfg, source: str, num_seqs: int, seq_len: int, *, data
         if toks.size < need:
             raise ValueError(f"export.calib_source='val': {toks.size} val tokens < {num_seqs}×{seq_len}; "
                              "lower export.calib_seqs or export.calib_seq_len")
-    elif source == "selfgen":  # imported here only: a submission that does not self-generate need not pack it
-        from golf_jax.quant.selfgen import generate
-
-        return generate(model, params, num_seqs, seq_len, mesh, cfg.seed, bos_id=bos_id)
     else:
         raise ValueError(f"export.calib_source={source!r}: use one of {CALIB_SOURCES}")
     return np.asarray(toks, np.int32).reshape(num_seqs, seq_len)
@@ -191,8 +187,13 @@ def calibrate(cfg, model, params, mesh: Mesh, *, data_dir=None, val_tokens=None,
     if e.calib_source == "val":
         log("WARNING: export.calib_source='val' calibrates GPTQ on validation tokens (as PR #1318 "
             "does); this is NOT compliant with the rules, and the summary flags calibration_on_val")
-    seqs = calibration_sequences(cfg, e.calib_source, int(e.calib_seqs), T, data_dir=data_dir,
-                                 val_tokens=val_tokens, model=model, params=params, mesh=mesh, bos_id=bos_id)
+    if e.calib_source == "selfgen":  # imported here only: a submission that does not self-generate need not pack it
+        from golf_jax.quant.selfgen import generate
+
+        seqs = generate(model, params, int(e.calib_seqs), T, mesh, cfg.seed, bos_id=bos_id)
+    else:
+        seqs = calibration_sequences(cfg, e.calib_source, int(e.calib_seqs), T, data_dir=data_dir,
+                                     val_tokens=val_tokens)
     hs = collect_hessians(model, params, seqs, mesh, tied_embed=e.embed_quant == "gptq")
     dt = time.perf_counter() - t0
     log(f"calibration: {len(hs)} Hessians from {len(seqs)} {e.calib_source} sequences × {T} in {dt:.1f}s")
