@@ -240,7 +240,7 @@ def test_prepare_given_a_vocab_file_is_one_line(tmp_path, capsys):
     assert prepare.main(["--tokenizer", str(vocab), "--val", str(tmp_path / "val.jsonl"), "--out",
                          str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"--tokenizer {vocab} is not a SentencePiece .model file" in err
+    assert err.count("\n") == 1 and f"--tokenizer={vocab} is not a SentencePiece .model file" in err
     assert "tok.model" in err and not (tmp_path / "out").exists()
     assert corpus.tokenizer_path.is_file()
 
