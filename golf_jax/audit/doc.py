@@ -16,6 +16,7 @@ from absl import flags
 
 from golf_jax.core import cli
 from golf_jax.core.errors import UserError
+from golf_jax.core.rundir import write_atomic
 
 COLUMNS = ("flip test", "normalization", "counterfactual sum", "answer independence", "ledger", "declared flags",
            "artifact bytes", "time budgets", "data access", "pre-quant TTT", "train/val disjoint")
@@ -163,12 +164,24 @@ _OUT = cli.required(flags.DEFINE_string("out", None, "Where to write the documen
 
 def _main(args: list[str]) -> int:
     paths = cli.positionals(args, "REPORT.json (JSON reports of python -m golf_jax.audit --json=...)", 1, None)
+    cli.check_output(_OUT.value, "--out")  # before any work
+    reports = []
+    for path in paths:
+        try:
+            reports.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: not a readable report ({type(e).__name__}: {e}); pass the JSON reports that "
+                            "python -m golf_jax.audit --json=... wrote") from e
     try:
-        reports = [json.loads(Path(p).read_text()) for p in paths]
         notes = Path(_NOTES.value).read_text() if _NOTES.value else ""
     except (OSError, ValueError) as e:
-        raise UserError(f"{e}; pass the JSON reports that python -m golf_jax.audit --json=... wrote") from e
-    Path(_OUT.value).write_text(render(reports, notes))
+        raise UserError(f"--notes={_NOTES.value}: unreadable ({type(e).__name__}: {e}); pass a Markdown file") from e
+    try:
+        text = render(reports, notes)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{', '.join(paths)}: a report lacks {e} or holds it in another shape; pass the JSON "
+                        "reports that python -m golf_jax.audit --json=... wrote") from e
+    write_atomic(_OUT.value, text)
     print(f"wrote {_OUT.value}: {len(reports)} procedures")
     return 0
 

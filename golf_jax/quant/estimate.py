@@ -21,6 +21,7 @@ import numpy as np
 from flax import traverse_util
 
 from golf_jax.core import cli
+from golf_jax.core.errors import UserError
 from golf_jax.submission import codebytes
 from golf_jax import model as model_lib
 from golf_jax.quant import container, export
@@ -79,6 +80,10 @@ _CONFIG = cli.required(cli.define_config(FLAGS), "a configs/*.py file, e.g. --co
 
 def _main(args: list[str]) -> None:
     cli.positionals(args)
+    try:
+        export.check_config(_CONFIG.value.export)  # the export.* settings it estimates with, before the minutes
+    except ValueError as e:
+        raise UserError(str(e)) from e
     print(report(_CONFIG.value))
 
 
