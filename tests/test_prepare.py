@@ -52,7 +52,7 @@ def test_cli_tiny_build(tmp_path):
     train_txt = tmp_path / "book.txt"
     train_txt.write_text(TEXTS[3] + "\n\n" + TEXTS[0])  # a .txt file is ONE document
     out = tmp_path / "out"
-    res = _run("--tokenizer", model, "--val", val, "--train", train_xz, train_txt,
+    res = _run("--tokenizer", model, "--val", val, "--train", train_xz, "--train", train_txt,
                "--out", out, "--shard_tokens", 25)
     assert res.returncode == 0, res.stderr
     assert "[prepare] train: done, 2 docs" in res.stdout

@@ -182,7 +182,7 @@ def _flag_error(e: Exception, fv: flags.FlagValues, argv: list[str], prog: str) 
         close = difflib.get_close_matches(name, [n for n in fv if len(n) > 1], n=2, cutoff=0.6)
         hint = f"did you mean {' or '.join('--' + c for c in close)}? " if close else ""
         return f"unknown flag --{name}; {hint}`{prog} --help` lists the flags"
-    if isinstance(e, flags.IllegalFlagValueError) and e.__cause__ is None:
+    if isinstance(e, flags.IllegalFlagValueError) and not str(e).startswith("flag --config="):
         return f"{' '.join(str(e).split())}; `{prog} --help` says what each flag takes"
     if isinstance(e, (flags.Error, OSError)):
         return " ".join(str(e.__cause__ or e).split())
@@ -225,15 +225,17 @@ def run(main, fv: flags.FlagValues, argv: list[str] | None = None, argv_hook=Non
     UserError from `main` is one line `error: ...` and exit code 2 (its traceback with --debug).
     `argv_hook(argv) -> argv` may fill in flags (e.g. a default --config) before they are parsed.
     A command's `__main__` block is `sys.exit(cli.run(main, FLAGS))`."""
+    program = argv is None  # not an in-process call (a test's)
     argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
     flagged = argv[1:argv.index("--")] if "--" in argv else argv[1:]
     prog = _program(main)
     if any(a in HELP for a in flagged):
         print(_help(fv, main))
         return 0
-    absl_logging.use_absl_handler()  # log lines as absl's app.run formats them
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()  # absl's own flags keep their defaults
+    if program:  # as absl's app.run sets up a program: log lines in absl's format, absl's own flags at their defaults
+        absl_logging.use_absl_handler()
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
 
     def command():
         return main(parse(fv, argv_hook(argv) if argv_hook else argv, prog))
