@@ -118,5 +118,5 @@ def sp8192_shards(shared_data, tmp_path_factory):
     tokenizer = shared_data / "tokenizers" / "fineweb_8192_bpe.model"
     out = root / "shards"
     assert prepare.main(["--tokenizer", str(tokenizer), "--val", str(root / "val.jsonl"), "--train",
-                         str(root / "train.jsonl"), "--out", str(out), "--shard-tokens", "20000"]) == 0
+                         str(root / "train.jsonl"), "--out", str(out), "--shard_tokens", "20000"]) == 0
     return out, tokenizer

@@ -29,6 +29,11 @@ import optax  # noqa: F401
 import sentencepiece  # noqa: F401
 from absl import app, flags  # noqa: F401
 
+try:  # train and eval write TensorBoard events: tensorboardX imports torch where it is installed (seconds a cell)
+    import tensorboardX  # noqa: F401
+except ImportError:
+    pass
+
 WRITE_MODES = ("w", "a", "x", "+")
 
 

@@ -113,9 +113,9 @@ def caseops_build(shared_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("caseops")
     train_docs, val_docs = _small_docs(shared_data, 12), [*_small_docs(shared_data, 6, skip=12), EDGE_DOC]
     out, tok = tmp / "shards", tmp / "tok" / "caseops.model"
-    res = subprocess.run([sys.executable, "-m", "golf_jax.data.prepare", "--caseops", "--train-tokenizer",
-                          "--tokenizer", tok, "--vocab-size", "400", "--val", _jsonl(tmp / "val.jsonl", val_docs),
-                          "--train", _jsonl(tmp / "train.jsonl", train_docs), "--out", out, "--shard-tokens", "1500"],
+    res = subprocess.run([sys.executable, "-m", "golf_jax.data.prepare", "--caseops", "--train_tokenizer",
+                          "--tokenizer", tok, "--vocab_size", "400", "--val", _jsonl(tmp / "val.jsonl", val_docs),
+                          "--train", _jsonl(tmp / "train.jsonl", train_docs), "--out", out, "--shard_tokens", "1500"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     return out, tok, val_docs, train_docs, spm.SentencePieceProcessor(model_file=str(tok))
@@ -159,7 +159,7 @@ def test_prepare_caseops_shards_and_sidecar(caseops_build):
 def test_prepare_caseops_errors(shared_data, caseops_build, tmp_path):
     out, tok, val_docs, *_ = caseops_build
     val = _jsonl(tmp_path / "v.jsonl", val_docs[:1])
-    with pytest.raises(ValueError, match="not a CaseOps tokenizer.*--train-tokenizer"):
+    with pytest.raises(ValueError, match="not a CaseOps tokenizer.*--train_tokenizer"):
         build(shared_data / "tokenizers" / "fineweb_1024_bpe.model", [val], [], tmp_path / "a", 1000,
               caseops_text=True)
     with pytest.raises(ValueError, match="is a CaseOps tokenizer.*pass --caseops"):

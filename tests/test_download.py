@@ -160,8 +160,8 @@ def hub(shared_data, tmp_path, monkeypatch):
 
 
 def _argv(tmp_path, shards: int = 2) -> list[str]:
-    return ["--variant", "sp1024", "--train-shards", str(shards), "--repo-id", REPO, "--out", str(tmp_path / "data"),
-            "--cache-dir", str(tmp_path / "hfcache")]
+    return ["--variant", "sp1024", "--train_shards", str(shards), "--repo_id", REPO, "--out", str(tmp_path / "data"),
+            "--cache_dir", str(tmp_path / "hfcache")]
 
 
 def test_download_verifies_resumes_a_cut_transfer_and_reruns_from_what_is_there(hub, tmp_path, capsys):
@@ -173,7 +173,7 @@ def test_download_verifies_resumes_a_cut_transfer_and_reruns_from_what_is_there(
               "datasets/tokenizers/fineweb_1024_bpe.vocab", "datasets/manifest.json"]
     for p in wanted:  # upstream's data/ layout: the remote root stripped
         assert (out / p.removeprefix("datasets/")).read_bytes() == hub.files[p], p
-    assert not (out / "datasets/fineweb10B_sp1024/fineweb_train_000002.bin").exists()  # --train-shards 2
+    assert not (out / "datasets/fineweb10B_sp1024/fineweb_train_000002.bin").exists()  # --train_shards 2
     assert read_shard(out / "datasets/fineweb10B_sp1024/fineweb_train_000001.bin").size == 6_500_000
     # The cut transfer was continued from what had been written, by a Range request.
     gets = [r[2] for r in hub.requests if r[:2] == ("GET", f"{SHARDS}/fineweb_train_000001.bin")]
@@ -237,7 +237,7 @@ def test_git_blob_id_is_gits(tmp_path):
 def test_a_server_that_never_answers_fails_fast_naming_the_endpoint_and_the_settings(hub, tmp_path, capsys,
                                                                                      monkeypatch, stalls):
     """A server that accepts the connection and then says nothing: tried --tries times, each bounded by
-    --read-timeout, then one line naming the endpoint and the settings to change."""
+    --read_timeout, then one line naming the endpoint and the settings to change."""
     import socket
 
     silent = socket.socket()
@@ -251,12 +251,12 @@ def test_a_server_that_never_answers_fails_fast_naming_the_endpoint_and_the_sett
         url = "127.0.0.1"
     t0 = time.monotonic()
     try:
-        rc = download.main(_argv(tmp_path) + ["--read-timeout", "0.5", "--connect-timeout", "0.5", "--tries", "2"])
+        rc = download.main(_argv(tmp_path) + ["--read_timeout", "0.5", "--connect_timeout", "0.5", "--tries", "2"])
     finally:
         silent.close()
     err = capsys.readouterr().err
     assert rc == 2 and time.monotonic() - t0 < 30
     (line,) = [x for x in err.splitlines() if x.startswith("error: ")]
-    assert "failed after 2 tries" in line and "--read-timeout (0.5 s)" in line and "--tries (2)" in line
+    assert "failed after 2 tries" in line and "--read_timeout (0.5 s)" in line and "--tries (2)" in line
     assert url in line
     assert "; trying again in 2 s (1/2)" in err  # the backoff

@@ -241,7 +241,7 @@ def test_prepare_given_a_vocab_file_is_one_line(tmp_path, capsys):
     assert prepare.main(["--tokenizer", str(vocab), "--val", str(tmp_path / "val.jsonl"), "--out",
                          str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"--tokenizer {vocab} is not a SentencePiece .model file" in err
+    assert err.count("\n") == 1 and f"--tokenizer={vocab} is not a SentencePiece .model file" in err
     assert "tok.model" in err and not (tmp_path / "out").exists()
     assert corpus.tokenizer_path.is_file()
 
@@ -395,3 +395,44 @@ def test_the_audit_cli_refuses_bad_input_up_front(run_dir, tmp_path):
 def _artifact_weights(cfg):
     cfg.audit.weights = "artifact"
     return cfg
+
+
+# -- the command-line convention (golf_jax/core/cli.py; the bad-input matrix runs it on every entry point) --
+
+
+def test_the_cli_convention_in_process(capsys):
+    """A command's own flags: `--name=value` or `--name value`, a hyphenated name read as the
+    underscored one, a required flag and the positionals as one line each, and a second call in
+    one process starting from the defaults."""
+    from absl import flags
+
+    from golf_jax.core import cli
+
+    fv = cli.flag_values()
+    count = cli.required(flags.DEFINE_integer("shard_tokens", None, "Tokens.", flag_values=fv), "a count")
+    seen = []
+
+    def main(args):
+        (run,) = cli.positionals(args, "RUN_DIR", 1, 1)
+        if run == "bad":
+            raise UserError("RUN_DIR=bad: pass a good one")
+        seen.append((count.value, run))
+
+    assert cli.run(main, fv, ["--shard-tokens", "7", "r"]) == 0 and seen == [(7, "r")]
+    assert cli.run(main, fv, ["r2", "--shard_tokens=8"]) == 0 and seen[-1] == (8, "r2")
+    capsys.readouterr()
+    for argv, says in [(["r"], "error: --shard_tokens is required: pass a count"),  # not the last call's 8
+                       (["--shard_tokens=x", "r"], "error: flag --shard_tokens=x: invalid literal"),
+                       (["--shard_token=1", "r"], "error: unknown flag --shard_token; did you mean --shard_tokens?"),
+                       (["--shard_tokens=1"], "error: RUN_DIR is missing"),
+                       (["--shard_tokens=1", "a", "b"], "error: unexpected argument(s) ['b']"),
+                       (["--shard_tokens=1", "bad"], "error: RUN_DIR=bad: pass a good one")]:
+        assert cli.run(main, fv, argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(says), (argv, err)
+    assert cli.run(main, fv, ["--shard_tokens=1", "bad", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.splitlines()[-1] == "error: RUN_DIR=bad: pass a good one"
+    assert cli.run(main, fv, ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(__doc__.strip().splitlines()[0]) and "--shard_tokens: Tokens." in out and "debug" in out

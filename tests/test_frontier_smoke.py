@@ -44,7 +44,7 @@ def test_frontier_packed_script_trains_and_evaluates(sp8192_shards, tmp_path):
     (work / "config.json").write_text(cfg.to_json_best_effort())
     (work / "submission.py").write_bytes(script)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "submission.py", "train", "--config-json", "config.json"], cwd=work,
+    proc = subprocess.run([sys.executable, "submission.py", "train", "--config_json", "config.json"], cwd=work,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -59,7 +59,7 @@ def fewest_gates():
     return cfg
 
 
-def test_script_holds_the_closure_minified_and_is_counted(tmp_path):
+def test_script_holds_the_closure_minified_and_is_counted(tmp_path, capsys):
     cfg = sp8192_legal.get_config()
     script = build.build_script(cfg)
     assert codebytes.code_bytes(cfg) == len(script)
@@ -85,12 +85,13 @@ def test_script_holds_the_closure_minified_and_is_counted(tmp_path):
     (tmp_path / "config.json").write_text(cfg.to_json_best_effort())
     (tmp_path / "model.golfjax").write_bytes(b"weights")
     out = tmp_path / "submission.py"
-    assert pack.main(["--artifact", str(tmp_path / "model.golfjax"), "--out", str(out)]) == 0  # its config.json
+    assert pack.main([f"--artifact={tmp_path / 'model.golfjax'}", f"--out={out}"]) == 0  # its config.json
     assert out.read_bytes() == script
     cfg.train.iterations = -1  # the script will not check its config, so packing does
     (tmp_path / "config.json").write_text(cfg.to_json_best_effort())
-    with pytest.raises(UserError, match=r"train.iterations=-1"):
-        pack.main(["--artifact", str(tmp_path / "model.golfjax"), "--out", str(tmp_path / "bad.py")])
+    capsys.readouterr()
+    assert pack.main([f"--artifact={tmp_path / 'model.golfjax'}", f"--out={tmp_path / 'bad.py'}"]) == 2
+    assert capsys.readouterr().err.startswith("error: train.iterations=-1")
     assert not (tmp_path / "bad.py").exists()
 
 
@@ -279,13 +280,13 @@ def test_packed_script_trains_and_evaluates_like_in_process(tmp_path, shared_dat
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         return proc
 
-    summary = json.loads(packed("train", "--config-json", "config.json").stdout.strip().splitlines()[-1])
+    summary = json.loads(packed("train", "--config_json", "config.json").stdout.strip().splitlines()[-1])
     assert summary["status"] == "ok" and "audit" not in summary  # the audit is not packed
     assert summary["code_bytes"] == len(script)  # a packed run counts its own script
     assert (Path(summary["run_dir"]) / "submission.py").read_bytes() == script  # and keeps it with the artifact
     artifact = summary["artifact_path"]
 
-    proc = packed("eval", "--artifact", artifact, "--config-json", "config.json", "--data-dir", ".",
+    proc = packed("eval", "--artifact", artifact, "--config_json", "config.json", "--data_dir", ".",
                   "--tokenizer", str(tok))
     assert re.search(r"golf_jax from .*golf_jax_sub_", proc.stderr), proc.stderr[-2000:]
     got = {m.group(1): float(m.group(2)) for m in re.finditer(r"eval (\w+): val_loss \S+ val_bpb (\S+)", proc.stdout)}

@@ -52,8 +52,8 @@ def test_cli_tiny_build(tmp_path):
     train_txt = tmp_path / "book.txt"
     train_txt.write_text(TEXTS[3] + "\n\n" + TEXTS[0])  # a .txt file is ONE document
     out = tmp_path / "out"
-    res = _run("--tokenizer", model, "--val", val, "--train", train_xz, train_txt,
-               "--out", out, "--shard-tokens", 25)
+    res = _run("--tokenizer", model, "--val", val, "--train", train_xz, "--train", train_txt,
+               "--out", out, "--shard_tokens", 25)
     assert res.returncode == 0, res.stderr
     assert "[prepare] train: done, 2 docs" in res.stdout
 
@@ -78,11 +78,11 @@ def test_cli_tiny_build(tmp_path):
     assert [i["sha256"] for i in manifest["splits"]["train"]["inputs"]] == [
         hashlib.sha256(p.read_bytes()).hexdigest() for p in (train_xz, train_txt)]
 
-    # --max-docs caps each split; an existing build needs --overwrite.
-    res = _run("--tokenizer", model, "--val", val, "--out", out, "--shard-tokens", 1000)
+    # --max_docs caps each split; an existing build needs --overwrite.
+    res = _run("--tokenizer", model, "--val", val, "--out", out, "--shard_tokens", 1000)
     assert res.returncode == 2 and "--overwrite" in res.stderr
-    res = _run("--tokenizer", model, "--val", val, "--out", out, "--shard-tokens", 1000,
-               "--max-docs", 1, "--overwrite")
+    res = _run("--tokenizer", model, "--val", val, "--out", out, "--shard_tokens", 1000,
+               "--max_docs", 1, "--overwrite")
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in out.glob("*.bin")) == ["fineweb_val_000000.bin"]
     np.testing.assert_array_equal(read_shard(out / "fineweb_val_000000.bin"), stream(TEXTS[:1]))
@@ -92,11 +92,11 @@ def test_cli_errors(tmp_path):
     model = _tiny_tokenizer(tmp_path)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"body": "no text field"}\n')
-    res = _run("--tokenizer", model, "--val", bad, "--out", tmp_path / "o", "--shard-tokens", 10)
+    res = _run("--tokenizer", model, "--val", bad, "--out", tmp_path / "o", "--shard_tokens", 10)
     assert res.returncode == 2 and "bad.jsonl:2" in res.stderr and "'text'" in res.stderr
     res = _run("--tokenizer", model, "--val", tmp_path / "nope.jsonl", "--out", tmp_path / "o2")
     assert res.returncode == 2 and "nope.jsonl does not exist" in res.stderr
-    res = _run("--tokenizer", model, "--vocab-size", 1024, "--val", bad, "--out", tmp_path / "o3")
+    res = _run("--tokenizer", model, "--vocab_size", 1024, "--val", bad, "--out", tmp_path / "o3")
     assert res.returncode == 2 and "model.vocab_size" in res.stderr
     with pytest.raises(ValueError, match="unsupported type"):
         (tmp_path / "x.csv").write_text("a,b\n")

@@ -79,7 +79,7 @@ def _run_dir(root, seed: int, val_bpb: float, max_tokens: int = 0, **summary) ->
 def test_submit_writes_a_record_folder(tmp_path, capsys):
     runs = [_run_dir(tmp_path, s, b) for s, b in ((42, 1.0540), (0, 1.0545), (1234, 1.0538))]
     out = tmp_path / "rec"
-    assert submit.main(runs + ["--sota", "1.0611", "--out", str(out), "--author", "A", "--github-id", "a"]) == 0
+    assert submit.main(runs + ["--sota", "1.0611", "--out", str(out), "--author", "A", "--github_id", "a"]) == 0
     assert "RECORD" in capsys.readouterr().out
     sub = json.loads((out / "submission.json").read_text())
     assert sub["track"] == "10min_16mb" and sub["record"] and sub["non_record_reasons"] == []
@@ -94,10 +94,10 @@ def test_submit_writes_a_record_folder(tmp_path, capsys):
     assert "jax==" in (out / "requirements.txt").read_text()
     text = (out / "README.md").read_text()
     assert text.startswith("# Record: golf_jax frontier")
-    assert "python train_gpt.py train --config-json config_seed42.json" in text
+    assert "python train_gpt.py train --config_json=config_seed42.json" in text
     assert "python -m golf_jax.train --config=configs/frontier.py --config.seed=1234" in text
     assert "| `model.num_layers` | `11` | `9` |" in text  # the techniques: what differs from the baseline
-    assert "python -m golf_jax.data.download --variant sp1024 --train-shards 80" in text
+    assert "python -m golf_jax.data.download --variant=sp1024 --train_shards=80" in text
 
 
 def test_submit_refuses_a_record_on_a_failed_audit_or_an_artifact_over_budget(tmp_path, capsys):

@@ -120,7 +120,7 @@ def test_packed_eval_finds_the_runs_data(tmp_path, monkeypatch):
     assert (loaded.data.source, loaded.data.dir, loaded.data.tokenizer) == ("dir", "/corpus/abc",
                                                                             "/corpus/abc/tokenizer.model")
     rundir.recorded_data(loaded, "run/config.json", data_dir="mine")
-    assert loaded.data.dir == "mine"  # --data-dir wins
+    assert loaded.data.dir == "mine"  # --data_dir wins
     # A hand-written config.json's relative data paths are read from its own folder, not the working directory.
     cfg.data.source, cfg.data.dir, cfg.data.tokenizer = "dir", "shards", "/abs/sp.model"
     (run / "data.json").unlink()
@@ -131,11 +131,11 @@ def test_packed_eval_finds_the_runs_data(tmp_path, monkeypatch):
 
 
 def test_entry_points_end_a_user_error_as_one_line_and_exit_code_2(tmp_path, capsys):
-    argv = ["eval", "--artifact", "model.golfjax", "--config-json", str(tmp_path / "nope.json")]
+    argv = ["eval", "--artifact", "model.golfjax", "--config_json", str(tmp_path / "nope.json")]
     assert submission.main(argv) == 2
     err = capsys.readouterr().err
     assert err == f"error: {tmp_path / 'nope.json'}: no such config.json (a run directory holds one; or pass " \
-                  "--config-json)\n"
+                  "--config_json)\n"
     assert submission.main(argv + ["--debug"]) == 2
     assert "Traceback (most recent call last)" in capsys.readouterr().err
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback

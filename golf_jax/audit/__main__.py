@@ -28,19 +28,23 @@ import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from golf_jax.core import cli  # noqa: E402
 from golf_jax.audit.isolated import load_factory  # noqa: E402,F401 (the factory's loader, in the evaluator's process)
 from golf_jax.core.errors import UserError  # noqa: E402
 
-_CONFIG = cli.define_config()
+FLAGS = cli.flag_values()
+_CONFIG = cli.required(cli.define_config(FLAGS), "a configs/*.py file, or a run's config.json or directory")
 _ARTIFACT = flags.DEFINE_string("artifact", None, "An artifact (RUN_DIR/model.golfjax): its bytes count against the "
                                 "budget; its weights are audited only with --config.audit.weights=artifact (by "
-                                "default the audit scores a small random model of the config's architecture).")
-_EVALUATOR = flags.DEFINE_string("evaluator", None, "MODULE:FACTORY (or path/to/file.py:FACTORY) of your own evaluator.")
-_JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
-_SUMMARY = flags.DEFINE_string("summary", None, "A run's summary.json with timings (default: the artifact's).")
+                                "default the audit scores a small random model of the config's architecture).",
+                                flag_values=FLAGS)
+_EVALUATOR = flags.DEFINE_string("evaluator", None, "MODULE:FACTORY (or path/to/file.py:FACTORY) of your own "
+                                 "evaluator.", flag_values=FLAGS)
+_JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.", flag_values=FLAGS)
+_SUMMARY = flags.DEFINE_string("summary", None, "A run's summary.json with timings (default: the artifact's).",
+                               flag_values=FLAGS)
 
 
 def check_spec(spec: str) -> str:
@@ -98,9 +102,8 @@ def check_inputs(cfg, artifact: str | None, json_out: str | None = None) -> None
                 raise UserError(f"{artifact}: not a readable artifact ({e})") from e
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def _main(args: list[str]) -> int:
+    cli.positionals(args)
     from golf_jax.core import compile_cache
     from golf_jax.audit.run import run_audit
 
@@ -131,6 +134,10 @@ def main(argv) -> None:
     return 0 if report["verdict"] == "PASS" else 1
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command (golf_jax/core/cli.py's convention): argv after the program name, default sys.argv[1:]."""
+    return cli.run(_main, FLAGS, argv)
+
+
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
-    cli.run(main)
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m golf_jax.audit.doc REPORT.json ... --out docs/compliance.md`: the verdict table.
+"""`python -m golf_jax.audit.doc REPORT.json ... --out=docs/compliance.md`: the verdict table.
 
 Renders the JSON reports that `python -m golf_jax.audit --json` wrote, one row per
 audited procedure and one column per check, then each report's evidence, so that the
@@ -8,9 +8,15 @@ says each seed procedure should get; the table says whether the audit agrees.
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from pathlib import Path
+
+from absl import flags
+
+from golf_jax.core import cli
+from golf_jax.core.errors import UserError
+from golf_jax.core.rundir import write_atomic
 
 COLUMNS = ("flip test", "normalization", "counterfactual sum", "answer independence", "ledger", "declared flags",
            "artifact bytes", "time budgets", "data access", "pre-quant TTT", "train/val disjoint")
@@ -151,18 +157,40 @@ def render(reports: list[dict], notes: str = "") -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("reports", nargs="+", help="JSON reports of python -m golf_jax.audit --json")
-    ap.add_argument("--notes", help="a Markdown file of notes to include under the table")
-    ap.add_argument("--out", required=True, help="where to write the document (docs/compliance.md)")
-    args = ap.parse_args(argv)
-    reports = [json.loads(Path(p).read_text()) for p in args.reports]
-    notes = Path(args.notes).read_text() if args.notes else ""
-    Path(args.out).write_text(render(reports, notes))
-    print(f"wrote {args.out}: {len(reports)} procedures")
+FLAGS = cli.flag_values()
+_NOTES = flags.DEFINE_string("notes", None, "A Markdown file of notes to include under the table.", flag_values=FLAGS)
+_OUT = cli.required(flags.DEFINE_string("out", None, "Where to write the document (docs/compliance.md).",
+                                        flag_values=FLAGS), "where to write the document, e.g. --out=docs/compliance.md")
+
+
+def _main(args: list[str]) -> int:
+    paths = cli.positionals(args, "REPORT.json (JSON reports of python -m golf_jax.audit --json=...)", 1, None)
+    cli.check_output(_OUT.value, "--out")  # before any work
+    reports = []
+    for path in paths:
+        try:
+            reports.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: not a readable report ({type(e).__name__}: {e}); pass the JSON reports that "
+                            "python -m golf_jax.audit --json=... wrote") from e
+    try:
+        notes = Path(_NOTES.value).read_text() if _NOTES.value else ""
+    except (OSError, ValueError) as e:
+        raise UserError(f"--notes={_NOTES.value}: unreadable ({type(e).__name__}: {e}); pass a Markdown file") from e
+    try:
+        text = render(reports, notes)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{', '.join(paths)}: a report lacks {e} or holds it in another shape; pass the JSON "
+                        "reports that python -m golf_jax.audit --json=... wrote") from e
+    write_atomic(_OUT.value, text)
+    print(f"wrote {_OUT.value}: {len(reports)} procedures")
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command (golf_jax/core/cli.py's convention): argv after the program name, default sys.argv[1:]."""
+    return cli.run(_main, FLAGS, argv)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -24,39 +24,46 @@ import json
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from golf_jax.core import cli, compile_cache
+from golf_jax.core.errors import UserError
 
-_CONFIG = cli.define_config()
+FLAGS = cli.flag_values()
+_CONFIG = cli.required(cli.define_config(FLAGS), "a configs/*.py file, e.g. --config=configs/smoke.py")
 _STAGE = flags.DEFINE_enum("stage", "train", ["train", "eval", "sliding", "ttt", "slot", "gptq", "export", "calib"],
-                           "Which stage to time (calib: with --target only).")
-_JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
+                           "Which stage to time (calib: with --target only).", flag_values=FLAGS)
+_JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.", flag_values=FLAGS)
 _CALLS = flags.DEFINE_integer("calls", 0, "Timed calls (a step, a batch of windows, a chunk, ...; 0: the stage's "
-                              "default).")
+                              "default).", flag_values=FLAGS)
 _WARMUP = flags.DEFINE_integer("warmup", -1, "Untimed calls after compilation (-1: the stage's default; at least 1 "
-                               "for a compiled stage).")
-_TOKENS = flags.DEFINE_integer("tokens", 0, "Time enough calls to cover this many targets (eval stages) or tokens.")
-_PER_DEVICE_SEQS = flags.DEFINE_integer("per_device_seqs", 0, "train: sequences per device (0: train.batch_tokens).")
-_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device for MFU (0: from the device kind).")
-_COMPARE = flags.DEFINE_string("compare", None, "B: a config file[:arg], or key=value[,key=value] settings of A.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "--compare: rounds of A then B.")
-_PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of the timed calls here.")
+                               "for a compiled stage).", flag_values=FLAGS)
+_TOKENS = flags.DEFINE_integer("tokens", 0, "Time enough calls to cover this many targets (eval stages) or tokens.",
+                               flag_values=FLAGS)
+_PER_DEVICE_SEQS = flags.DEFINE_integer("per_device_seqs", 0, "train: sequences per device (0: train.batch_tokens).",
+                                        flag_values=FLAGS)
+_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device for MFU (0: from the device kind).",
+                                  flag_values=FLAGS)
+_COMPARE = flags.DEFINE_string("compare", None, "B: a config file[:arg], or key=value[,key=value] settings of A.",
+                               flag_values=FLAGS)
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "--compare: rounds of A then B.", flag_values=FLAGS)
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of the timed calls here.",
+                                   flag_values=FLAGS)
 _TARGET = flags.DEFINE_string("target", None, "Compile for this GPU instead of timing here: h100 or h200 "
-                              "(ahead of time, shape-only; needs the CUDA plugin, no GPU).")
-_DEVICES = flags.DEFINE_integer("devices", 8, "--target: how many GPUs of one host to compile for.")
+                              "(ahead of time, shape-only; needs the CUDA plugin, no GPU).", flag_values=FLAGS)
+_DEVICES = flags.DEFINE_integer("devices", 8, "--target: how many GPUs of one host to compile for.", flag_values=FLAGS)
 _SIZE_BATCH = flags.DEFINE_bool("size_batch", False, "--target, eval stages: also find the largest batch that "
-                                 "fits (a second compile at twice the rows).")
-_HLO_DIR = flags.DEFINE_string("hlo_dir", None, "--target: write each program's optimized HLO text here.")
+                                 "fits (a second compile at twice the rows).", flag_values=FLAGS)
+_HLO_DIR = flags.DEFINE_string("hlo_dir", None, "--target: write each program's optimized HLO text here.",
+                               flag_values=FLAGS)
 _ROWS = flags.DEFINE_integer("rows", 0, "--target: the eval stages' global batch (windows, documents, sequences; "
-                             "0: the config's).")
+                             "0: the config's).", flag_values=FLAGS)
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def _main(args: list[str]) -> None:
+    cli.positionals(args)
     if _COMPARE.value and _PROFILE_DIR.value:
-        raise app.UsageError("--profile_dir traces one stage: drop --compare")
+        raise UserError("--profile_dir traces one stage: drop --compare")
     if _TARGET.value:
         return _compile_for_target()
     from golf_jax.bench import run
@@ -101,7 +108,7 @@ def main(argv) -> None:
 def _compile_for_target() -> None:
     """--target: the stage's programs compiled for absent GPUs; nothing is timed or cached."""
     if _COMPARE.value or _PROFILE_DIR.value:
-        raise app.UsageError("--target compiles, it times nothing: drop --compare and --profile_dir")
+        raise UserError("--target compiles, it times nothing: drop --compare and --profile_dir")
     import jax
 
     jax.config.update("jax_platforms", "cpu")  # the GPUs are abstract; a real one must not be initialised
@@ -120,6 +127,10 @@ def _compile_for_target() -> None:
         Path(_JSON.value).write_text(json.dumps(out, indent=1))
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command (golf_jax/core/cli.py's convention): argv after the program name, default sys.argv[1:]."""
+    return cli.run(_main, FLAGS, argv)
+
+
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
-    cli.run(main)
+    sys.exit(main())

@@ -168,7 +168,7 @@ def load_run_config(path: str | Path):
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such config.json (a run directory holds one; or pass --config-json)")
+        raise UserError(f"{path}: no such config.json (a run directory holds one; or pass --config_json)")
     try:
         cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
         for key in ("dir", "tokenizer"):
@@ -180,7 +180,7 @@ def load_run_config(path: str | Path):
 
 
 def recorded_data(cfg, config_json: str | Path, data_dir: str | None = None, tokenizer: str | None = None) -> None:
-    """Point cfg at the data to evaluate on: --data-dir / --tokenizer, else the absolute paths that
+    """Point cfg at the data to evaluate on: --data_dir / --tokenizer, else the absolute paths that
     the run recorded in data.json beside its config.json (the default corpus's too), else the config's."""
     recorded = Path(config_json).with_name("data.json")
     if recorded.is_file():

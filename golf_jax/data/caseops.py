@@ -210,7 +210,7 @@ def check_tokenizer(sp: Any, path: str | os.PathLike) -> None:
     if not is_caseops_tokenizer(sp):
         got = [sp.id_to_piece(i) for i in OPERATOR_IDS if i < int(sp.vocab_size())]
         raise ValueError(f"tokenizer {path} is not a CaseOps tokenizer: ids 4-7 hold {got!r}, not the operators "
-                         "U+E001-U+E004; train one with --train-tokenizer, or drop --caseops")
+                         "U+E001-U+E004; train one with --train_tokenizer, or drop --caseops")
     if int(sp.bos_id()) != 1:
         raise ValueError(f"tokenizer {path} has BOS id {sp.bos_id()}, not 1; CaseOps shards put BOS=1 before "
                          "every document")

@@ -1,5 +1,5 @@
 """Fetch the challenge's cached FineWeb shards and tokenizer from the Hugging Face Hub:
-`python -m golf_jax.data.download --variant sp1024 --train-shards 80 [--out DIR]`.
+`python -m golf_jax.data.download --variant=sp1024 --train_shards=80 [--out=DIR]`.
 
 The dataset repositories and layout of upstream `data/cached_challenge_fineweb.py`: under
 the remote root `datasets/`, `manifest.json` gives each variant's shard counts and
@@ -21,7 +21,6 @@ only what is missing or wrong. Never packed (golf_jax/submission/modules.py NOT_
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -31,6 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from absl import flags
+
+from golf_jax.core import cli
+from golf_jax.core.errors import UserError
 from golf_jax.data.identity import git_blob_id
 from golf_jax.data.shards import ShardError, read_header, sha256_file
 from golf_jax.data.tokenizer import load_tokenizer
@@ -51,8 +54,8 @@ class Network:
     """How long to wait for the hub, and how often to try again: a server that accepts the
     connection but never answers ends the download within tries × (connect + read) + backoff."""
 
-    connect_timeout: float = 10.0  # seconds to connect (--connect-timeout)
-    read_timeout: float = 15.0  # seconds without a byte from the server (--read-timeout)
+    connect_timeout: float = 10.0  # seconds to connect (--connect_timeout)
+    read_timeout: float = 15.0  # seconds without a byte from the server (--read_timeout)
     tries: int = 3  # attempts per request (--tries), 2 s, 4 s, ... apart
     backoff: float = 2.0
 
@@ -69,7 +72,7 @@ class Network:
                     raise DownloadError(
                         f"{what} from {endpoint_} failed after {attempt} tr{'y' if attempt == 1 else 'ies'} "
                         f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); check the network and HF_ENDPOINT, "
-                        f"or raise --connect-timeout ({self.connect_timeout:g} s), --read-timeout "
+                        f"or raise --connect_timeout ({self.connect_timeout:g} s), --read_timeout "
                         f"({self.read_timeout:g} s) or --tries ({self.tries})") from e
                 wait = self.backoff * 2 ** (attempt - 1)
                 print(f"{what}: {type(e).__name__} from {endpoint_}; trying again in {wait:g} s "
@@ -141,12 +144,12 @@ def plan(manifest: dict, variant: str, train_shards: int, root: str = REMOTE_ROO
     entry = next((d for d in manifest.get("datasets", []) if d.get("name") == name), None)
     if entry is None:
         have = [d.get("name") for d in manifest.get("datasets", [])]
-        raise DownloadError(f"{root}/manifest.json has no dataset {name} (it has {have}); pass the --repo-id that "
+        raise DownloadError(f"{root}/manifest.json has no dataset {name} (it has {have}); pass the --repo_id that "
                             f"holds {variant}")
     stats = entry.get("stats") or {}
     n_train, n_val = int(stats.get("files_train", 0)), int(stats.get("files_val", 0))
     if not 0 <= train_shards <= n_train:
-        raise DownloadError(f"--train-shards {train_shards}: {name} has {n_train} train shards; ask for 0..{n_train}")
+        raise DownloadError(f"--train_shards={train_shards}: {name} has {n_train} train shards; ask for 0..{n_train}")
     tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == entry.get("tokenizer_name")), None)
     files = [tok[k] for k in ("model_path", "vocab_path", "path") if tok and tok.get(k)]
     if not files:
@@ -179,7 +182,7 @@ class Hub:
             self.commit = net.call(f"dataset {repo_id}@{revision}", self.endpoint, self.api.dataset_info, repo_id,
                                    revision=revision).sha
         except DownloadError as e:
-            raise DownloadError(f"{e}; check --repo-id and --revision too") from e.__cause__
+            raise DownloadError(f"{e}; check --repo_id and --revision too") from e.__cause__
         if not self.commit:
             raise DownloadError(f"{self.endpoint} gave no commit for {repo_id}@{revision}")
 
@@ -267,38 +270,51 @@ def download(variant: str, train_shards: int, out: Path, repo_id: str | None = N
     return record
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m golf_jax.data.download", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", choices=sorted(VARIANTS), default="sp1024")
-    ap.add_argument("--train-shards", type=int, default=80, help="the first N train shards (upstream default 80)")
-    ap.add_argument("--out", type=Path, default=None, help="destination (default: build/challenge_data)")
-    ap.add_argument("--repo-id", help="dataset repository (default: the variant's, see above)")
-    ap.add_argument("--revision", default="main", help="branch, tag or commit of the repository")
-    ap.add_argument("--cache-dir", help="huggingface_hub cache (default: its own, HF_HUB_CACHE)")
-    ap.add_argument("--connect-timeout", type=float, default=Network.connect_timeout, help="seconds to connect")
-    ap.add_argument("--read-timeout", type=float, default=Network.read_timeout,
-                    help="seconds to wait for the server's next bytes")
-    ap.add_argument("--tries", type=int, default=Network.tries, help="attempts per request, with backoff")
-    args = ap.parse_args(argv)
-    if not (0 < args.connect_timeout < float("inf") and 0 < args.read_timeout < float("inf") and args.tries >= 1):
-        ap.error("--connect-timeout and --read-timeout take seconds > 0, --tries a count >= 1")
-    out = args.out or cache_dir() / "challenge_data"
-    if args.train_shards < 0:
-        ap.error(f"--train-shards {args.train_shards}: use 0 or more")
+FLAGS = cli.flag_values()
+_VARIANT = flags.DEFINE_enum("variant", "sp1024", sorted(VARIANTS), "The tokenizer variant.", flag_values=FLAGS)
+_TRAIN_SHARDS = flags.DEFINE_integer("train_shards", 80, "The first N train shards (upstream default 80).",
+                                     flag_values=FLAGS)
+_OUT = flags.DEFINE_string("out", None, "Destination (default: build/challenge_data).", flag_values=FLAGS)
+_REPO_ID = flags.DEFINE_string("repo_id", None, "Dataset repository (default: the variant's, see above).",
+                               flag_values=FLAGS)
+_REVISION = flags.DEFINE_string("revision", "main", "Branch, tag or commit of the repository.", flag_values=FLAGS)
+_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "huggingface_hub cache (default: its own, HF_HUB_CACHE).",
+                                 flag_values=FLAGS)
+_CONNECT_TIMEOUT = flags.DEFINE_float("connect_timeout", Network.connect_timeout, "Seconds to connect.",
+                                      flag_values=FLAGS)
+_READ_TIMEOUT = flags.DEFINE_float("read_timeout", Network.read_timeout, "Seconds to wait for the server's next "
+                                   "bytes.", flag_values=FLAGS)
+_TRIES = flags.DEFINE_integer("tries", Network.tries, "Attempts per request, with backoff.", flag_values=FLAGS)
+
+
+def _main(args: list[str]) -> int:
+    cli.positionals(args)
+    connect, read, tries = _CONNECT_TIMEOUT.value, _READ_TIMEOUT.value, _TRIES.value
+    if not (0 < connect < float("inf") and 0 < read < float("inf") and tries >= 1):
+        raise UserError("--connect_timeout and --read_timeout take seconds > 0, --tries a count >= 1")
+    out = Path(_OUT.value) if _OUT.value else cache_dir() / "challenge_data"
+    if _TRAIN_SHARDS.value < 0:
+        raise UserError(f"--train_shards={_TRAIN_SHARDS.value}: use 0 or more")
     try:
         from golf_jax.core.outputs import check_output
 
         check_output(out, "--out", folder=True)  # before the network
-        net = Network(args.connect_timeout, args.read_timeout, args.tries)
-        record = download(args.variant, args.train_shards, out, args.repo_id, args.revision, args.cache_dir, net=net)
+        net = Network(connect, read, tries)
+        record = download(_VARIANT.value, _TRAIN_SHARDS.value, out, _REPO_ID.value, _REVISION.value,
+                          _CACHE_DIR.value, net=net)
+    except UserError:
+        raise
     except (DownloadError, ShardError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    data_dir = out / "datasets" / f"fineweb10B_{args.variant}"
+        raise UserError(str(e)) from e
+    data_dir = out / "datasets" / f"fineweb10B_{_VARIANT.value}"
     model = next((f" --config.data.tokenizer={out / f}" for f in record["files"] if f.endswith(".model")), "")
     print(f"ready: --config.data.source=dir --config.data.dir={data_dir}{model}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command (golf_jax/core/cli.py's convention): argv after the program name, default sys.argv[1:]."""
+    return cli.run(_main, FLAGS, None if argv is None else list(argv))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Follows the upstream export convention (docs/reference-notes.md#shard-format): each document becomes
 [BOS=1] + sp.encode(text), no EOS; documents are taken in file order (never shuffled),
-concatenated and cut into shards of --shard-tokens tokens, so a document may straddle
+concatenated and cut into shards of --shard_tokens tokens, so a document may straddle
 two shards. Output names are fineweb_{val,train}_%06d.bin, plus manifest.json with the
 input / tokenizer / shard sha256s, written last (a build without it is incomplete), and
 doc_hashes_{val,train}.npy, a hash per document: a --train document that is also a --val
@@ -10,18 +10,17 @@ one is refused (how many, in which file; golf_jax/data/disjoint.py).
 
 Inputs: `.jsonl` (one JSON object per line, field "text"; blank lines skipped) and
 `.txt` (the whole file is ONE document, e.g. a book), either optionally `.xz`.
---max-docs caps the documents of each split.
+--max_docs caps the documents of each split.
 
 --caseops builds the SP8192 record's CaseOps shards (golf_jax/data/caseops.py): every
 document is case-transformed before encoding, the tokenizer must hold the operators at
-ids 4-7 (--train-tokenizer trains one on the transformed --train documents, written to
+ids 4-7 (--train_tokenizer trains one on the transformed --train documents, written to
 --tokenizer), and the val split gets a byte sidecar fineweb_val_bytes_%06d.bin, parallel
 to the val shards, that bpb divides by instead of the byte look-up tables.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import lzma
@@ -148,7 +147,7 @@ class ShardWriter:
 
     def __init__(self, out_dir: Path, split: str, shard_tokens: int) -> None:
         if shard_tokens <= 0:
-            raise ValueError(f"--shard-tokens must be positive, got {shard_tokens}")
+            raise ValueError(f"--shard_tokens must be positive, got {shard_tokens}")
         self.out_dir, self.split, self.shard_tokens = Path(out_dir), split, shard_tokens
         self.buf = np.empty(shard_tokens, dtype=np.uint16)
         self.fill = 0
@@ -286,8 +285,8 @@ def build(
 ) -> dict[str, Any]:
     """Build val and train shards plus manifest.json in `out`; returns the manifest.
 
-    `caseops_text`, `train_tokenizer`, `tokenizer_docs`: --caseops, --train-tokenizer and
-    --tokenizer-docs (the module docstring).
+    `caseops_text`, `train_tokenizer`, `tokenizer_docs`: --caseops, --train_tokenizer and
+    --tokenizer_docs (the module docstring).
     """
     import sentencepiece as spm
 
@@ -303,7 +302,7 @@ def build(
             vocab_size = int(spm.SentencePieceProcessor(model_file=str(tokenizer)).vocab_size())
         except (RuntimeError, OSError) as e:  # a .vocab, a text file, a damaged model
             hint = f" (the .model beside it: {tokenizer.with_suffix('.model')})" if tokenizer.suffix == ".vocab" else ""
-            raise ValueError(f"--tokenizer {tokenizer} is not a SentencePiece .model file ({e}); pass the "
+            raise ValueError(f"--tokenizer={tokenizer} is not a SentencePiece .model file ({e}); pass the "
                              f".model{hint}") from e
     sp = load_tokenizer(tokenizer, vocab_size)
     if vocab_size > 2**16:
@@ -317,10 +316,10 @@ def build(
         if not Path(p).is_file():
             raise FileNotFoundError(f"input {p} does not exist; check the --train/--val paths")
     if shard_tokens < 1:
-        raise ValueError(f"--shard-tokens {shard_tokens}: use a count >= 1")
+        raise ValueError(f"--shard_tokens={shard_tokens}: use a count >= 1")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file; pass the folder to write the shards into")
+        raise FileExistsError(f"--out={out} is a file; pass the folder to write the shards into")
     stale = (sorted(out.glob("fineweb_*.bin")) + sorted(out.glob("manifest.json"))
              + sorted(out.glob("doc_hashes_*.npy"))) if out.is_dir() else []
     if stale and not overwrite:
@@ -374,17 +373,17 @@ def build(
 
 def _train_tokenizer(path: Path, train: Sequence[Path], vocab_size: int, max_docs: int | None,
                      caseops_text: bool, overwrite: bool) -> dict[str, Any]:
-    """--train-tokenizer: a CaseOps BPE from the first `max_docs` --train documents, at `path`."""
+    """--train_tokenizer: a CaseOps BPE from the first `max_docs` --train documents, at `path`."""
     import sentencepiece as spm
 
     if not caseops_text:
-        raise ValueError("--train-tokenizer trains a CaseOps tokenizer; add --caseops (or give a trained "
-                         "--tokenizer without --train-tokenizer)")
+        raise ValueError("--train_tokenizer trains a CaseOps tokenizer; add --caseops (or give a trained "
+                         "--tokenizer without --train_tokenizer)")
     if not train:
-        raise ValueError("--train-tokenizer learns from the --train documents; give at least one --train input")
+        raise ValueError("--train_tokenizer learns from the --train documents; give at least one --train input")
     if path.exists() and not overwrite:
         raise FileExistsError(f"tokenizer {path} already exists; pass --overwrite to retrain it, or drop "
-                              "--train-tokenizer to use it as it is")
+                              "--train_tokenizer to use it as it is")
     for p in train:
         if not Path(p).is_file():
             raise FileNotFoundError(f"input {p} does not exist; check the --train paths")
@@ -399,36 +398,49 @@ def _train_tokenizer(path: Path, train: Sequence[Path], vocab_size: int, max_doc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m golf_jax.data.prepare", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokenizer", type=Path, required=True, help="SentencePiece .model")
-    ap.add_argument("--val", type=Path, nargs="*", default=[], help="validation inputs")
-    ap.add_argument("--train", type=Path, nargs="*", default=[], help="training inputs")
-    ap.add_argument("--out", type=Path, required=True, help="output directory")
-    ap.add_argument("--shard-tokens", type=int, default=100_000_000,
-                    help="tokens per shard (upstream: 100,000,000)")
-    ap.add_argument("--vocab-size", type=int, default=None,
-                    help="expected tokenizer vocab size (checked; default: the model's); with "
-                         "--train-tokenizer, the size to train (default 8192)")
-    ap.add_argument("--max-docs", type=int, default=None, help="cap on documents per split")
-    ap.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
-    ap.add_argument("--caseops", action="store_true",
-                    help="CaseOps shards: transform the text, write the val byte sidecar")
-    ap.add_argument("--train-tokenizer", action="store_true",
-                    help="train a CaseOps tokenizer on the --train documents and write it to --tokenizer")
-    ap.add_argument("--tokenizer-docs", type=int, default=None,
-                    help="with --train-tokenizer: train on the first N --train documents (default all)")
-    args = ap.parse_args(argv)
-    if not args.val and not args.train:
-        ap.error("give at least one --val or --train input")
-    try:
-        build(args.tokenizer, args.val, args.train, args.out, args.shard_tokens,
-              args.vocab_size, args.max_docs, args.overwrite, args.caseops, args.train_tokenizer,
-              args.tokenizer_docs)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """The command (golf_jax/core/cli.py's convention): argv after the program name, default sys.argv[1:].
+    Its flags and cli are made here, not at import: this module is packed with the default corpus's
+    generator (golf_jax/data/synthetic.py), its command line is not."""
+    from absl import flags
+
+    from golf_jax.core import cli
+    from golf_jax.core.errors import UserError
+
+    fv = cli.flag_values()
+    define = dict(flag_values=fv)
+    tokenizer = cli.required(flags.DEFINE_string("tokenizer", None, "SentencePiece .model.", **define),
+                             "the SentencePiece .model, --tokenizer=PATH.model")
+    val = flags.DEFINE_multi_string("val", [], "A validation input (repeat the flag for more).", **define)
+    train = flags.DEFINE_multi_string("train", [], "A training input (repeat the flag for more).", **define)
+    out = cli.required(flags.DEFINE_string("out", None, "Output directory.", **define),
+                       "the folder to write the shards into, --out=DIR")
+    shard_tokens = flags.DEFINE_integer("shard_tokens", 100_000_000, "Tokens per shard (upstream: 100,000,000).",
+                                        **define)
+    vocab_size = flags.DEFINE_integer("vocab_size", None, "Expected tokenizer vocab size (checked; default: the "
+                                      "model's); with --train_tokenizer, the size to train (default 8192).", **define)
+    max_docs = flags.DEFINE_integer("max_docs", None, "Cap on documents per split.", **define)
+    overwrite = flags.DEFINE_bool("overwrite", False, "Replace existing shards in --out.", **define)
+    caseops_text = flags.DEFINE_bool("caseops", False, "CaseOps shards: transform the text, write the val byte "
+                                     "sidecar.", **define)
+    train_tokenizer = flags.DEFINE_bool("train_tokenizer", False, "Train a CaseOps tokenizer on the --train "
+                                        "documents and write it to --tokenizer.", **define)
+    tokenizer_docs = flags.DEFINE_integer("tokenizer_docs", None, "With --train_tokenizer: train on the first N "
+                                          "--train documents (default all).", **define)
+
+    def prepare(args: list[str]) -> None:
+        if args:
+            raise UserError(f"unexpected argument(s) {args}: pass each input with a flag of its own, "
+                            f"--val=FILE or --train=FILE (repeat the flag for more)")
+        if not val.value and not train.value:
+            raise UserError("give at least one --val=FILE or --train=FILE input")
+        try:
+            build(Path(tokenizer.value), [Path(v) for v in val.value], [Path(t) for t in train.value],
+                  Path(out.value), shard_tokens.value, vocab_size.value, max_docs.value, overwrite.value,
+                  caseops_text.value, train_tokenizer.value, tokenizer_docs.value)
+        except (ValueError, OSError) as e:
+            raise UserError(str(e)) from e
+
+    return cli.run(prepare, fv, None if argv is None else list(argv))
 
 
 if __name__ == "__main__":

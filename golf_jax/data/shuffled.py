@@ -154,7 +154,7 @@ class ShuffledLoader:
             raise ValueError(
                 f"{len(self.files)} shards match {pattern!r} but there are {world_size} data ranks; "
                 "data.loader='shuffled' gives rank r the shards r, r+W, … so it needs at least one "
-                "shard per rank: build more, smaller shards (prepare --shard-tokens) or use "
+                "shard per rank: build more, smaller shards (prepare --shard_tokens) or use "
                 "data.loader='sequential'"
             )
         self.streams = [self._new_stream(r) for r in self.ranks]

@@ -20,9 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from golf_jax.core import cli
+
+FLAGS = cli.flag_values()
+_CONFIG = cli.define_config(FLAGS, "A configs/*.py file, or a run's config.json or directory (default: the "
+                            "artifact's run).")
+_ARTIFACT = flags.DEFINE_string("artifact", None, "The artifact to evaluate (RUN_DIR/model.golfjax).",
+                                flag_values=FLAGS)
 
 
 def check_artifact_data(artifact: Path, data) -> str:
@@ -95,31 +101,33 @@ def evaluate(cfg, artifact: str, observers=()) -> dict:
     return out
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def _main(args: list[str]) -> None:
+    cli.positionals(args)
     from golf_jax.core import compile_cache
     from golf_jax.report import tensorboard
 
-    cfg = flags.FLAGS.config
     compile_cache.enable()  # before the first compile: a rerun reads its executables back (docs/perf.md)
-    evaluate(cfg, flags.FLAGS.artifact, observers=(tensorboard.Events,))  # the scores and the verdict as events too
+    evaluate(_CONFIG.value, _ARTIFACT.value, observers=(tensorboard.Events,))  # the scores and the verdict as events too
 
 
 def with_run_config(argv: list[str]) -> list[str]:
     """argv, with `--config=RUN_DIR` of the artifact's run when --config is left out."""
+    from golf_jax.core.errors import UserError
+
     if any(a == "--config" or a.startswith("--config=") for a in argv):
         return argv
     artifact = next((a.split("=", 1)[1] for a in argv if a.startswith("--artifact=")), None)
     if artifact is None and "--artifact" in argv[:-1]:
         artifact = argv[argv.index("--artifact") + 1]
     if artifact is None:
-        print("error: --artifact is required: pass RUN_DIR/model.golfjax of a training run", file=sys.stderr)
-        sys.exit(2)
+        raise UserError("--artifact is required: pass RUN_DIR/model.golfjax of a training run")
     return [argv[0], f"--config={Path(artifact).parent}", *argv[1:]]
 
 
-if __name__ == "__main__":  # the flags are defined here only: `evaluate()` imports without them
-    cli.define_config("A configs/*.py file, or a run's config.json or directory (default: the artifact's run).")
-    flags.DEFINE_string("artifact", None, "The artifact to evaluate (RUN_DIR/model.golfjax).")
-    cli.run(main, argv_hook=with_run_config)
+def main(argv: list[str] | None = None) -> int:
+    """The command (golf_jax/core/cli.py's convention): argv after the program name, default sys.argv[1:]."""
+    return cli.run(_main, FLAGS, argv, argv_hook=with_run_config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,13 +11,18 @@ RUN_DIR/export.json records the result. Never packed: a submission does not re-e
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from golf_jax.core.errors import UserError, exit_code
+from absl import flags
+
+from golf_jax.core import cli
+from golf_jax.core.errors import UserError
+
+FLAGS = cli.flag_values()
+_EVAL = flags.DEFINE_bool("eval", False, "Then run the config's eval stages on the artifact.", flag_values=FLAGS)
 
 
 def read_params(path: Path, like: dict) -> dict:
@@ -90,14 +95,16 @@ def reexport(run_dir: str | Path, evaluate: bool = False, log=print) -> dict:
     return out
 
 
+def _main(args: list[str]) -> None:
+    (run_dir,) = cli.positionals(args, "RUN_DIR (a training run's directory: it holds config.json and "
+                                 "params.msgpack)", 1, 1)
+    reexport(run_dir, evaluate=_EVAL.value)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m golf_jax.quant", description=__doc__.split("\n")[0])
-    ap.add_argument("run_dir", help="a training run's directory (holds config.json and params.msgpack)")
-    ap.add_argument("--eval", action="store_true", help="then run the config's eval stages on the artifact")
-    args = ap.parse_args(argv)
-    reexport(args.run_dir, evaluate=args.eval)
-    return 0
+    """The command (golf_jax/core/cli.py's convention): argv after the program name, default sys.argv[1:]."""
+    return cli.run(_main, FLAGS, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(exit_code(main))
+    sys.exit(main())

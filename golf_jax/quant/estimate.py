@@ -13,12 +13,15 @@ estimate. Prints the parameter count, weight bytes, code bytes and the total.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import jax
 import numpy as np
 from flax import traverse_util
 
+from golf_jax.core import cli
+from golf_jax.core.errors import UserError
 from golf_jax.submission import codebytes
 from golf_jax import model as model_lib
 from golf_jax.quant import container, export
@@ -71,14 +74,23 @@ def report(cfg) -> str:
             f"Gaussian weights, round to nearest, {r['seconds']:.0f} s)")
 
 
-def main() -> None:
-    """The CLI; its flag is defined here, not at import, so importing this module defines none."""
-    from absl import app
-    from ml_collections import config_flags
+FLAGS = cli.flag_values()  # the command's own flags (golf_jax/core/cli.py): importing this module sets none
+_CONFIG = cli.required(cli.define_config(FLAGS), "a configs/*.py file, e.g. --config=configs/frontier.py")
 
-    config = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
-    app.run(lambda argv: print(report(config.value)))
+
+def _main(args: list[str]) -> None:
+    cli.positionals(args)
+    try:
+        export.check_config(_CONFIG.value.export)  # the export.* settings it estimates with, before the minutes
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    print(report(_CONFIG.value))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command (golf_jax/core/cli.py's convention): argv after the program name, default sys.argv[1:]."""
+    return cli.run(_main, FLAGS, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -175,9 +175,9 @@ def readme(runs: Sequence[Run], test: RecordTest, reasons: Sequence[str], meta: 
               "| setting | value | baseline |", "|---|---|---|"]
     lines += [f"| `{k}` | `{v!r}` | `{b!r}` |" for k, v, b in settings(runs[0].config)]
     lines += ["", "## Reproduction", "", "```bash", "pip install -r requirements.txt"]
-    lines += [f"python train_gpt.py train --config-json config_seed{r.seed}.json" for r in runs]
+    lines += [f"python train_gpt.py train --config_json=config_seed{r.seed}.json" for r in runs]
     lines += ["# the eval stages on the artifact a train run wrote (RUN_DIR is that run's directory):",
-              f"python train_gpt.py eval --artifact RUN_DIR/model.golfjax --config-json config_seed{runs[0].seed}.json",
+              f"python train_gpt.py eval --artifact=RUN_DIR/model.golfjax --config_json=config_seed{runs[0].seed}.json",
               "```", ""]
     lines += _in_tree(runs) + _data(runs[0]) + ["## Files", ""] + [f"- `{f}`" for f in files] + [""]
     return "\n".join(lines)
@@ -206,8 +206,8 @@ def _data(run: Run) -> list[str]:
              f"`{c['data.tokenizer']}`: edit them in config_seed*.json to where your copy is."]
     n_train = len(run.data.get("train_shards") or [])
     if c["model.vocab_size"] in (1024, 8192) and run.data.get("val_bytes") == "lut":
-        lines.append(f"The challenge's shards: `python -m golf_jax.data.download --variant sp{c['model.vocab_size']} "
-                     f"--train-shards {n_train}`.")
+        lines.append(f"The challenge's shards: `python -m golf_jax.data.download --variant=sp{c['model.vocab_size']} "
+                     f"--train_shards={n_train}`.")
     return lines + [""]
 
 

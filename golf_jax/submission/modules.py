@@ -95,4 +95,4 @@ def check_packed(cfg, root: Path = REPO_ROOT) -> None:
     for name, (pred, setting) in GATES.items():
         if pred(cfg) and module_file(root, name) is None and not root.joinpath(*name.split(".")).is_dir():
             raise ValueError(f"this submission was packed without {name}, which {setting} needs: pack it for "
-                             "this config (python -m golf_jax.submission --config-json RUN_DIR/config.json ...)")
+                             "this config (python -m golf_jax.submission --config_json RUN_DIR/config.json ...)")

@@ -3,9 +3,13 @@
 golf_jax/submission/build.py packs this module's import closure (golf_jax/submission/modules.py ENTRY) into a
 self-extracting script whose bootstrap calls `main`:
 
-    python submission.py eval --artifact model.golfjax --config-json config.json \\
-        [--data-dir SHARDS --tokenizer TOKENIZER.model]    # the config's eval stages
-    python submission.py train --config-json config.json  # a full training job (no audit)
+    python submission.py eval --artifact=model.golfjax --config_json=config.json \\
+        [--data_dir=SHARDS --tokenizer=TOKENIZER.model]    # the config's eval stages
+    python submission.py train --config_json=config.json  # a full training job (no audit)
+
+Its command line follows the repository's convention (golf_jax/core/cli.py) with argparse,
+which the script carries anyway: `--name=value` (or `--name value`), a bad command line is one
+line `error: ...` and exit code 2, as a UserError is, and `--debug` shows the traceback of either.
 
 `eval` runs the same stages from the same config as the training job
 (golf_jax/eval/stages.py) and prints `eval <stage>: val_bpb ...` per stage. By default it
@@ -22,7 +26,12 @@ from pathlib import Path
 
 from golf_jax.core.rundir import load_run_config, recorded_data
 from golf_jax.submission import modules
-from golf_jax.core.errors import exit_code
+from golf_jax.core.errors import UserError, exit_code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(_, message, /):  # a bad command line: one line and exit code 2, as a UserError
+        raise UserError(message + "; see -h")
 
 
 def main(argv: list[str]) -> int:
@@ -32,15 +41,15 @@ def main(argv: list[str]) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="submission.py")
+    ap = _Parser(prog="submission.py")
     sub = ap.add_subparsers(dest="cmd", required=True)
     ev = sub.add_parser("eval", help="val_bpb of an artifact")
     ev.add_argument("--artifact", required=True)
-    ev.add_argument("--config-json", required=True, help="the run's config.json")
-    ev.add_argument("--data-dir", help="shard folder with fineweb_val_*.bin (default: the run's data.json)")
+    ev.add_argument("--config_json", required=True, help="the run's config.json")
+    ev.add_argument("--data_dir", help="shard folder with fineweb_val_*.bin (default: the run's data.json)")
     ev.add_argument("--tokenizer", help="SentencePiece .model (default: the run's data.json)")
-    tr = sub.add_parser("train", help="a full training job (writes a run dir; the audit is not packed)")
-    tr.add_argument("--config-json", required=True)
+    tr = sub.add_parser("train", help="a training job (no audit)")
+    tr.add_argument("--config_json", required=True)
     args = ap.parse_args(argv)
     cfg = load_run_config(args.config_json)
     cfg.audit.enabled = False  # golf_jax.audit is not packed (modules.NOT_PACKED): audit runs in-tree

@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-from absl import app, flags
+import sys
 
 from golf_jax.core import cli
 
-_CONFIG = cli.define_config()
+FLAGS = cli.flag_values()
+_CONFIG = cli.required(cli.define_config(FLAGS), "a configs/*.py file, e.g. --config=configs/smoke.py")
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def _main(args: list[str]) -> None:
+    cli.positionals(args)
     from golf_jax.core import compile_cache, multihost
     from golf_jax.pipeline import run
     from golf_jax.report import tensorboard
@@ -22,6 +22,10 @@ def main(argv) -> None:
     run(_CONFIG.value, observers=(tensorboard.Events,))  # TensorBoard events beside metrics.jsonl (a submission: none)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command (golf_jax/core/cli.py's convention): argv after the program name, default sys.argv[1:]."""
+    return cli.run(_main, FLAGS, argv)
+
+
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
-    cli.run(main)
+    sys.exit(main())
