@@ -12,7 +12,7 @@ import sentencepiece as spm
 
 from golf_jax.data import caseops, prepare, shards, source
 from golf_jax.data.caseops import ALLCAPS, CAPNEXT, ESC, TITLE, CaseOpsError
-from golf_jax.data.prepare import build, iter_documents
+from golf_jax.data.prepare import Options, build, iter_documents
 from golf_jax.data.tokenizer import ByteLUT, build_byte_luts, target_bytes
 from golf_jax.core.paths import REPO_ROOT
 
@@ -160,14 +160,14 @@ def test_prepare_caseops_errors(shared_data, caseops_build, tmp_path):
     out, tok, val_docs, *_ = caseops_build
     val = _jsonl(tmp_path / "v.jsonl", val_docs[:1])
     with pytest.raises(ValueError, match="not a CaseOps tokenizer.*--train_tokenizer"):
-        build(shared_data / "tokenizers" / "fineweb_1024_bpe.model", [val], [], tmp_path / "a", 1000,
-              caseops_text=True)
+        build(shared_data / "tokenizers" / "fineweb_1024_bpe.model", [val], [], tmp_path / "a",
+              Options(1000, caseops_text=True))
     with pytest.raises(ValueError, match="is a CaseOps tokenizer.*pass --caseops"):
-        build(tok, [val], [], tmp_path / "b", 1000)
+        build(tok, [val], [], tmp_path / "b", Options(1000))
     with pytest.raises(ValueError, match="add --caseops"):
-        build(tmp_path / "new.model", [val], [val], tmp_path / "c", 1000, train_tokenizer=True)
+        build(tmp_path / "new.model", [val], [val], tmp_path / "c", Options(1000, train_tokenizer=True))
     with pytest.raises(FileExistsError, match="--overwrite"):
-        build(tok, [val], [val], tmp_path / "d", 1000, caseops_text=True, train_tokenizer=True)
+        build(tok, [val], [val], tmp_path / "d", Options(1000, caseops_text=True, train_tokenizer=True))
     # a CaseOps tokenizer's LUT would count operators as text: without a sidecar, loading val refuses
     (tmp_path / "e").mkdir()
     prepare.write_shard(tmp_path / "e" / "fineweb_val_000000.bin", np.array([1, 4, 300], np.uint16))
@@ -221,7 +221,7 @@ def test_sidecar_bpb_equals_lut_bpb_on_lowercase_text(shared_data, caseops_build
     # lowercase ASCII with single spaces: nothing for the normalizer to drop or rewrite
     docs = [" ".join(d.lower().encode("ascii", "ignore").decode().split()) for d in _small_docs(shared_data, 8, 20)]
     out = tmp_path / "lower"
-    build(tok, [_jsonl(tmp_path / "low.jsonl", docs)], [], out, 1000, caseops_text=True)
+    build(tok, [_jsonl(tmp_path / "low.jsonl", docs)], [], out, Options(1000, caseops_text=True))
     prepare.write_shard(out / "fineweb_train_000000.bin", np.ones(10, np.uint16))  # data.json lists train shards
 
     cfg = base_config()
@@ -261,7 +261,7 @@ def test_official_sp8192_without_caseops(shared_data, tmp_path):
 
     model = shared_data / "tokenizers" / "fineweb_8192_bpe.model"
     docs = [" ".join(unicodedata.normalize("NFKC", d).split()) for d in _small_docs(shared_data, 5)]
-    manifest = build(model, [_jsonl(tmp_path / "v.jsonl", docs)], [], tmp_path / "sp8192", 100_000)
+    manifest = build(model, [_jsonl(tmp_path / "v.jsonl", docs)], [], tmp_path / "sp8192", Options(100_000))
     assert manifest["tokenizer"]["vocab_size"] == 8192 and manifest["text_transform"] == "identity"
     assert "byte_sidecar" not in manifest["splits"]["val"] and not list((tmp_path / "sp8192").glob("*_bytes_*"))
     tokens = shards.load_tokens(str(tmp_path / "sp8192" / "fineweb_val_*.bin"), vocab_size=8192)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from golf_jax.data.prepare import build
+from golf_jax.data.prepare import Options, build
 from golf_jax.data.shards import read_shard
 from golf_jax.core.paths import REPO_ROOT
 
@@ -100,7 +100,7 @@ def test_cli_errors(tmp_path):
     assert res.returncode == 2 and "model.vocab_size" in res.stderr
     with pytest.raises(ValueError, match="unsupported type"):
         (tmp_path / "x.csv").write_text("a,b\n")
-        build(model, [tmp_path / "x.csv"], [], tmp_path / "o4", 10)
+        build(model, [tmp_path / "x.csv"], [], tmp_path / "o4", Options(10))
 
 
 GOLDEN = {  # docs/reference-notes.md#shared-data-facts (the golden build)
@@ -119,7 +119,7 @@ def test_golden_build(shared_data, tmp_path):
         shared_data / "tokenizers" / "fineweb_1024_bpe.model",
         val=[text / "fineweb_val_200.jsonl"],
         train=[text / "gutenberg_72.jsonl.xz", text / "aeb_articles_en.jsonl"],
-        out=out, shard_tokens=4_000_000)
+        out=out, options=Options(shard_tokens=4_000_000))
     got = {s["name"]: s["sha256"] for sp in manifest["splits"].values() for s in sp["shards"]}
     assert got == GOLDEN
     for name, digest in GOLDEN.items():
@@ -147,13 +147,13 @@ def test_train_and_val_are_disjoint(tmp_path):
     train_a.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[1:3]))  # TEXTS[1] is in val
     train_b.write_text(json.dumps({"text": TEXTS[3]}) + "\n")
     with pytest.raises(ValueError, match=r"1 --train document\(s\) are also --val documents \(in .*a\.jsonl \(1\)\)"):
-        build(model, [val], [train_a, train_b], tmp_path / "bad", 25)
+        build(model, [val], [train_a, train_b], tmp_path / "bad", Options(25))
     assert not list((tmp_path / "bad").glob("fineweb_train_*.bin"))
     res = _run("--tokenizer", model, "--val", val, "--train", val, "--out", tmp_path / "same")
     assert res.returncode == 2 and "2 --train document(s) are also --val documents" in res.stderr
 
     out = tmp_path / "ok"
-    manifest = build(model, [val], [train_b], out, 25)
+    manifest = build(model, [val], [train_b], out, Options(25))
     assert manifest["splits"]["train"]["doc_hashes"]["docs"] == 1
     assert disjoint.check(out) == {**disjoint.check(out), "status": "disjoint", "overlap": 0, "from": "manifest"}
     # shards from elsewhere (no recorded hashes), with a val shard copied into train: hashed here

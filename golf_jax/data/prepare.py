@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, NamedTuple, TextIO
 
 import numpy as np
 
@@ -184,18 +184,22 @@ class ShardWriter:
         return {"docs": self.docs, "tokens": self.tokens, "shards": self.shards}
 
 
-def write_split(
-    sp: Any,
-    docs: Iterable[tuple[str, int]],
-    out_dir: Path,
-    split: str,
-    shard_tokens: int,
-    max_docs: int | None = None,
-    log_every_s: float = 10.0,
-    caseops_text: bool = False,
-    total_bytes: int = 0,
-    hashes: disjoint.DocHashes | None = None,
-) -> dict[str, Any]:
+class Options(NamedTuple):
+    """How `build` makes shards: the prepare command's flags besides its inputs and output (the
+    module docstring); `caseops_text` is --caseops."""
+
+    shard_tokens: int = 100_000_000
+    vocab_size: int | None = None
+    max_docs: int | None = None
+    overwrite: bool = False
+    caseops_text: bool = False
+    train_tokenizer: bool = False
+    tokenizer_docs: int | None = None
+
+
+def write_split(sp: Any, docs: Iterable[tuple[str, int]], out_dir: Path, split: str, options: Options,
+                total_bytes: int = 0, hashes: disjoint.DocHashes | None = None,
+                log_every_s: float = 10.0) -> dict[str, Any]:
     """Encode documents in order and shard them, with a progress bar (golf_jax/core/progress.py).
 
     `docs`: (text, input bytes read so far) as _chain_docs yields them, of `total_bytes`
@@ -204,6 +208,7 @@ def write_split(
     byte sidecar (BOS 0, then each token's original bytes), cut into shards exactly as
     the tokens are. `hashes` records each document's hash (and counts those it forbids).
     """
+    shard_tokens, _, max_docs, _, caseops_text, _, _ = options
     writer = ShardWriter(out_dir, split, shard_tokens)
     sidecar = ShardWriter(out_dir, f"{split}_bytes", shard_tokens) if caseops_text and split == "val" else None
     t0 = time.time()
@@ -270,25 +275,12 @@ def _chain_docs(paths: Sequence[Path]) -> Iterator[tuple[str, int]]:
         before += Path(p).stat().st_size
 
 
-def build(
-    tokenizer: Path,
-    val: Sequence[Path],
-    train: Sequence[Path],
-    out: Path,
-    shard_tokens: int,
-    vocab_size: int | None = None,
-    max_docs: int | None = None,
-    overwrite: bool = False,
-    caseops_text: bool = False,
-    train_tokenizer: bool = False,
-    tokenizer_docs: int | None = None,
-) -> dict[str, Any]:
-    """Build val and train shards plus manifest.json in `out`; returns the manifest.
-
-    `caseops_text`, `train_tokenizer`, `tokenizer_docs`: --caseops, --train_tokenizer and
-    --tokenizer_docs (the module docstring).
-    """
+def build(tokenizer: Path, val: Sequence[Path], train: Sequence[Path], out: Path,
+          options: Options = Options()) -> dict[str, Any]:
+    """Build val and train shards plus manifest.json in `out`; returns the manifest."""
     import sentencepiece as spm
+
+    shard_tokens, vocab_size, max_docs, overwrite, caseops_text, train_tokenizer, tokenizer_docs = options
 
     tokenizer = Path(tokenizer)
     trained = None
@@ -348,9 +340,8 @@ def build(
                 continue
             inputs = [{"path": str(p), "sha256": sha256_file(p)} for p in paths]
             hashes = disjoint.DocHashes(val_hashes, paths)  # train may not repeat a val document
-            stats = write_split(sp, _chain_docs([Path(p) for p in paths]), out, split, shard_tokens, max_docs,
-                                caseops_text=caseops_text, total_bytes=sum(Path(p).stat().st_size for p in paths),
-                                hashes=hashes)
+            stats = write_split(sp, _chain_docs([Path(p) for p in paths]), out, split, options,
+                                total_bytes=sum(Path(p).stat().st_size for p in paths), hashes=hashes)
             if not stats["docs"]:
                 raise ValueError(f"--{split} {' '.join(map(str, paths))}: no documents (empty input); pass files "
                                  "that hold the split's text")
@@ -435,8 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError("give at least one --val=FILE or --train=FILE input")
         try:
             build(Path(tokenizer.value), [Path(v) for v in val.value], [Path(t) for t in train.value],
-                  Path(out.value), shard_tokens.value, vocab_size.value, max_docs.value, overwrite.value,
-                  caseops_text.value, train_tokenizer.value, tokenizer_docs.value)
+                  Path(out.value), Options(shard_tokens.value, vocab_size.value, max_docs.value, overwrite.value,
+                                           caseops_text.value, train_tokenizer.value, tokenizer_docs.value))
         except (ValueError, OSError) as e:
             raise UserError(str(e)) from e
 
