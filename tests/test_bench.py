@@ -53,7 +53,7 @@ def check(r: dict, stage: str, unit: str) -> None:
 
 
 def test_train_stage_reports_step_time_flops_mfu_and_memory(mesh1):
-    r = run.run_stage(tiny(), "train", calls=2, warmup=1, peak_tflops=1.0, mesh=mesh1)
+    r = run.run_stage(tiny(), "train", run.Timing(calls=2, warmup=1, peak_tflops=1.0), mesh=mesh1)
     check(r, "train", "step")
     assert r["settings"]["n_matmul"] == N_MATMUL  # counted by hand from the model's shapes
     per_token = 6 * N_MATMUL + 6 * 2 * 32 * 32  # 6·N + 6·L·T·D
@@ -76,19 +76,19 @@ def test_flops_are_the_reference_figures_for_the_record_model():
 
 def test_eval_stages_report_windows_chunks_and_xla_agrees_on_the_forward_flops(mesh1):
     cfg = tiny(**{"model.num_layers": 1})  # one block: a quicker compile
-    r = run.run_stage(cfg, "eval", calls=1, mesh=mesh1)
+    r = run.run_stage(cfg, "eval", run.Timing(calls=1), mesh=mesh1)
     check(r, "eval", "batch")
     assert r["targets_per_unit"] == 256 and r["mfu"] is None  # a CPU has no known peak
     # XLA's own count of the compiled forward: our matmuls and causal attention, plus what we leave out
     # (elementwise work, the masked half of attention) — a few percent at this shape, never less.
     assert 1.0 <= r["xla_flops_per_device_call"]["eval_step"] / r["flops_per_unit"] < 1.35
 
-    r = run.run_stage(cfg, "sliding", calls=2, mesh=mesh1)
+    r = run.run_stage(cfg, "sliding", run.Timing(calls=2), mesh=mesh1)
     check(r, "sliding", "window")
     assert (r["units_timed"], r["tokens_per_unit"], r["targets_per_unit"]) == (8, 32, 8)
     assert r["flops_per_unit"] == pytest.approx(flops.forward(cfg, _abstract(cfg), 32, 1, 8))
 
-    r = run.run_stage(cfg, "ttt", calls=1, warmup=1, mesh=mesh1)
+    r = run.run_stage(cfg, "ttt", run.Timing(calls=1, warmup=1), mesh=mesh1)
     check(r, "ttt", "chunk")
     s = r["settings"]
     assert (r["targets_per_unit"], s["windows_per_chunk"], s["predict_batches"], s["train_steps"]) == (64, 8, 2, 1)
@@ -96,12 +96,12 @@ def test_eval_stages_report_windows_chunks_and_xla_agrees_on_the_forward_flops(m
 
     phased = {"eval.ttt.mode": "phased", "eval.phased.chunk_size": 8, "eval.phased.batch_docs": 2,
               "eval.phased.lora_rank": 4, "eval.phased.prefix_docs": 0}
-    r = run.run_stage(tiny(**{"model.num_layers": 1, **phased}), "ttt", calls=1, warmup=1, mesh=mesh1)
+    r = run.run_stage(tiny(**{"model.num_layers": 1, **phased}), "ttt", run.Timing(calls=1, warmup=1), mesh=mesh1)
     check(r, "ttt", "block")  # one block of phased TTT: 2 documents' chunks of 8 from full 32-token windows
     assert (r["targets_per_unit"], r["tokens_per_unit"], r["settings"]["window"]) == (16, 64, 32)
     assert r["lora_steps_done"] == 2 and set(r["memory"]) == {"lora_forward", "lora_step"}
 
-    r = run.run_stage(cfg, "slot", calls=1, mesh=mesh1)
+    r = run.run_stage(cfg, "slot", run.Timing(calls=1), mesh=mesh1)
     check(r, "slot", "window")
     assert r["settings"]["objective_positions"] == 31 and r["mean_evaluations"] >= 1
 

@@ -78,12 +78,11 @@ def _main(args: list[str]) -> None:
         cli.check_output(_JSON.value, "--json")  # before the timing, not after it
     where = compile_cache.enable()
     cfg = _CONFIG.value
-    kw = dict(calls=_CALLS.value, warmup=_WARMUP.value, tokens=_TOKENS.value, per_device_seqs=_PER_DEVICE_SEQS.value,
-              peak_tflops=_PEAK_TFLOPS.value)
+    timing = run.Timing(_CALLS.value, _WARMUP.value, _TOKENS.value, _PER_DEVICE_SEQS.value, _PEAK_TFLOPS.value)
     print(f"persistent compilation cache: {where or 'off'}")
     if _COMPARE.value:
         cfg_b = run.config_b(cfg, _COMPARE.value, sys.argv)
-        out = run.compare(cfg, cfg_b, _STAGE.value, rounds=_ROUNDS.value, **kw)
+        out = run.compare(cfg, cfg_b, _STAGE.value, timing, rounds=_ROUNDS.value)
         for label in ("a", "b"):
             print(f"{label.upper()} = {out[label]['config']}")
             print("\n".join(lines(out[label])))
@@ -92,7 +91,7 @@ def _main(args: list[str]) -> None:
                   f"B/A {q:.3f} per {out['a']['unit']}")
         print(f"B/A (time per {out['a']['unit']}, median of the rounds): {out['ratio_b_over_a']:.3f}")
     else:
-        out = run.run_stage(cfg, _STAGE.value, profile_dir=_PROFILE_DIR.value, **kw)
+        out = run.run_stage(cfg, _STAGE.value, timing, profile_dir=_PROFILE_DIR.value)
         print(f"config: {out['config']}")
         print("\n".join(lines(out)))
         if _PROFILE_DIR.value:

@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 
@@ -54,9 +55,21 @@ def calls_for(bench: Bench, calls: int = 0, tokens: int = 0) -> int:
     return calls or bench.calls
 
 
-def run_stage(cfg, stage: str, *, calls: int = 0, warmup: int = -1, tokens: int = 0, per_device_seqs: int = 0,
-              peak_tflops: float = 0.0, profile_dir: str | None = None, mesh=None) -> dict:
+class Timing(NamedTuple):
+    """How a stage is timed (the bench's flags): `calls` timed calls (0: enough for `tokens`
+    targets or tokens, else the stage's own), `warmup` calls first (-1: the stage's), the
+    per-device batch (0: the config's) and the peak TFLOP/s that MFU is against (0: none)."""
+
+    calls: int = 0
+    warmup: int = -1
+    tokens: int = 0
+    per_device_seqs: int = 0
+    peak_tflops: float = 0.0
+
+
+def run_stage(cfg, stage: str, timing: Timing = Timing(), profile_dir: str | None = None, mesh=None) -> dict:
     """Build, warm up and time one stage; returns its report (golf_jax/bench/measure.py)."""
+    calls, warmup, tokens, per_device_seqs, peak_tflops = timing
     mesh = mesh or mesh_lib.make_mesh()
     bench = build(cfg, stage, mesh, per_device_seqs)
     n = calls_for(bench, calls, tokens)
@@ -81,10 +94,10 @@ def run_stage(cfg, stage: str, *, calls: int = 0, warmup: int = -1, tokens: int 
     return out
 
 
-def compare(cfg_a, cfg_b, stage: str, *, rounds: int = 3, calls: int = 0, warmup: int = -1, tokens: int = 0,
-            per_device_seqs: int = 0, peak_tflops: float = 0.0, mesh=None) -> dict:
+def compare(cfg_a, cfg_b, stage: str, timing: Timing = Timing(), rounds: int = 3, mesh=None) -> dict:
     """Time A and B alternately for `rounds` rounds; {a, b (at their median seconds per call), seconds per
     call by round, B/A per round and its median}."""
+    calls, warmup, tokens, per_device_seqs, peak_tflops = timing
     mesh = mesh or mesh_lib.make_mesh()
     benches = [build(cfg_a, stage, mesh, per_device_seqs), build(cfg_b, stage, mesh, per_device_seqs)]
     n = [calls_for(b, calls, tokens) for b in benches]
