@@ -58,7 +58,8 @@ def check_config(t, seq_len: int, stride: int, used: bool = True) -> None:
     if not used:
         return
     if (t.lookahead or t.carry) and t.mode != "pr1318":
-        raise ValueError("eval.ttt.lookahead and eval.ttt.carry reproduce PR #1318; set eval.ttt.mode=pr1318 to use them")
+        raise ValueError("eval.ttt.lookahead (a deliberate leak) and eval.ttt.carry (#1318's carried weights) "
+                         "run in #1318's pass only; set eval.ttt.mode=pr1318 to use them")
     if seq_len % stride:
         raise ValueError(f"eval.ttt needs eval.sliding.stride={stride} to divide the eval seq_len={seq_len}, "
                          "so that every scored span lies inside one chunk")
