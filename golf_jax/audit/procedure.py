@@ -27,7 +27,7 @@ from golf_jax.data.prepare import encode_documents, iter_documents
 from golf_jax.data.tokenizer import build_byte_luts, load_tokenizer
 from golf_jax.eval.ttt import prequant as prequant_ttt
 from golf_jax.eval import harness, stages
-from golf_jax.eval.compiled import settings_key
+from golf_jax.eval.compiled import cached, settings_key
 from golf_jax.core.paths import shared_data_dir
 from golf_jax.quant import export
 
@@ -235,16 +235,14 @@ def _quiet(*_args, **_kwargs) -> None:
     pass
 
 
-_RANDOM: dict = {}
-
-
 def _random_model(m, seq_len: int, seed: int, noise_std: float):
-    """One random model per settings in a process, so that audits in a row share its compiles."""
-    key = (settings_key(m), seq_len, seed, noise_std)
-    if key not in _RANDOM:
+    """One random model per settings while the bounded compile cache (golf_jax/eval/compiled.py)
+    keeps it, so that audits in a row share its compiles."""
+    def build():
         model = model_lib.build_model(m)
-        _RANDOM[key] = (model, random_params(model, seq_len, seed, noise_std))
-    return _RANDOM[key]
+        return model, random_params(model, seq_len, seed, noise_std)
+
+    return cached(None, ("audit random model", settings_key(m), seq_len, seed, noise_std), build)
 
 
 def build(cfg, mesh, lut, artifact: str | Path | None = None, params=None, model=None, custom=None,
