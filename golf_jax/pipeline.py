@@ -143,17 +143,18 @@ def run(cfg, observers=()) -> dict:
     run_dir = RunDir(cfg.train.run_dir, cfg.train.run_name or cfg.name, cfg, observers)
     summary: dict = {"status": "running", "run_dir": str(run_dir.path)}
     with run_dir.recording(summary, "summary.json"):
-        _run(cfg, mesh, run_dir, summary, (data, train_loader, time.perf_counter() - t0))
+        _run(cfg, mesh, run_dir, summary, data, train_loader, time.perf_counter() - t0)
     return summary
 
 
-def _run(cfg, mesh, run: RunDir, summary: dict, loaded: tuple) -> None:
-    """The stages; `summary` fills in as they finish, so a failure keeps what ran."""
+def _run(cfg, mesh, run: RunDir, summary: dict, data: Data, train_loader, data_seconds: float) -> None:
+    """The stages; `summary` fills in as they finish, so a failure keeps what ran. The data and the
+    train loader were loaded before the run dir existed, in `data_seconds`."""
     stage = Stages(run)
+    stage.seconds["data"] = data_seconds
     t, seq_len = cfg.train, eval_stages.eval_seq_len(cfg)
     run.log(f"run_dir: {run.path}")
     run.log(f"devices: {mesh.devices.size} ({jax.default_backend()}) processes: {jax.process_count()}")
-    data, train_loader, stage.seconds["data"] = loaded  # loaded before the run dir
     with stage("data"):
         record_data(cfg, data, run)
 
