@@ -1,6 +1,6 @@
 """On a real GPU: the description XLA compiles for, against ours (golf_jax/bench/gpu_targets.py).
 
-    python bench/gpu_description.py [--target h100]
+    python bench/gpu_description.py [--target=h100] [--debug]
 
 The bench's `--target` compiles for a description we wrote from the datasheets. On the
 card itself, XLA builds the exact one: with `--xla_dump_to` it writes it beside the dumped
@@ -12,7 +12,6 @@ so and exits 0.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -21,6 +20,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from absl import flags  # noqa: E402 (after the repository is on the path)
+
+from golf_jax.core import cli  # noqa: E402
+
+FLAGS = cli.flag_values()
+_TARGET = flags.DEFINE_string("target", "h100", "Our description to compare: a GPU of golf_jax/bench/gpu_targets.py.",
+                              flag_values=FLAGS)
 
 
 def fields(text: str) -> dict[str, str]:
@@ -45,16 +52,16 @@ def differences(ours: str, real: str) -> list[str]:
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", default="h100")
-    a = ap.parse_args()
+def _main(args: list[str]) -> None:
+    cli.positionals(args)
+    from golf_jax.bench import gpu_targets
+
+    spec = gpu_targets.spec_of(_TARGET.value)  # an unknown --target is one line, before anything is made
     dump = tempfile.mkdtemp(prefix="golf_jax_gpu_description_")
+    # XLA reads XLA_FLAGS when jax starts its backend (jax.devices() below), not when jax is imported.
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}"
     import jax
     import jax.numpy as jnp
-
-    from golf_jax.bench import gpu_targets
 
     gpus = [d for d in jax.devices() if d.platform == "gpu"]
     if not gpus:
@@ -70,12 +77,17 @@ def main() -> None:
               f"{sorted(p.name for p in Path(dump).iterdir())[:10]}")
         return
     real = found[0].read_text()
-    ours = gpu_targets.target_config(gpu_targets.spec_of(a.target))
+    ours = gpu_targets.target_config(spec)
     diff = differences(ours, real)
     print(f"the card's description: {found[0]}")
     print("\n".join(diff) if diff else "identical")
     print(re.sub(r"\n\s*\n", "\n", real))
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command (golf_jax/core/cli.py's convention): argv after the program name, default sys.argv[1:]."""
+    return cli.run(_main, FLAGS, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,8 +1,8 @@
 """Every config × stage compiled for H100s ahead of time: one JSON per cell and the markdown table
 of docs/perf.md ("Will it fit, and how fast at best?").
 
-    JAX_PLATFORMS=cpu python bench/target_table.py --out build/target_table [--configs record,golf]
-        [--stages train,sliding] [--target h100] [--devices 8] [--train_devices 1,8]
+    python bench/target_table.py --out=build/target_table [--configs=record,golf]
+        [--stages=train,sliding] [--target=h100] [--devices=8] [--train_devices=1,8] [--debug]
 
 Cells already in --out are read back, not compiled again (delete a JSON to redo it). The eval
 stages also find their largest batch that fits (a second compile at twice the rows).
@@ -10,20 +10,37 @@ stages also find their largest batch that fits (a second compile at twice the ro
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-os.environ["JAX_PLATFORMS"] = "cpu"
+if __name__ == "__main__":  # a program of its own: it compiles for the target on this host's CPU
+    os.environ["JAX_PLATFORMS"] = "cpu"
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from absl import flags  # noqa: E402 (after the repository is on the path)
+
+from golf_jax.core import cli  # noqa: E402
+from golf_jax.core.errors import UserError  # noqa: E402
 
 CONFIGS = ("baseline", "record", "sp8192_legal", "sp8192_prequant_ttt", "frontier", "golf")
 STAGES = ("train", "eval", "sliding", "ttt", "slot", "calib")
 REFERENCE_GPUS = 8  # the challenge's machine: the per-GPU train batch is the config's batch over 8
+
+FLAGS = cli.flag_values()
+_OUT = flags.DEFINE_string("out", "build/target_table", "Folder of the cells' JSON (read back when there).",
+                           flag_values=FLAGS)
+_CONFIGS = flags.DEFINE_list("configs", list(CONFIGS), "configs/*.py names, comma-separated.", flag_values=FLAGS)
+_STAGES = flags.DEFINE_list("stages", list(STAGES), f"Stages, comma-separated, of: {', '.join(STAGES)}.",
+                            flag_values=FLAGS)
+_TARGET = flags.DEFINE_string("target", "h100", "The GPU compiled for (golf_jax/bench/gpu_targets.py).",
+                              flag_values=FLAGS)
+_DEVICES = flags.DEFINE_integer("devices", 8, "GPUs for the eval stages.", lower_bound=1, flag_values=FLAGS)
+_TRAIN_DEVICES = flags.DEFINE_list("train_devices", ["1", "8"], "GPUs for the train step, comma-separated.",
+                                   flag_values=FLAGS)
 
 
 def _config(name: str):
@@ -72,27 +89,39 @@ def row(r: dict) -> str:
             f"| {coll / 2**20:.0f} | {cud:.0f} | {'' if fit is None else fit} | {r['compile_s']:.0f} |")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="build/target_table")
-    ap.add_argument("--configs", default=",".join(CONFIGS))
-    ap.add_argument("--stages", default=",".join(STAGES))
-    ap.add_argument("--target", default="h100")
-    ap.add_argument("--devices", type=int, default=8, help="GPUs for the eval stages")
-    ap.add_argument("--train_devices", default="1,8", help="GPUs for the train step")
-    a = ap.parse_args()
-    out = Path(a.out)
+def _main(args: list[str]) -> None:
+    cli.positionals(args)
+    try:
+        train_devices = [int(d) for d in _TRAIN_DEVICES.value]
+    except ValueError:
+        raise UserError(f"--train_devices={','.join(_TRAIN_DEVICES.value)}: give GPU counts, e.g. 1,8") from None
+    missing = [c for c in _CONFIGS.value if not (ROOT / "configs" / f"{c}.py").is_file()]
+    if missing:
+        raise UserError(f"--configs: no configs/{missing[0]}.py; pass names of configs/*.py, e.g. record,golf")
+    unknown = [s for s in _STAGES.value if s not in STAGES]
+    if unknown:
+        raise UserError(f"--stages: unknown {unknown}; pass some of {','.join(STAGES)}")
+    from golf_jax.bench import gpu_targets
+
+    gpu_targets.spec_of(_TARGET.value)  # an unknown --target is one line, not a table of failed cells
+    cli.check_output(_OUT.value, "--out", folder=True)
+    out = Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for config in a.configs.split(","):
-        for stage in a.stages.split(","):
-            devs = [int(d) for d in a.train_devices.split(",")] if stage == "train" else [a.devices]
-            rows += [row(cell(out, config, stage, a.target, d)) for d in devs]
+    for config in _CONFIGS.value:
+        for stage in _STAGES.value:
+            devs = train_devices if stage == "train" else [_DEVICES.value]
+            rows += [row(cell(out, config, stage, _TARGET.value, d)) for d in devs]
     print("| config | stage | GPUs | unit (batch) | peak GiB | XLA FLOPs/unit (÷ analytic) | roofline ms/unit "
           "| ceiling tokens/s | collective MiB/call | cuDNN calls | largest batch that fits | compile s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command (golf_jax/core/cli.py's convention): argv after the program name, default sys.argv[1:]."""
+    return cli.run(_main, FLAGS, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -436,3 +436,54 @@ def test_the_cli_convention_in_process(capsys):
     assert cli.run(main, fv, ["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(__doc__.strip().splitlines()[0]) and "--shard_tokens: Tokens." in out and "debug" in out
+
+
+SCRIPTS = {  # a developer script run by its path: (a flag it lists, an in-process run needing no GPU, torch nor
+    # compile, that run's exit code, what it prints); "{tmp}" is the test's folder
+    "bench/gpu_description.py": ("--target", ["--target=h100"], 0, "no GPU here"),
+    "bench/target_table.py": ("--train_devices", ["--out={tmp}", "--configs=smoke", "--stages=eval", "--devices=1"],
+                              0, "| smoke | eval | 1 | does not compile: read back |"),
+    "bench/xla_flags_ab.py": ("--timeout", ["--dry_run", "--rounds=1", "--flags=autotune_0", "--", "--stage=eval"],
+                              0, "--xla_gpu_autotune_level=0' -m golf_jax.bench --stage=eval --json="),
+    "tools/scaling_bench.py": ("--rounds", ["--impl=flash"], 2, "error: model.attention_impl='flash'"),
+    "tools/torch_side_by_side.py": ("--torch_sdpa", ["--ref={tmp}/train_gpt.py"], 0, "skip: the reference"),
+}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_developer_scripts_follow_the_cli_convention(script, tmp_path, capsys, monkeypatch):
+    """tools/*.py and bench/*.py as golf_jax/core/cli.py says, run by their path: `--help` and a
+    bad command line without jax or torch (stand-ins that refuse to import), one line naming the
+    program by its path; then main(argv) in-process, a UserError with --debug its traceback."""
+    import importlib.util
+
+    import jax
+
+    flag, argv, code, says = SCRIPTS[script]
+    (tmp_path / "blocked").mkdir()
+    for heavy in ("jax", "torch"):
+        (tmp_path / "blocked" / f"{heavy}.py").write_text("raise ImportError('not before the work')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "blocked")}
+    run = [sys.executable, str(REPO_ROOT / script)]
+    shown = subprocess.run([*run, "--help"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert shown.returncode == 0 and f"  {flag}" in shown.stdout and "--[no]debug" in shown.stdout, shown.stderr
+    bad = subprocess.run([*run, "--nope"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert (bad.returncode, bad.stderr) == (2, f"error: unknown flag --nope; `python {script} --help` lists the "
+                                               "flags\n")
+    spec = importlib.util.spec_from_file_location(f"script_{Path(script).stem}", REPO_ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "smoke.eval.h100x1.json").write_text(json.dumps(
+        {"config": "smoke", "stage": "eval", "devices": 1, "error": "read back"}))  # target_table's cell, done
+    jax.devices()  # the backend started: gpu_description's XLA_FLAGS (restored below) change nothing here
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    capsys.readouterr()
+    assert module.main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == code
+    out, err = capsys.readouterr()
+    assert says in (err if code else out), (out, err)
+    if code:  # a user error: one line, its traceback with --debug
+        assert err.count("\n") == 1
+        assert module.main([*argv, "--debug"]) == code
+        err = capsys.readouterr().err
+        assert "Traceback (most recent call last)" in err and err.splitlines()[-1].startswith(says)

@@ -15,7 +15,8 @@ The reference is not part of the repository: copy it into build/ref/ (ignored) f
     2026-04-03_FA3_TTT_LBFGS25_LogitDelta_GPTQ_DAMP005_DeltaClip5_History20_WarmStart_Focal128_Freeze10/\\
     train_gpt.py > build/ref/train_gpt.py
     pip install torch==2.13.0   # CPU build; not a golf_jax dependency
-    python tools/torch_side_by_side.py [--case train|eval|all] [--impl xla|chunked] [--torch-sdpa math]
+    python tools/torch_side_by_side.py [--case=train|eval|all] [--impl=xla|chunked] [--torch_sdpa=math]
+        [--rounds=10] [--ref=build/ref/train_gpt.py] [--debug]
 
 On a loaded machine torch's spinning OpenMP threads lose far more than XLA's pool:
 compare with OMP_WAIT_POLICY=PASSIVE, or pinned (`taskset -c 1`, one thread each).
@@ -27,7 +28,6 @@ computes), as for tests/fixtures/record_parity_tiny.npz.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -35,6 +35,13 @@ import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from absl import flags  # noqa: E402 (after the repository is on the path)
+
+from golf_jax.core import cli  # noqa: E402
+from golf_jax.core.errors import UserError  # noqa: E402
+
 DEFAULT_REF = REPO / "build" / "ref" / "train_gpt.py"
 FA_BLOCK = ('_force_fa2 = bool(int(os.environ.get("FORCE_FA2", "0")))', "    _FA3 = False\n")
 SDPA_SHIM = '''
@@ -49,13 +56,23 @@ CASES = {  # name: (layers, dim, batch, seq_len, ve_layers, backward)
     "eval": (11, 512, 1, 2048, "9,10", False),
 }
 
+FLAGS = cli.flag_values()
+_REF = flags.DEFINE_string("ref", None, "PR #1318's train_gpt.py (default: the repository's build/ref/train_gpt.py).",
+                           flag_values=FLAGS)
+_CASE = flags.DEFINE_enum("case", "all", [*CASES, "all"], "Which case to time.", flag_values=FLAGS)
+_IMPL = flags.DEFINE_string("impl", "auto", "golf_jax's model.attention_impl.", flag_values=FLAGS)
+_TORCH_SDPA = flags.DEFINE_enum("torch_sdpa", "default", ["default", "math"],
+                                "torch's SDPA backend (default: its choice, a flash kernel on CPU).", flag_values=FLAGS)
+_ROUNDS = flags.DEFINE_integer("rounds", 10, "Paired rounds (the median is shown).", lower_bound=1,
+                               flag_values=FLAGS)
+
 
 def load_reference(path: Path) -> types.ModuleType:
     """The reference module with its FlashAttention import swapped for torch SDPA."""
     src = path.read_text()
     a, b = src.find(FA_BLOCK[0]), src.find(FA_BLOCK[1])
     if a < 0 or b < 0:
-        raise SystemExit(f"{path}: no FlashAttention import block found; is this PR #1318's train_gpt.py?")
+        raise UserError(f"{path}: no FlashAttention import block found; pass PR #1318's train_gpt.py (--ref)")
     src = src[:a] + SDPA_SHIM + src[b + len(FA_BLOCK[1]) :]
     mod = types.ModuleType("ref_train_gpt")
     mod.__file__ = str(path)
@@ -162,17 +179,11 @@ def run_case(ref, name: str, impl: str, rounds: int, sdpa: str) -> dict:
     return {"case": name, "shape": f"{layers}x{dim}, B {B} x T {T}", "check": check, "times": times}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ref", type=Path, default=DEFAULT_REF, help="PR #1318's train_gpt.py")
-    ap.add_argument("--case", choices=(*CASES, "all"), default="all")
-    ap.add_argument("--impl", default="auto", help="golf_jax model.attention_impl")
-    ap.add_argument("--torch-sdpa", choices=("default", "math"), default="default",
-                    help="torch's SDPA backend (default: its choice, a flash kernel on CPU)")
-    ap.add_argument("--rounds", type=int, default=10)
-    args = ap.parse_args(argv)
-    if not args.ref.exists():
-        print(f"skip: the reference {args.ref} is absent; copy PR #1318's train_gpt.py there "
+def _main(args: list[str]) -> int:
+    cli.positionals(args)
+    ref_path = Path(_REF.value) if _REF.value else DEFAULT_REF
+    if not ref_path.exists():
+        print(f"skip: the reference {ref_path} is absent; copy PR #1318's train_gpt.py there "
               "(see this script's docstring)")
         return 0
     try:
@@ -180,11 +191,11 @@ def main(argv=None) -> int:
     except ImportError:
         print("skip: torch is not installed (pip install torch==2.13.0 for the CPU build; not a golf_jax dependency)")
         return 0
-    ref = load_reference(args.ref)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; SDPA backend {args.torch_sdpa}; "
-          f"golf_jax attention_impl={args.impl}; median of {args.rounds} paired rounds")
-    for name in CASES if args.case == "all" else (args.case,):
-        r = run_case(ref, name, args.impl, args.rounds, args.torch_sdpa)
+    ref = load_reference(ref_path)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; SDPA backend {_TORCH_SDPA.value}; "
+          f"golf_jax attention_impl={_IMPL.value}; median of {_ROUNDS.value} paired rounds")
+    for name in CASES if _CASE.value == "all" else (_CASE.value,):
+        r = run_case(ref, name, _IMPL.value, _ROUNDS.value, _TORCH_SDPA.value)
         t = r["times"]
         what = "fwd+bwd" if CASES[name][5] else "forward"
         print(f"{name} ({r['shape']}, {what}): {r['check']}")
@@ -195,6 +206,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command (golf_jax/core/cli.py's convention): argv after the program name, default sys.argv[1:]."""
+    return cli.run(_main, FLAGS, argv)
+
+
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     sys.exit(main())

@@ -1,7 +1,9 @@
 """The one command-line convention of every repository entry point (`python -m golf_jax.train`,
 `golf_jax.eval`, `golf_jax.audit`, `golf_jax.bench`, `golf_jax.quant`, `golf_jax.quant.estimate`,
 `golf_jax.records`, `golf_jax.report`, `golf_jax.submission`, `golf_jax.data.prepare`,
-`golf_jax.data.download`, `golf_jax.audit.doc`): absl flags, `--name=value` (or `--name value`),
+`golf_jax.data.download`, `golf_jax.audit.doc`) and of the developer scripts run by their path
+(`python tools/scaling_bench.py`, tools/torch_side_by_side.py, bench/gpu_description.py,
+bench/target_table.py, bench/xla_flags_ab.py): absl flags, `--name=value` (or `--name value`),
 multi-word names with underscores (`--shard_tokens`; the hyphenated spelling is read as the
 same flag), positionals (RUN_DIR, ...) where the command's usage line shows them.
 
@@ -39,6 +41,7 @@ from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 from golf_jax.config import base_config
 from golf_jax.core.errors import UserError, debugging, exit_code
 from golf_jax.core.outputs import check_output  # noqa: F401 (the entry points' up-front check of an output place)
+from golf_jax.core.paths import REPO_ROOT
 
 HELP = ("-h", "--help", "--helpshort", "--helpfull")
 
@@ -165,8 +168,13 @@ def _spelling(fv: flags.FlagValues, argv: list[str]) -> list[str]:
     return out
 
 
+def _module(main) -> dict:
+    """The globals of `main`'s module: it may be a script loaded by path, which sys.modules lacks."""
+    return getattr(main, "__globals__", None) or vars(sys.modules[main.__module__])
+
+
 def _help(fv: flags.FlagValues, main) -> str:
-    doc = (sys.modules[main.__module__].__doc__ or "").strip()
+    doc = (_module(main).get("__doc__") or "").strip()
     listed = [line for line in fv.get_help(include_special_flags=False).splitlines() if line.startswith("  ")]
     if "config" in fv:
         listed.append("  --config.<key>=<value>: set a key of the config (golf_jax/config.py lists them)")
@@ -190,8 +198,14 @@ def _flag_error(e: Exception, fv: flags.FlagValues, argv: list[str], prog: str) 
 
 
 def _program(main) -> str:
-    spec = getattr(sys.modules[main.__module__], "__spec__", None)
-    name = spec.name if spec is not None else main.__module__
+    """How the command is run: `python -m golf_jax.<...>` for the package's commands, `python
+    bench/x.py` for a script of the repository (run by its path; bench/ is no package)."""
+    module = _module(main)
+    spec, file = module.get("__spec__"), module.get("__file__")
+    name = spec.name if spec is not None else module.get("__name__", main.__module__)
+    if name.split(".")[0] != "golf_jax" and file:
+        path = Path(file).resolve()
+        return f"python {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}"
     return f"python -m {name.removesuffix('.__main__')}"
 
 
