@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 1337
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "default"  # "default": the generated corpus; "dir": shards in data.dir
+    c.data.source = "default"  # one of golf_jax.data.source.SOURCES
     c.data.dir = ""
     c.data.tokenizer = ""
     c.data.loader = "sequential"  # one of golf_jax.train.loop.LOADERS

@@ -77,6 +77,7 @@ def check_config(cfg, num_devices: int, train: bool = True) -> None:
 
     try:
         check_numbers(cfg)
+        source.check_source(cfg)
         if train:
             loop.check_config(cfg, num_devices)
             export.check_config(cfg.export)

@@ -13,8 +13,20 @@ from golf_jax.data.tokenizer import ByteLUT, build_byte_luts, is_caseops_tokeniz
 from golf_jax.core.errors import UserError
 
 
+# data.source: "default" is the corpus the project generates (golf_jax/data/synthetic.py), so a fresh
+# clone runs; "dir" reads the shards in data.dir with the tokenizer data.tokenizer.
+SOURCES = ("default", "dir")
+
+
+def check_source(cfg) -> None:
+    """data.source is one of SOURCES (pipeline.check_config, and resolve_data in a packed run)."""
+    if cfg.data.source not in SOURCES:
+        raise UserError(f"data.source={cfg.data.source!r}: use one of {', '.join(map(repr, SOURCES))}")
+
+
 def resolve_data(cfg) -> tuple[Path, Path]:
     """The shard directory and tokenizer of the run, absolute (building the default corpus if asked)."""
+    check_source(cfg)
     if cfg.data.source == "default":  # imported on its branch only: golf_jax/submission/modules.py GATES
         from golf_jax.data.synthetic import ensure_default_corpus
 
@@ -25,11 +37,9 @@ def resolve_data(cfg) -> tuple[Path, Path]:
                 f"{cfg.model.vocab_size}; pass --config.model.vocab_size={corpus.vocab_size}"
             )
         return corpus.data_dir.resolve(), corpus.tokenizer_path.resolve()
-    if cfg.data.source == "dir":
-        if not cfg.data.dir or not cfg.data.tokenizer:
-            raise UserError("data.source='dir' needs data.dir (shard folder) and data.tokenizer (.model file)")
-        return Path(cfg.data.dir).resolve(), Path(cfg.data.tokenizer).resolve()
-    raise UserError(f"data.source={cfg.data.source!r}: use 'default' or 'dir'")
+    if not cfg.data.dir or not cfg.data.tokenizer:
+        raise UserError("data.source='dir' needs data.dir (shard folder) and data.tokenizer (.model file)")
+    return Path(cfg.data.dir).resolve(), Path(cfg.data.tokenizer).resolve()
 
 
 def absolute_paths(cfg):
