@@ -213,13 +213,13 @@ def test_vmapped_lora_step_equals_a_loop_over_documents(setup):
         logits, pullback = fwd(rep, state[0], scale, put(x), put(pos))
         state = step(state[0], state[1], pullback, logits, put(y[b]), put(w), jnp.int32(t))
     batched = jax.device_get(state[0])
-    hp = (p.lora_lr, p.beta1, p.beta2, p.eps, p.weight_decay)
+    hp = lora_lib.AdamW(p.lora_lr, p.beta1, p.beta2, p.eps, p.weight_decay)
 
     @jax.jit
     def one_doc(lo, opt, x, pos, y, w, t):
         logits, pullback = jax.vjp(lambda l: lora_lib.forward(model, params, l, scale, x, pos), lo)
         (g,) = pullback(lora_lib.chunk_cotangent(logits, y, w))
-        return lora_lib.adamw(lo, g, opt, t, *hp)
+        return lora_lib.adamw(lo, g, opt, t, hp)
 
     for r in np.flatnonzero(plan.train[blocks[0]]):
         lo = {k: v[r : r + 1] for k, v in lora.items()}

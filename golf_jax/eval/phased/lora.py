@@ -12,6 +12,7 @@ matmuls in the model's forward, and AdamW is elementwise, so documents never int
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -74,10 +75,20 @@ def adamw_init(lora: dict) -> dict:
     return {"m": jax.tree.map(jnp.zeros_like, lora), "v": jax.tree.map(jnp.zeros_like, lora)}
 
 
-def adamw(lora: dict, grads: dict, state: dict, step, lr: float, b1: float, b2: float, eps: float,
-          weight_decay: float) -> tuple[dict, dict]:
+class AdamW(NamedTuple):
+    """The LoRA AdamW's hyperparameters (hashable: they key its compiled step)."""
+
+    lr: float
+    b1: float
+    b2: float
+    eps: float
+    weight_decay: float
+
+
+def adamw(lora: dict, grads: dict, state: dict, step, hp: AdamW) -> tuple[dict, dict]:
     """torch.optim.AdamW, step `step` (1-based): decoupled decay p·(1 − lr·wd), then the
     bias-corrected Adam update with eps outside the square root."""
+    lr, b1, b2, eps, weight_decay = hp
     t = jnp.asarray(step, jnp.float32)
     bc1, bc2 = 1.0 - jnp.power(jnp.float32(b1), t), 1.0 - jnp.power(jnp.float32(b2), t)
     m = jax.tree.map(lambda m_, g: b1 * m_ + (1.0 - b1) * g, state["m"], grads)

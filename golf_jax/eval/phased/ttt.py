@@ -83,11 +83,11 @@ def _lora_fns(model, mesh, p):
     def fwd(params, lora, scale, x_BxW, pos_BxS):
         return jax.vjp(lambda l: lora_lib.forward(model, params, l, scale, x_BxW, pos_BxS), lora)
 
-    hp = (float(p.lora_lr), float(p.beta1), float(p.beta2), float(p.eps), float(p.weight_decay))
+    hp = lora_lib.AdamW(float(p.lora_lr), float(p.beta1), float(p.beta2), float(p.eps), float(p.weight_decay))
 
     def step(lora, opt, pullback, logits, y_BxS, w_BxS, t):
         (grads,) = pullback(lora_lib.chunk_cotangent(logits, y_BxS, w_BxS))
-        return lora_lib.adamw(lora, grads, opt, t, *hp)
+        return lora_lib.adamw(lora, grads, opt, t, hp)
 
     dat = mesh_lib.data_sharded(mesh)
     return (cached(model, ("phased_forward", mesh), lambda: jax.jit(fwd)),

@@ -18,6 +18,7 @@ already evaluated") fails by design, and the run's score is labelled
 from __future__ import annotations
 
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,26 +54,33 @@ def check_config(p) -> None:
             raise ValueError(f"eval.prequant_ttt.{key}={p[key]!r}: use one of {adapt.SCOPES}")
 
 
-def build_tx(p, params):
+class Adaptation(NamedTuple):
+    """What pre-quant TTT trains with: the optimizer, and the mask of the leaves it moves."""
+
+    tx: Any
+    trainable: Any
+
+
+def build_tx(p, params) -> Adaptation:
     trainable = adapt.trainable_mask(params, p.freeze_blocks, p.freeze_scope, p.freeze_embed)
     lr = (adapt.depth_lr_tree(params, float(p.lr), float(p.depth_lr_min), p.freeze_blocks, p.depth_scope)
           if p.mode == "discriminative" else float(p.lr))
     tx = build_adaptation_optimizer("adamw", lr, trainable, floor=float(p.lr_floor), b1=float(p.beta1),
                                     b2=float(p.beta2), eps=float(p.eps), weight_decay=float(p.weight_decay),
                                     grad_clip=float(p.grad_clip))
-    return tx, trainable
+    return Adaptation(tx, trainable)
 
 
 def run(model, params, val_tokens: np.ndarray, seq_len: int, p, mesh: Mesh, log=print):
     """The adapted params (replicated) and a report; `params` is not modified."""
     check_config(p)
-    tx, trainable = build_tx(p, params)
-    n_train, n_frozen = adapt.count_trainable(params, trainable)
+    adaptation = build_tx(p, params)
+    n_train, n_frozen = adapt.count_trainable(params, adaptation.trainable)
     log(f"prequant_ttt {p.mode}: NON-COMPLIANT (trains on val before scoring it); {p.epochs} epochs, "
         f"lr {p.lr} → {p.lr_floor}, trainable {n_train:,} frozen {n_frozen:,}")
     t0 = time.perf_counter()
     fn = _parallel if p.mode == "parallel" else _data_parallel
-    params, steps = fn(model, tx, params, val_tokens, seq_len, p, mesh, log, trainable)
+    params, steps = fn(model, adaptation, params, val_tokens, seq_len, p, mesh, log)
     jax.block_until_ready(params)
     seconds = time.perf_counter() - t0
     return params, {"mode": p.mode, "epochs": int(p.epochs), "steps": steps, "seconds": seconds,
@@ -91,14 +99,14 @@ def rank_ranges(total: int, world: int) -> list[tuple[int, int]]:
     return [(total * r // world, total * (r + 1) // world) for r in range(world)]
 
 
-def _data_parallel(model, tx, params, val_tokens, seq_len, p, mesh, log, trainable):
+def _data_parallel(model, adaptation: Adaptation, params, val_tokens, seq_len, p, mesh, log):
     """flat / discriminative: each step takes the k-th mini-batch of every device's range."""
     W = mesh.devices.size
     x_all, y_all = adapt.sequences(val_tokens, seq_len)
     ranges = rank_ranges(x_all.shape[0], W)
     per = p.batch_seqs
     steps_per_epoch = -(-max(b - a for a, b in ranges) // per)
-    init, step = adapt.lm_trainer(model, tx, mesh, ("prequant_ttt", settings_key(p)))
+    init, step = adapt.lm_trainer(model, adaptation.tx, mesh, ("prequant_ttt", settings_key(p)))
     state = init(params)
     steps, in_flight = 0, adapt.InFlight()
     for e in range(p.epochs):
@@ -126,13 +134,13 @@ def parallel_chunks(val_tokens: np.ndarray, seq_len: int, chunk_tokens: int):
     return out
 
 
-def _parallel(model, tx, params, val_tokens, seq_len, p, mesh, log, trainable):
+def _parallel(model, adaptation: Adaptation, params, val_tokens, seq_len, p, mesh, log):
     W = mesh.devices.size
     chunks = parallel_chunks(val_tokens, seq_len, p.chunk_tokens)
     rows = max(max(c[0].shape[0] for c in chunks), 1)
     steps_per_epoch = -(-len(chunks) // W)
     sharded_step, sharded_average, replicate, first = cached(
-        model, ("prequant_parallel", mesh, settings_key(p)), lambda: _parallel_fns(model, tx, mesh, trainable))
+        model, ("prequant_parallel", mesh, settings_key(p)), lambda: _parallel_fns(model, adaptation, mesh))
     state = replicate(params)
     steps, in_flight = 0, adapt.InFlight()
     for e in range(p.epochs):
@@ -154,9 +162,10 @@ def _parallel(model, tx, params, val_tokens, seq_len, p, mesh, log, trainable):
     return first(state), steps
 
 
-def _parallel_fns(model, tx, mesh: Mesh, trainable):
+def _parallel_fns(model, adaptation: Adaptation, mesh: Mesh):
     """The jitted pieces of the parallel mode: per-replica step, replica average, replicate, take one."""
     W = mesh.devices.size
+    tx, trainable = adaptation
     rsh = NamedSharding(mesh, P(mesh_lib.DATA_AXIS))
     step = optim_step.make_step(adapt.lm_loss(model), tx)
 
