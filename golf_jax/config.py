@@ -12,6 +12,8 @@ from pathlib import Path
 
 import ml_collections
 
+from golf_jax.core.errors import UserError
+
 
 def sibling_config(config_file: str, name: str, *args) -> ml_collections.ConfigDict:
     """`get_config(*args)` of configs/<name>.py, found beside `config_file` (a config's __file__):
@@ -168,6 +170,44 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = eval_config()
     c.audit = audit_config()
     return c
+
+
+def unknown_keys(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """The dotted keys of `cfg` that `schema` does not have."""
+    unknown = []
+    for key in cfg.keys():
+        if key not in schema:
+            unknown.append(prefix + key)
+        elif isinstance(cfg[key], ml_collections.ConfigDict) and isinstance(schema[key], ml_collections.ConfigDict):
+            unknown += unknown_keys(cfg[key], schema[key], f"{prefix}{key}.")
+    return unknown
+
+
+class UnknownKeyError(UserError):
+    """A run's config.json holds a key that the schema does not have."""
+
+
+def check_run_keys(cfg: ml_collections.ConfigDict, path) -> None:
+    """A run's config.json holds only keys of this schema: a key it does not have (a hand edit's
+    typo, or a run of another golf_jax version) would otherwise be carried along and ignored."""
+    unknown = unknown_keys(cfg, base_config())
+    if unknown:
+        rest = unknown[1:]
+        more = f" (and {len(rest)} more: {', '.join(rest[:3])}{', ...' if len(rest) > 3 else ''})" if rest else ""
+        raise UnknownKeyError(f"{path}: {unknown[0]} is not a config key{more}; remove {'them' if more else 'it'}, "
+                              "or run this with the golf_jax version that wrote the run (its code_version.json)")
+
+
+def run_config(path) -> ml_collections.ConfigDict:
+    """A run's config.json over today's schema: keys added to the schema since the run keep
+    their defaults, and a key the schema does not have is an error (check_run_keys)."""
+    from golf_jax.core.rundir import load_run_config
+
+    loaded = load_run_config(path)
+    check_run_keys(loaded, path)
+    cfg = base_config()
+    cfg.update(loaded)
+    return cfg
 
 
 def audit_config() -> ml_collections.ConfigDict:

@@ -7,7 +7,9 @@ working folder is the same after it as before. A cell that cannot apply says why
 
 The cells run in tests/matrix_driver.py, one process that imports jax once and forks per
 cell, so the whole matrix costs about one import per cell's own work. To add an entry point,
-add a row to ENTRIES; to add a fault, a column to FAULTS and a cell (or NA) to each row.
+add a row to ENTRIES; to add a fault, a column to FAULTS and a cell (or NA) to each row. `run_key`
+is a run's config.json holding a key the schema lacks (a hand edit, or a run of another version),
+for every command that reads one.
 
 Three columns check the command-line convention itself (golf_jax/core/cli.py) on every entry
 point: `help` (`--help` exits 0 and lists the flags), `unknown_flag` (`--nope`: exit code 2,
@@ -33,8 +35,8 @@ from golf_jax.data import synthetic
 from golf_jax.core.paths import REPO_ROOT, cache_dir
 
 FILE_FAULTS = ("missing", "empty", "truncated", "bit_flipped", "wrong_kind", "dir_for_file")
-FAULTS = FILE_FAULTS + ("file_for_dir", "unknown_key", "out_of_range", "nan", "inf", "mismatch", "out_readonly",
-                        "out_exists", "out_full", "help", "unknown_flag", "debug")
+FAULTS = FILE_FAULTS + ("file_for_dir", "unknown_key", "run_key", "out_of_range", "nan", "inf", "mismatch",
+                        "out_readonly", "out_exists", "out_full", "help", "unknown_flag", "debug")
 
 
 @dataclass
@@ -85,14 +87,16 @@ NO_OUTPUT = NA("writes nothing")
 REWRITTEN = NA("its output is derived and rewritten on purpose (a report, a script, a verified download)")
 NEW_DIR = NA("each run writes a new timestamped run directory")
 NO_CONFIG = NA("takes no config: its flags are checked by unknown_flag")
+RUN_KEY = _edit_json("run/config.json", train__nope=1)  # a run's config.json with a key the schema lacks
 PACKED_CHECKS = NA("the packed script carries no config checks: the repository ran them before it wrote the script "
                    "(golf_jax/submission/build.py); the run's config.json is what `pack` and the job checked")
 
 ENTRIES = {
     "train": Entry("golf_jax.train", ["--config=cfg.py", "--config.train.run_dir=runs", *TINY, *DATA],
-                   "corpus/tokenizer.model", ("corpus", "cfg.py", "runs"), {
+                   "corpus/tokenizer.model", ("corpus", "cfg.py", "runs", "run"), {
         "file_for_dir": Cell(["--config.data.dir=corpus/tokenizer.model"], "tokenizer.model/fineweb_val_"),
         "unknown_key": Cell(["--config.train.nope=1"], "train.nope"),
+        "run_key": Cell(["--config=run"], "train.nope", setup=RUN_KEY, drop=("--config=cfg.py",)),
         "out_of_range": Cell(["--config.train.seq_len=0"], "train.seq_len"),
         "nan": Cell(["--config.opt.matrix_lr=nan"], "opt.matrix_lr"),
         "inf": Cell(["--config.opt.scalar_lr=inf"], "opt.scalar_lr"),
@@ -105,6 +109,7 @@ ENTRIES = {
                       "run/model.golfjax", ("run", "evals", "cfg.py"), {
         "file_for_dir": Cell(["--config.train.run_dir=run/model.golfjax"], "train.run_dir=run/model.golfjax"),
         "unknown_key": Cell(["--config.eval.nope=1"], "eval.nope"),
+        "run_key": Cell([], "train.nope", setup=RUN_KEY),
         "out_of_range": Cell(["--config.eval.batch_tokens=0"], "eval.batch_tokens"),
         "nan": Cell(["--config.eval.ttt.lr=nan"], "eval.ttt.lr"),
         "inf": Cell(["--config.eval.budget_seconds=inf"], "eval.budget_seconds"),
@@ -117,6 +122,7 @@ ENTRIES = {
                                       "--config.audit.weights=artifact"], "run/model.golfjax", ("run", "cfg.py"), {
         "file_for_dir": Cell(["--json=run"], "--json=run is a folder"),
         "unknown_key": Cell(["--config.audit.nope=1"], "audit.nope"),
+        "run_key": Cell([], "train.nope", setup=RUN_KEY),
         "out_of_range": Cell(["--config.audit.tokens=0"], "audit.tokens"),
         "nan": Cell(["--config.opt.matrix_lr=nan"], "opt.matrix_lr"),
         "inf": Cell(["--config.eval.sliding.stride=inf"], "eval.sliding.stride"),
@@ -125,9 +131,10 @@ ENTRIES = {
         "out_exists": REWRITTEN,
         "out_full": NA("the report is written after the audit ran (atomically: tests/test_entrypoints.py)"),
     }),
-    "bench": Entry("golf_jax.bench", ["--config=cfg.py", "--stage=train", *TINY], "cfg.py", ("cfg.py",), {
+    "bench": Entry("golf_jax.bench", ["--config=cfg.py", "--stage=train", *TINY], "cfg.py", ("cfg.py", "run"), {
         "file_for_dir": NA("takes no input folder"),
         "unknown_key": Cell(["--config.model.nope=1"], "model.nope"),
+        "run_key": Cell(["--config=run"], "train.nope", setup=RUN_KEY, drop=("--config=cfg.py",)),
         "out_of_range": Cell(["--config.eval.batch_tokens=0"], "eval.batch_tokens"),
         "nan": Cell(["--config.opt.matrix_lr=nan"], "opt.matrix_lr"),
         "inf": Cell(["--config.opt.head_lr=inf"], "opt.head_lr"),
@@ -140,6 +147,7 @@ ENTRIES = {
                   ("run", "out"), {
         "file_for_dir": NA("takes no input folder"),
         "unknown_key": NA("takes no config keys on its command line: it packs the run's config.json as the job wrote it"),
+        "run_key": Cell([], "train.nope", setup=RUN_KEY),
         "out_of_range": Cell([], "train.seq_len", setup=_edit_json("run/config.json", train__seq_len=0)),
         "nan": Cell([], "opt.matrix_lr", setup=_edit_json("run/config.json", opt__matrix_lr=float("nan"))),
         "inf": Cell([], "opt.scalar_lr", setup=_edit_json("run/config.json", opt__scalar_lr=float("inf"))),
@@ -152,6 +160,7 @@ ENTRIES = {
         "bit_flipped": NA("params.msgpack has no recorded hash: a flipped bit in a weight is another weight"),
         "file_for_dir": Cell(["run/model.golfjax"], "model.golfjax/params.msgpack", drop=("run",)),
         "unknown_key": NA("takes the run's config, which the job checked"),
+        "run_key": Cell([], "train.nope", setup=RUN_KEY),
         "out_of_range": NA("takes the run's config, which the job checked"),
         "nan": NO_FLOATS, "inf": NO_FLOATS,
         "mismatch": Cell(["--eval"], "fineweb_val_", setup=_edit_json("run/data.json", data_dir="/nonexistent")),
@@ -164,6 +173,7 @@ ENTRIES = {
         "dir_for_file": NA("the report skips what a run lacks and says so"),
         "file_for_dir": Cell(["run/model.golfjax"], "model.golfjax", drop=("run",)),
         "unknown_key": NO_CONFIG,
+        "run_key": NA("reads what a run wrote for its plots and tables, and runs nothing from its config"),
         "out_of_range": NO_FLOATS, "nan": NO_FLOATS, "inf": NO_FLOATS,
         "mismatch": NA("reads one run"),
         "out_readonly": Cell([], "rep", deny=("rep", "EROFS")),
@@ -173,6 +183,7 @@ ENTRIES = {
     "submit": Entry("golf_jax.records", ["--sota=1.0", "--out=rec", "run"], "run/summary.json", ("run",), {
         "file_for_dir": Cell(["run/model.golfjax"], "model.golfjax", drop=("run",)),
         "unknown_key": NO_CONFIG,
+        "run_key": Cell([], "train.nope", setup=RUN_KEY),
         "out_of_range": Cell(["--sota=-1"], "--sota"),
         "nan": Cell(["--sota=nan"], "--sota"),
         "inf": Cell(["--sota", "inf"], "--sota"),  # `--name value` is read as `--name=value`
@@ -186,6 +197,7 @@ ENTRIES = {
                                                     "--out=shards"], "val.jsonl", ("corpus", "val.jsonl"), {
         "file_for_dir": Cell(["--out=val.jsonl"], "val.jsonl"),
         "unknown_key": NO_CONFIG,
+        "run_key": NO_CONFIG,
         "out_of_range": Cell(["--shard-tokens=0"], "--shard_tokens"),  # the hyphenated spelling is the same flag
         "nan": NO_FLOATS, "inf": NO_FLOATS,
         "mismatch": Cell(["--vocab_size=2048"], "tokenizer.model"),
@@ -197,6 +209,7 @@ ENTRIES = {
     "data.download": Entry("golf_jax.data.download", ["--variant=sp1024", "--out=data"], None, (), {
         "file_for_dir": Cell(["--out=afile"], "--out=afile", setup=lambda ws: (ws / "afile").write_text("")),
         "unknown_key": NO_CONFIG,
+        "run_key": NO_CONFIG,
         "out_of_range": Cell(["--train_shards=-1"], "--train_shards"),
         "nan": NO_FLOATS, "inf": NO_FLOATS,
         "mismatch": NA("verifies every file against the hub's hashes (tests/test_download.py)"),
@@ -204,9 +217,10 @@ ENTRIES = {
         "out_exists": NA("a rerun verifies what is there and fetches only what is missing"),
         "out_full": NA("a full disk shows mid-transfer (huggingface_hub's writes); tests/test_download.py"),
     }, debug="out_of_range"),
-    "estimate": Entry("golf_jax.quant.estimate", ["--config=cfg.py"], "cfg.py", ("cfg.py",), {
+    "estimate": Entry("golf_jax.quant.estimate", ["--config=cfg.py"], "cfg.py", ("cfg.py", "run"), {
         "file_for_dir": NA("takes no input folder"),
         "unknown_key": Cell(["--config.export.nope=1"], "export.nope"),
+        "run_key": Cell(["--config=run"], "train.nope", setup=RUN_KEY, drop=("--config=cfg.py",)),
         "out_of_range": Cell(["--config.export.embed_bits=5"], "export.embed_bits"),
         "nan": Cell(["--config.export.sdclip_k_mlp=nan"], "export.sdclip_k_mlp"),
         "inf": Cell(["--config.export.sdclip_k_attn=inf"], "export.sdclip_k_attn"),
@@ -217,6 +231,7 @@ ENTRIES = {
                        ("report.json", "out"), {
         "file_for_dir": NA("takes no input folder"),
         "unknown_key": NO_CONFIG,
+        "run_key": NO_CONFIG,
         "out_of_range": NO_FLOATS, "nan": NO_FLOATS, "inf": NO_FLOATS,
         "mismatch": Cell([], "report.json", setup=lambda ws: (ws / "report.json").write_text('{"config": "x"}')),
         "out_readonly": Cell([], "--out=out/compliance.md", deny=("out", "EROFS")),
@@ -227,6 +242,8 @@ ENTRIES = {
                               ("run", "runs"), {
         "file_for_dir": NA("takes no input folder"),
         "unknown_key": PACKED_CHECKS,
+        "run_key": NA("the packed script carries no schema (golf_jax/config.py is not packed); `pack` and the "
+                      "records command, which hand it its config.json, reject such a key"),
         "out_of_range": PACKED_CHECKS, "nan": PACKED_CHECKS, "inf": PACKED_CHECKS,
         "mismatch": NA("trains on the data its config names (checked by the repository's job)"),
         "out_readonly": Cell([], "train.run_dir", setup=_edit_json("run/config.json", train__run_dir="runs"),
@@ -239,6 +256,8 @@ ENTRIES = {
                                                    "--config_json=run/config.json"], "run/model.golfjax", ("run",), {
         "file_for_dir": Cell(["--data_dir=run/model.golfjax"], "model.golfjax/fineweb_val_"),
         "unknown_key": PACKED_CHECKS,
+        "run_key": NA("the packed script carries no schema (golf_jax/config.py is not packed); `pack` and the "
+                      "records command, which hand it its config.json, reject such a key"),
         "out_of_range": PACKED_CHECKS, "nan": PACKED_CHECKS, "inf": PACKED_CHECKS,
         "mismatch": Cell(["--config_json=run/other.json"], "model.golfjax holds another model",
                          setup=lambda ws: (shutil.copy(ws / "run/config.json", ws / "run/other.json"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from configs import smoke
+from golf_jax import config as config_lib
 from golf_jax.core import errors
 from golf_jax import pipeline
 from golf_jax.core import rundir
@@ -128,6 +130,40 @@ def test_packed_eval_finds_the_runs_data(tmp_path, monkeypatch):
     loaded = rundir.load_run_config("run/config.json")
     rundir.recorded_data(loaded, "run/config.json")
     assert (loaded.data.dir, loaded.data.tokenizer) == (str(run / "shards"), "/abs/sp.model")
+
+
+@pytest.mark.parametrize("extra, named", [
+    ({"train": {"nope": 1}}, "train.nope"),  # a group's unknown key
+    ({"nope": 1}, "nope"),  # a top-level one
+    ({"eval": {"ttt": {"nope": 1}}}, "eval.ttt.nope"),  # a nested group's
+    ({"model": {"nope": {"deeper": 1}}}, "model.nope"),  # a whole unknown group, named once
+    ({"train": {"a1": 1, "a2": 2, "a3": 3, "a4": 4, "a5": 5}}, "train.a1 is not a config key (and 4 more"),
+])
+def test_a_runs_config_json_with_a_key_the_schema_lacks_is_named(tmp_path, extra, named):
+    cfg = json.loads(smoke.get_config().to_json_best_effort())
+
+    def merge(node, more):
+        for key, value in more.items():
+            if isinstance(value, dict) and isinstance(node.get(key), dict):
+                merge(node[key], value)
+            else:
+                node[key] = value
+    merge(cfg, extra)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="^" + re.escape(f"{path}: {named}")):
+        config_lib.run_config(path)
+
+
+def test_a_runs_config_json_from_before_a_key_existed_gets_its_default(tmp_path):
+    cfg = json.loads(smoke.get_config().to_json_best_effort())
+    del cfg["eval"]["budget_seconds"], cfg["audit"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    loaded = config_lib.run_config(path)
+    assert loaded.eval.budget_seconds == config_lib.base_config().eval.budget_seconds
+    assert loaded.audit == config_lib.base_config().audit
+    assert loaded.model.to_dict() == smoke.get_config().model.to_dict()
 
 
 def test_entry_points_end_a_user_error_as_one_line_and_exit_code_2(tmp_path, capsys):

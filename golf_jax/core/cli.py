@@ -38,7 +38,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from golf_jax.config import base_config
+from golf_jax.config import UnknownKeyError, base_config, run_config
 from golf_jax.core.errors import UserError, debugging, exit_code
 from golf_jax.core.outputs import check_output  # noqa: F401 (the entry points' up-front check of an output place)
 from golf_jax.core.paths import REPO_ROOT
@@ -106,15 +106,16 @@ class _ConfigParser(ConfigFileFlagParser):
         return cfg
 
     def _run_config(self, path: Path):
-        from golf_jax.core.rundir import load_run_config, recorded_data
+        from golf_jax.core.rundir import recorded_data
 
         if not path.is_file():
             raise ValueError(f"{path}: no such file; pass a run directory (it holds config.json), its config.json "
                              "or a configs/*.py file")
         try:
-            cfg = base_config()  # keys added to the schema since the run keep their defaults
-            cfg.update(load_run_config(path))
+            cfg = run_config(path)  # keys added to the schema since the run keep their defaults
             recorded_data(cfg, path)  # the data the run recorded (its data.json), as the packed eval reads it
+        except UnknownKeyError:
+            raise  # its line names the key and the fix
         except UserError as e:
             raise ValueError(f"{e}; pass the config.json a run directory holds, or a configs/*.py file") from e
         except (ValueError, KeyError, TypeError) as e:

@@ -53,8 +53,8 @@ def reexport(run_dir: str | Path, evaluate: bool = False, log=print) -> dict:
     from golf_jax.core import mesh as mesh_lib
 
     from golf_jax import model as model_lib, pipeline
-    from golf_jax.config import base_config
-    from golf_jax.core.rundir import load_run_config, recorded_data
+    from golf_jax.config import run_config
+    from golf_jax.core.rundir import recorded_data
     from golf_jax.quant import export, hessian
     from golf_jax.core.rundir import write_atomic
 
@@ -63,8 +63,7 @@ def reexport(run_dir: str | Path, evaluate: bool = False, log=print) -> dict:
     if not weights.is_file():
         raise UserError(f"{weights}: no such file; pass a run directory whose job reached the export stage "
                         "(it saves params.msgpack just before exporting)")
-    cfg = base_config()  # keys added to the schema since the run keep their defaults
-    cfg.update(load_run_config(run_dir / "config.json"))
+    cfg = run_config(run_dir / "config.json")  # keys added to the schema since the run keep their defaults
     # The script is packed for the run's config as it ran (data.source=default packs the corpus
     # generator), as the job's export stage packed it: same modules, same code bytes.
     script = codebytes.script(cfg)

@@ -12,7 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import ml_collections
+
 from golf_jax.audit.budgets import ARTIFACT_BYTES
+from golf_jax.config import check_run_keys
 from golf_jax.data import disjoint
 from golf_jax.pipeline import OFFICIAL
 
@@ -61,6 +64,7 @@ def load_run(path: str | Path) -> Run:
     if not path.is_dir():
         raise ValueError(f"{path}: not a directory; give run directories (runs/<name>-<timestamp>/)")
     config, summary = _json(path / "config.json", True), _json(path / "summary.json", True)
+    check_run_keys(ml_collections.ConfigDict(config), path / "config.json")  # the folder's script reads it as is
     for key in ("val_loss", "val_bpb"):
         if not isinstance(summary.get(key), (int, float)):
             raise ValueError(f"{path / 'summary.json'}: no {key} (status {summary.get('status')!r}"

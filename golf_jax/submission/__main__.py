@@ -16,6 +16,7 @@ from pathlib import Path
 from absl import flags
 
 from golf_jax import pipeline
+from golf_jax.config import check_run_keys
 from golf_jax.core import cli
 from golf_jax.core.errors import UserError
 from golf_jax.core.rundir import load_run_config, write_atomic
@@ -35,7 +36,9 @@ def _main(args: list[str]) -> int:
     artifact, out = _ARTIFACT.value, _OUT.value
     if not Path(artifact).is_file():
         raise UserError(f"--artifact={artifact}: no such file; pass RUN_DIR/model.golfjax")
-    cfg = load_run_config(_CONFIG_JSON.value or Path(artifact).parent / "config.json")
+    config_json = _CONFIG_JSON.value or Path(artifact).parent / "config.json"
+    cfg = load_run_config(config_json)
+    check_run_keys(cfg, config_json)  # the packed script reads this file as it is: no schema fills it in
     cfg.audit.enabled = False  # the script never audits (golf_jax/submission/script.py)
     pipeline.check_config(cfg, num_devices=1)  # the script does not check its config (golf_jax/submission/build.py)
     if Path(out).is_dir():
