@@ -172,15 +172,12 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def unknown_keys(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    """The dotted keys of `cfg` that `schema` does not have."""
-    unknown = []
-    for key in cfg.keys():
-        if key not in schema:
-            unknown.append(prefix + key)
-        elif isinstance(cfg[key], ml_collections.ConfigDict) and isinstance(schema[key], ml_collections.ConfigDict):
-            unknown += unknown_keys(cfg[key], schema[key], f"{prefix}{key}.")
-    return unknown
+def config_keys(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every leaf key of `c`, dotted: ["data.source", ..., "audit.target_hardware"]."""
+    keys = []
+    for k, v in c.items():
+        keys += config_keys(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict) else [prefix + k]
+    return keys
 
 
 class UnknownKeyError(UserError):
@@ -190,7 +187,8 @@ class UnknownKeyError(UserError):
 def check_run_keys(cfg: ml_collections.ConfigDict, path) -> None:
     """A run's config.json holds only keys of this schema: a key it does not have (a hand edit's
     typo, or a run of another golf_jax version) would otherwise be carried along and ignored."""
-    unknown = unknown_keys(cfg, base_config())
+    schema = set(config_keys(base_config()))
+    unknown = [key for key in config_keys(cfg) if key not in schema]
     if unknown:
         rest = unknown[1:]
         more = f" (and {len(rest)} more: {', '.join(rest[:3])}{', ...' if len(rest) > 3 else ''})" if rest else ""

@@ -136,7 +136,7 @@ def test_packed_eval_finds_the_runs_data(tmp_path, monkeypatch):
     ({"train": {"nope": 1}}, "train.nope"),  # a group's unknown key
     ({"nope": 1}, "nope"),  # a top-level one
     ({"eval": {"ttt": {"nope": 1}}}, "eval.ttt.nope"),  # a nested group's
-    ({"model": {"nope": {"deeper": 1}}}, "model.nope"),  # a whole unknown group, named once
+    ({"model": {"nope": {"deeper": 1}}}, "model.nope.deeper is not a config key;"),  # a whole unknown group
     ({"train": {"a1": 1, "a2": 2, "a3": 3, "a4": 4, "a5": 5}}, "train.a1 is not a config key (and 4 more"),
 ])
 def test_a_runs_config_json_with_a_key_the_schema_lacks_is_named(tmp_path, extra, named):

@@ -38,7 +38,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from golf_jax.config import UnknownKeyError, base_config, run_config
+from golf_jax.config import UnknownKeyError, base_config, config_keys, run_config
 from golf_jax.core.errors import UserError, debugging, exit_code
 from golf_jax.core.outputs import check_output  # noqa: F401 (the entry points' up-front check of an output place)
 from golf_jax.core.paths import REPO_ROOT
@@ -132,14 +132,6 @@ def define_config(fv: flags.FlagValues, help_string: str = "A configs/*.py file,
     holder = config_flags.DEFINE_config_file("config", None, help_string, flag_values=fv, lock_config=True)
     fv["config"].parser = _ConfigParser("config", lock_config=True)
     return holder
-
-
-def config_keys(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    """Every leaf key of `c`, dotted: ["data.source", ..., "audit.target_hardware"]."""
-    keys = []
-    for k, v in c.items():
-        keys += config_keys(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict) else [prefix + k]
-    return keys
 
 
 def unknown_key(argv: list[str]) -> str | None:
